@@ -1,0 +1,228 @@
+//! Wires the gateway together: Kafka clients, hub, fan-out, HTTP server, and
+//! the drain on shutdown.
+//!
+//! [`App::build`] does everything that can fail (start the embedded Kafka,
+//! create clients, bind the listener); [`App::run`] serves until the
+//! shutdown token is cancelled and then drains in order: stop accepting,
+//! sessions answer their in-flight publishes (the producer is flushed
+//! meanwhile), sockets close with 1001, then the fan-out and Kafka clients
+//! stop.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, Producer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::kafka::client_config::ClientSettings;
+use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
+use crate::kafka::fanout::Fanout;
+use crate::kafka::health::Health;
+use crate::kafka::producer::Publisher;
+use crate::kafka::topics::{Creator, Topics};
+use crate::{http, metrics};
+
+/// State shared by the HTTP handlers and every session.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub node_id: String,
+    pub publisher: Publisher,
+    pub topics: Arc<Topics>,
+    pub fanout: Arc<Fanout>,
+    pub health: Arc<Health>,
+    pub metrics: PrometheusHandle,
+    /// Cancelled when the gateway starts shutting down.
+    pub shutdown: CancellationToken,
+    /// One permit per open WebSocket (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Every session task, so shutdown knows when all are done.
+    pub sessions: TaskTracker,
+    pub next_session: AtomicU64,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("embedded Kafka: {0}")]
+    Embedded(#[from] EmbeddedError),
+    #[error("creating a Kafka client: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A built gateway, ready to [`run`](App::run).
+pub struct App {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    producer: FutureProducer,
+    bootstrap: String,
+    embedded: Option<Arc<EmbeddedKafka>>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("local_addr", &self.local_addr)
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub async fn build(config: Config) -> Result<Self, BuildError> {
+        let embedded = match config.kafka.embedded() {
+            true => {
+                let kafka = EmbeddedKafka::start(1)?;
+                tracing::info!("embedded kafka bootstrap={}", kafka.bootstrap_servers());
+                Some(Arc::new(kafka))
+            }
+            false => None,
+        };
+        let bootstrap = match &embedded {
+            Some(kafka) => kafka.bootstrap_servers().to_owned(),
+            None => config.kafka.brokers.clone().unwrap_or_default(),
+        };
+        let settings = ClientSettings::new(&config.kafka, bootstrap.clone());
+        let producer: FutureProducer = settings.producer().create()?;
+        let consumer: StreamConsumer = settings.consumer().create()?;
+        let creator = match (config.kafka.auto_create(), &embedded) {
+            (false, _) => None,
+            (true, Some(kafka)) => Some(Creator::Embedded(kafka.clone())),
+            (true, None) => Some(Creator::Admin(settings.admin().create()?)),
+        };
+        let timeout = config.kafka.metadata_timeout();
+        let topics = Arc::new(Topics::new(
+            producer.clone(),
+            creator,
+            config.kafka.topic_partitions,
+            config.kafka.topic_replication,
+            timeout,
+        ));
+        let health = Arc::new(Health::default());
+        if !health.probe(&producer, timeout).await {
+            tracing::warn!(
+                bootstrap,
+                "Kafka does not answer yet; serving anyway (/readyz is 503 until it does)"
+            );
+        }
+        let fanout = Arc::new(Fanout::new(
+            consumer,
+            Arc::new(Hub::default()),
+            topics.clone(),
+            timeout,
+            config.kafka.partition_refresh(),
+        ));
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BuildError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| BuildError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let state = Arc::new(AppState {
+            node_id: config.node_id(),
+            publisher: Publisher::new(producer.clone(), health.clone()),
+            topics,
+            fanout,
+            health,
+            metrics: metrics::prometheus(),
+            shutdown: CancellationToken::new(),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            sessions: TaskTracker::new(),
+            next_session: AtomicU64::new(1),
+            config,
+        });
+        Ok(Self {
+            state,
+            listener,
+            local_addr,
+            producer,
+            bootstrap,
+            embedded,
+        })
+    }
+
+    /// The address the server is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Kafka bootstrap servers in use (the embedded one's, if embedded).
+    pub fn kafka_bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The embedded Kafka, for fault injection in tests.
+    pub fn embedded_kafka(&self) -> Option<Arc<EmbeddedKafka>> {
+        self.embedded.clone()
+    }
+
+    /// Cancel this token to shut the gateway down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then drains.
+    pub async fn run(self) {
+        let state = self.state.clone();
+        let background = CancellationToken::new();
+        tokio::spawn(state.fanout.clone().run(background.clone()));
+        tokio::spawn(state.health.clone().run(
+            self.producer.clone(),
+            state.config.kafka.metadata_timeout(),
+            background.clone(),
+        ));
+        let addr = self.local_addr;
+        tracing::info!(node = %state.node_id, "listening on http://{addr} (WebSocket: ws://{addr}/ws)");
+        let server = axum::serve(self.listener, http::router(state.clone()))
+            .with_graceful_shutdown(state.shutdown.clone().cancelled_owned());
+        let server = tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+
+        state.shutdown.cancelled().await;
+        tracing::info!("shutting down: answering in-flight publishes, closing sockets");
+        let grace = state.config.shutdown_grace();
+        let producer = self.producer.clone();
+        let flush = tokio::task::spawn_blocking(move || producer.flush(grace));
+        state.sessions.close();
+        if tokio::time::timeout(grace + Duration::from_secs(2), state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not finish within the shutdown grace");
+        }
+        match flush.await {
+            Ok(Ok(())) => tracing::info!("producer flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "producer flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "producer flush task failed"),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+        background.cancel();
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,71 @@
+//! The gateway's request errors and their one mapping to the wire.
+//!
+//! Every module returns [`GatewayError`]; only [`GatewayError::to_frame`]
+//! decides what a client sees. Internal details are logged, never sent.
+
+use ferry_protocol::{ErrorCode, RequestError, ServerFrame};
+
+/// How long a client should wait before retrying after `unavailable`.
+pub const RETRY_AFTER_MS: u64 = 1_000;
+
+/// Why a request could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    #[error("Kafka is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Kafka did not confirm the record in time; it may or may not be stored")]
+    Timeout,
+    #[error("the record is larger than Kafka accepts")]
+    TooLarge,
+    #[error("{0}")]
+    Limit(String),
+    /// Unexpected; the text goes to the log only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The wire code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Timeout => ErrorCode::Timeout,
+            Self::TooLarge => ErrorCode::TooLarge,
+            Self::Limit(_) => ErrorCode::Limit,
+            Self::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The `error` frame a client gets for this error about request `id`.
+    pub fn to_frame(&self, id: Option<&str>) -> ServerFrame {
+        let message = match self {
+            Self::Internal(detail) => {
+                tracing::error!(request = id, %detail, "internal error answering a request");
+                "internal error; see the gateway log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        ServerFrame::Error {
+            id: id.map(str::to_owned),
+            code: self.code(),
+            message,
+            retry_after_ms: matches!(self, Self::Unavailable(_)).then_some(RETRY_AFTER_MS),
+        }
+    }
+}
+
+/// A request error from the protocol decoder, as a frame.
+pub fn request_error_frame(err: RequestError) -> ServerFrame {
+    ServerFrame::Error {
+        id: err.id,
+        code: err.code,
+        message: err.message,
+        retry_after_ms: None,
+    }
+}

@@ -1,0 +1,236 @@
+//! Topic → local subscribers. The fan-out hands each record here once, as
+//! already-encoded bytes, and the hub queues the same bytes to every
+//! subscribed socket. Dispatch never waits on a socket: a socket whose queue
+//! is full is told to close (slow consumer) and the others carry on.
+//!
+//! The hub also remembers which partitions are assigned for each topic, and
+//! runs assignment changes under its lock (see [`Hub::activate`]) so that a
+//! last-unsubscribe and a new first-subscribe of the same topic cannot
+//! interleave their assign/unassign calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{mpsc, OnceCell};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::GatewayError;
+
+/// One socket's end of a subscription.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The session, unique within this node.
+    pub session: u64,
+    /// The socket's bounded fan-out queue (shared by all its topics).
+    pub queue: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled by the hub when `queue` is full: the session closes.
+    pub kick: CancellationToken,
+}
+
+/// Outcome of a topic's activation (first subscriber): shared by everyone
+/// who subscribed while it was under way.
+pub type Activation = Arc<OnceCell<Result<(), GatewayError>>>;
+
+#[derive(Debug, Default)]
+struct TopicEntry {
+    subscribers: Vec<Subscriber>,
+    activation: Activation,
+    /// Partitions the node's consumer has assigned for this topic.
+    assigned: Vec<i32>,
+}
+
+/// The node's subscription table.
+#[derive(Debug, Default)]
+pub struct Hub {
+    /// Held only for map operations and for non-blocking `try_send`s;
+    /// never across an await.
+    topics: RwLock<HashMap<String, TopicEntry>>,
+}
+
+impl Hub {
+    /// Adds `subscriber` to `topic`; returns the topic's activation, which
+    /// the caller completes (first subscriber) or waits for.
+    pub fn join(&self, topic: &str, subscriber: Subscriber) -> Activation {
+        let mut topics = self.topics.write().expect("hub lock");
+        let entry = topics.entry(topic.to_owned()).or_default();
+        entry
+            .subscribers
+            .retain(|s| s.session != subscriber.session);
+        entry.subscribers.push(subscriber);
+        entry.activation.clone()
+    }
+
+    /// Removes a session from `topic`. When it was the last subscriber, the
+    /// entry goes and `release` runs (under the lock) with the partitions to
+    /// unassign.
+    pub fn leave(&self, topic: &str, session: u64, release: impl FnOnce(&[i32])) {
+        let mut topics = self.topics.write().expect("hub lock");
+        let Some(entry) = topics.get_mut(topic) else {
+            return;
+        };
+        entry.subscribers.retain(|s| s.session != session);
+        if entry.subscribers.is_empty() {
+            let entry = topics.remove(topic).expect("entry exists");
+            if !entry.assigned.is_empty() {
+                release(&entry.assigned);
+            }
+        }
+    }
+
+    /// Completes the activation `activation` of `topic` by running `assign`
+    /// under the lock, if the entry is still the one that was joined and has
+    /// subscribers. Returns false when nothing was assigned because everyone
+    /// left meanwhile.
+    pub fn activate(
+        &self,
+        topic: &str,
+        activation: &Activation,
+        partitions: Vec<i32>,
+        assign: impl FnOnce(&[i32]) -> Result<(), GatewayError>,
+    ) -> Result<bool, GatewayError> {
+        let mut topics = self.topics.write().expect("hub lock");
+        match topics.get_mut(topic) {
+            Some(entry) if Arc::ptr_eq(&entry.activation, activation) => {
+                assign(&partitions)?;
+                entry.assigned = partitions;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// A failed activation: forget the entry, so the next subscribe tries
+    /// again instead of seeing the cached failure.
+    pub fn abandon(&self, topic: &str, activation: &Activation) {
+        let mut topics = self.topics.write().expect("hub lock");
+        if topics
+            .get(topic)
+            .is_some_and(|e| Arc::ptr_eq(&e.activation, activation))
+        {
+            topics.remove(topic);
+        }
+    }
+
+    /// Adds partitions that appeared after activation; runs `assign` under
+    /// the lock with those not yet assigned.
+    pub fn grow(
+        &self,
+        topic: &str,
+        partition_count: i32,
+        assign: impl FnOnce(&[i32]) -> Result<(), GatewayError>,
+    ) -> Result<(), GatewayError> {
+        let mut topics = self.topics.write().expect("hub lock");
+        let Some(entry) = topics.get_mut(topic) else {
+            return Ok(());
+        };
+        if entry.assigned.is_empty() {
+            return Ok(()); // still activating; activation assigns everything
+        }
+        let new: Vec<i32> = (0..partition_count)
+            .filter(|p| !entry.assigned.contains(p))
+            .collect();
+        if !new.is_empty() {
+            assign(&new)?;
+            entry.assigned.extend(new);
+        }
+        Ok(())
+    }
+
+    /// Topics with their assigned partition count, for the partition check.
+    pub fn assigned_topics(&self) -> Vec<(String, usize)> {
+        let topics = self.topics.read().expect("hub lock");
+        topics
+            .iter()
+            .filter(|(_, e)| !e.assigned.is_empty())
+            .map(|(t, e)| (t.clone(), e.assigned.len()))
+            .collect()
+    }
+
+    /// Queues `frame` to every subscriber of `topic`; returns how many got it.
+    pub fn dispatch(&self, topic: &str, frame: &Utf8Bytes) -> usize {
+        let topics = self.topics.read().expect("hub lock");
+        let Some(entry) = topics.get(topic) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for subscriber in &entry.subscribers {
+            match subscriber.queue.try_send(frame.clone()) {
+                Ok(()) => delivered += 1,
+                // Policy when full: the socket is too slow; close it rather
+                // than wait for it or grow its queue.
+                Err(mpsc::error::TrySendError::Full(_)) => subscriber.kick.cancel(),
+                // The session is ending and will leave on its own.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscriber(session: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
+        let (queue, rx) = mpsc::channel(capacity);
+        (
+            Subscriber {
+                session,
+                queue,
+                kick: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    #[tokio::test]
+    async fn same_bytes_reach_every_subscriber_and_full_queue_kicks_only_its_owner() {
+        let hub = Hub::default();
+        let (fast, mut fast_rx) = subscriber(1, 8);
+        let (slow, _slow_rx) = subscriber(2, 1);
+        let slow_kick = slow.kick.clone();
+        hub.join("t", fast.clone());
+        hub.join("t", slow);
+        let frame = Utf8Bytes::from("{\"type\":\"message\"}");
+        assert_eq!(hub.dispatch("t", &frame), 2);
+        assert_eq!(hub.dispatch("t", &frame), 1);
+        assert!(slow_kick.is_cancelled());
+        assert!(!fast.kick.is_cancelled());
+        let a = fast_rx.recv().await.unwrap();
+        let b = fast_rx.recv().await.unwrap();
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "bytes are shared, not copied"
+        );
+    }
+
+    #[test]
+    fn last_leave_releases_assigned_partitions() {
+        let hub = Hub::default();
+        let (a, _ra) = subscriber(1, 1);
+        let (b, _rb) = subscriber(2, 1);
+        let activation = hub.join("t", a);
+        hub.join("t", b);
+        assert!(hub
+            .activate("t", &activation, vec![0, 1, 2], |_| Ok(()))
+            .unwrap());
+        let mut released = Vec::new();
+        hub.leave("t", 1, |p| released.extend_from_slice(p));
+        assert!(released.is_empty());
+        hub.leave("t", 2, |p| released.extend_from_slice(p));
+        assert_eq!(released, vec![0, 1, 2]);
+        assert!(hub.assigned_topics().is_empty());
+    }
+
+    #[test]
+    fn activation_after_everyone_left_assigns_nothing() {
+        let hub = Hub::default();
+        let (a, _ra) = subscriber(1, 1);
+        let activation = hub.join("t", a);
+        hub.leave("t", 1, |_| panic!("nothing assigned yet"));
+        let assigned = hub.activate("t", &activation, vec![0], |_| panic!("must not assign"));
+        assert!(!assigned.unwrap());
+    }
+}

@@ -1,0 +1,89 @@
+//! The librdkafka settings of each Kafka client of the gateway.
+//!
+//! Ferry's own choices are set first; `kafka.librdkafka` from the config is
+//! applied last, so an operator can override any of them.
+
+use std::collections::BTreeMap;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+
+use crate::config::KafkaConfig;
+
+/// What every client needs to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    bootstrap: String,
+    embedded: bool,
+    message_timeout_ms: u64,
+    passthrough: BTreeMap<String, String>,
+}
+
+impl ClientSettings {
+    pub fn new(config: &KafkaConfig, bootstrap: String) -> Self {
+        Self {
+            bootstrap,
+            embedded: config.embedded(),
+            message_timeout_ms: config.message_timeout_ms,
+            passthrough: config.librdkafka.clone(),
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn base(&self, role: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", format!("ferry-{role}"))
+            // Topics are created by the gateway on purpose or not at all,
+            // never as a side effect of a metadata request.
+            .set("allow.auto.create.topics", "false")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        config
+    }
+
+    fn finish(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.passthrough {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The publish path: idempotent, `acks=all`, bounded delivery time, and
+    /// a short linger so pipelined publishes share requests.
+    pub fn producer(&self) -> ClientConfig {
+        let mut config = self.base("producer");
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", self.message_timeout_ms.to_string())
+            .set("linger.ms", "2")
+            .set("queue.buffering.max.messages", "100000")
+            .set("queue.buffering.max.kbytes", "262144");
+        self.finish(config)
+    }
+
+    /// The fan-out consumer: manual assignment only, nothing committed.
+    pub fn consumer(&self) -> ClientConfig {
+        let mut config = self.base("fanout");
+        config
+            .set("group.id", "ferry-fanout-unused")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", "earliest");
+        if self.embedded {
+            // The mock broker answers a fetch only when `fetch.wait.max.ms`
+            // expires, whatever arrives meanwhile: keep that wait short.
+            config.set("fetch.wait.max.ms", "5");
+        }
+        self.finish(config)
+    }
+
+    /// The admin client that creates topics on a real cluster.
+    pub fn admin(&self) -> ClientConfig {
+        self.finish(self.base("admin"))
+    }
+}

@@ -1,0 +1,123 @@
+//! The embedded Kafka: librdkafka's mock cluster, started in-process when no
+//! brokers are configured, so `cargo run` works on a fresh machine and every
+//! code path still goes through real rdkafka clients.
+//!
+//! rdkafka's own `MockCluster` wrapper is neither `Send` nor able to set the
+//! group initial-rebalance delay, so this creates the cluster through
+//! `rdkafka_sys` on a client handle of its own.
+
+use std::ffi::{CStr, CString};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+use rdkafka_sys as rdsys;
+
+/// A running mock cluster; stopped when dropped.
+pub struct EmbeddedKafka {
+    cluster: *mut rdsys::rd_kafka_mock_cluster_t,
+    bootstrap: String,
+    /// The client whose handle hosts the cluster; it must outlive `cluster`.
+    _host: BaseProducer,
+}
+
+// SAFETY: the mock cluster API is thread-safe: every call below either reads
+// the immutable bootstrap string or is sent to the cluster's own thread as a
+// command and waited for (`rd_kafka_mock_cluster_cmd`).
+unsafe impl Send for EmbeddedKafka {}
+// SAFETY: see `Send`; no method takes `&mut self`.
+unsafe impl Sync for EmbeddedKafka {}
+
+impl std::fmt::Debug for EmbeddedKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedKafka")
+            .field("bootstrap", &self.bootstrap)
+            .finish()
+    }
+}
+
+/// Failure to start or drive the embedded Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot create the client that hosts the embedded Kafka: {0}")]
+    Host(#[from] rdkafka::error::KafkaError),
+    #[error("librdkafka could not start its mock cluster")]
+    Start,
+    #[error("mock cluster refused the request: {0}")]
+    Refused(String),
+}
+
+impl EmbeddedKafka {
+    /// Starts a mock cluster with `brokers` brokers and no group
+    /// initial-rebalance delay.
+    pub fn start(brokers: i32) -> Result<Self, EmbeddedError> {
+        let host: BaseProducer = ClientConfig::new()
+            .set("client.id", "ferry-embedded")
+            .create()?;
+        // SAFETY: the handle is valid for as long as `host` lives, and `host`
+        // is kept in the returned value and dropped after the cluster.
+        let cluster =
+            unsafe { rdsys::rd_kafka_mock_cluster_new(host.client().native_ptr(), brokers) };
+        if cluster.is_null() {
+            return Err(EmbeddedError::Start);
+        }
+        // SAFETY: `cluster` is a live mock cluster; the returned string lives
+        // as long as the cluster and is copied right away.
+        let bootstrap = unsafe {
+            rdsys::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+            CStr::from_ptr(rdsys::rd_kafka_mock_cluster_bootstraps(cluster))
+                .to_string_lossy()
+                .into_owned()
+        };
+        Ok(Self {
+            cluster,
+            bootstrap,
+            _host: host,
+        })
+    }
+
+    /// `host:port` list other Kafka clients (kcat, Java) can bootstrap from.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates a topic (the mock answers no CreateTopics admin request).
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), EmbeddedError> {
+        let name = CString::new(topic).map_err(|e| EmbeddedError::Refused(e.to_string()))?;
+        // SAFETY: live cluster, NUL-terminated name that outlives the call.
+        let err = unsafe {
+            rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
+        };
+        check(err)
+    }
+
+    /// Takes a broker down (for fault-injection tests).
+    pub fn broker_down(&self, broker_id: i32) -> Result<(), EmbeddedError> {
+        // SAFETY: live cluster.
+        check(unsafe { rdsys::rd_kafka_mock_broker_set_down(self.cluster, broker_id) })
+    }
+
+    /// Brings a broker back up.
+    pub fn broker_up(&self, broker_id: i32) -> Result<(), EmbeddedError> {
+        // SAFETY: live cluster.
+        check(unsafe { rdsys::rd_kafka_mock_broker_set_up(self.cluster, broker_id) })
+    }
+}
+
+fn check(err: rdsys::rd_kafka_resp_err_t) -> Result<(), EmbeddedError> {
+    if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        Ok(())
+    } else {
+        Err(EmbeddedError::Refused(format!(
+            "{:?}",
+            rdsys::RDKafkaErrorCode::from(err)
+        )))
+    }
+}
+
+impl Drop for EmbeddedKafka {
+    fn drop(&mut self) {
+        // SAFETY: the cluster was created in `start` and is destroyed once,
+        // here, before `_host` (a later field) is dropped.
+        unsafe { rdsys::rd_kafka_mock_cluster_destroy(self.cluster) };
+    }
+}

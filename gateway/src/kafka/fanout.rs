@@ -1,0 +1,203 @@
+//! The fan-out path: the node's Kafka consumer for every topic its sockets
+//! subscribe to.
+//!
+//! Partitions are assigned by hand (no consumer group) at the high watermark
+//! read when the first local socket subscribes to a topic, and unassigned
+//! when the last one leaves. Because the watermark is read before the
+//! client is told `subscribed`, every record produced after that reply has
+//! an offset at or past the assigned position: the subscription is live.
+//! A new subscription costs one watermark request per partition and no
+//! rebalance. Each record is encoded once and handed to the [`Hub`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use ferry_protocol::MessageFrame;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::GatewayError;
+use crate::hub::{Activation, Hub, Subscriber};
+use crate::kafka::topics::Topics;
+use crate::metrics;
+
+/// The node's consumer and its subscription table.
+pub struct Fanout {
+    consumer: Arc<StreamConsumer>,
+    hub: Arc<Hub>,
+    topics: Arc<Topics>,
+    timeout: Duration,
+    partition_refresh: Duration,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fanout {
+    pub fn new(
+        consumer: StreamConsumer,
+        hub: Arc<Hub>,
+        topics: Arc<Topics>,
+        timeout: Duration,
+        partition_refresh: Duration,
+    ) -> Self {
+        Self {
+            consumer: Arc::new(consumer),
+            hub,
+            topics,
+            timeout,
+            partition_refresh,
+        }
+    }
+
+    /// Subscribes a socket to `topic` (which has `partitions` partitions).
+    /// Returns once the subscription is live.
+    pub async fn subscribe(
+        &self,
+        topic: &str,
+        partitions: i32,
+        subscriber: Subscriber,
+    ) -> Result<(), GatewayError> {
+        let session = subscriber.session;
+        let activation = self.hub.join(topic, subscriber);
+        let result = activation
+            .get_or_init(|| self.activate(topic, partitions, &activation))
+            .await
+            .clone();
+        if result.is_err() {
+            self.hub.abandon(topic, &activation);
+            self.unsubscribe(topic, session);
+        }
+        result
+    }
+
+    /// Removes a socket from `topic`; the last one out unassigns it.
+    pub fn unsubscribe(&self, topic: &str, session: u64) {
+        self.hub.leave(topic, session, |partitions| {
+            let mut list = TopicPartitionList::new();
+            for &p in partitions {
+                list.add_partition(topic, p);
+            }
+            if let Err(e) = self.consumer.incremental_unassign(&list) {
+                tracing::warn!(topic, error = %e, "unassigning partitions failed");
+            }
+        });
+    }
+
+    async fn activate(
+        &self,
+        topic: &str,
+        partitions: i32,
+        activation: &Activation,
+    ) -> Result<(), GatewayError> {
+        let consumer = self.consumer.clone();
+        let (name, timeout) = (topic.to_owned(), self.timeout);
+        let starts = tokio::task::spawn_blocking(move || {
+            (0..partitions)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(&name, p, timeout)
+                        .map(|(_, high)| (p, high))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
+        .map_err(|e| GatewayError::Unavailable(format!("reading end offsets failed: {e}")))?;
+
+        let ids = starts.iter().map(|(p, _)| *p).collect();
+        // Assigning is a quick local call into librdkafka, done under the
+        // hub lock so it cannot interleave with the topic's unassignment.
+        self.hub.activate(topic, activation, ids, |_| {
+            let mut list = TopicPartitionList::new();
+            for &(p, high) in &starts {
+                list.add_partition_offset(topic, p, Offset::Offset(high))
+                    .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            }
+            self.consumer
+                .incremental_assign(&list)
+                .map_err(|e| GatewayError::Internal(format!("assign failed: {e}")))
+        })?;
+        tracing::debug!(topic, ?starts, "topic live");
+        Ok(())
+    }
+
+    /// Consumes until `shutdown`, dispatching every record.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().watch_partitions(shutdown.clone()));
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = self.consumer.recv() => received,
+            };
+            match received {
+                Ok(record) => self.dispatch(&record),
+                Err(e) => {
+                    tracing::warn!(error = %e, "fan-out consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Encodes `record` once and queues the bytes to every subscriber.
+    fn dispatch(&self, record: &BorrowedMessage<'_>) {
+        let headers: Vec<(&str, Option<&[u8]>)> = record
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+            .unwrap_or_default();
+        let frame = MessageFrame {
+            topic: record.topic(),
+            partition: record.partition(),
+            offset: record.offset(),
+            timestamp: record.timestamp().to_millis(),
+            key: record.key(),
+            headers: &headers,
+            value: record.payload(),
+        };
+        let bytes = Utf8Bytes::from(frame.encode());
+        let delivered = self.hub.dispatch(record.topic(), &bytes);
+        metrics::fanout_record(delivered);
+    }
+
+    /// Picks up partitions added to subscribed topics, from their start.
+    async fn watch_partitions(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.partition_refresh);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for (topic, assigned) in self.hub.assigned_topics() {
+                let Ok(count) = self.topics.refresh(&topic).await else {
+                    continue;
+                };
+                if count as usize <= assigned {
+                    continue;
+                }
+                let grown = self.hub.grow(&topic, count, |new| {
+                    let mut list = TopicPartitionList::new();
+                    for &p in new {
+                        list.add_partition_offset(&topic, p, Offset::Beginning)
+                            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+                    }
+                    self.consumer
+                        .incremental_assign(&list)
+                        .map_err(|e| GatewayError::Internal(format!("assign failed: {e}")))
+                });
+                match grown {
+                    Ok(()) => tracing::info!(topic, partitions = count, "new partitions assigned"),
+                    Err(e) => tracing::warn!(topic, error = %e, "assigning new partitions failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! The publish path: a decoded `publish` frame becomes a Kafka record, and
+//! its delivery report becomes an `ack` or an `error`.
+//!
+//! `send_result` hands the record to librdkafka without waiting: a full
+//! queue is answered at once with `unavailable` (backpressure goes to the
+//! client, never into an unbounded buffer), and the returned future resolves
+//! when Kafka has stored the record or `message.timeout.ms` has passed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_protocol::Publish;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::error::GatewayError;
+use crate::kafka::health::Health;
+use crate::kafka::topics::classify;
+
+/// Where Kafka stored a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Produces records for every session of the node.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    pub fn new(producer: FutureProducer, health: Arc<Health>) -> Self {
+        Self { producer, health }
+    }
+
+    /// Enqueues `publish` for Kafka. The returned future resolves to where
+    /// the record was stored, or why it was not.
+    pub fn send(
+        &self,
+        publish: &Publish<'_>,
+    ) -> Result<impl Future<Output = Result<Stored, GatewayError>> + Send + 'static, GatewayError>
+    {
+        if !self.health.is_ready() {
+            return Err(GatewayError::Unavailable("Kafka is unreachable".into()));
+        }
+        let mut record =
+            FutureRecord::<[u8], [u8]>::to(&publish.topic).payload(publish.value.as_bytes());
+        if let Some(key) = &publish.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(partition) = publish.partition {
+            record = record.partition(partition);
+        }
+        if !publish.headers.is_empty() {
+            let headers = publish
+                .headers
+                .iter()
+                .fold(OwnedHeaders::new(), |h, (k, v)| {
+                    h.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    })
+                });
+            record = record.headers(headers);
+        }
+        let started = Instant::now();
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(err, _)| classify(&err))?;
+        Ok(async move {
+            match delivery.await {
+                Ok(Ok(d)) => {
+                    crate::metrics::publish_acked(started.elapsed());
+                    Ok(Stored {
+                        partition: d.partition,
+                        offset: d.offset,
+                    })
+                }
+                Ok(Err((err, _))) => Err(classify(&err)),
+                Err(_canceled) => Err(GatewayError::Internal("producer went away".into())),
+            }
+        })
+    }
+}

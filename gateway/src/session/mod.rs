@@ -1,0 +1,345 @@
+//! One client connection.
+//!
+//! The session task reads frames and owns the connection's state (its
+//! subscriptions and in-flight publishes); a [`writer`] task owns the sink.
+//! They talk over two bounded queues: replies (sized so every in-flight
+//! publish can be answered) and fan-out frames (`limits.outbound_queue`,
+//! filled by the hub with `try_send`; full means the socket is too slow and
+//! is closed with 4000).
+
+pub mod writer;
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Limits, Publish, ServerFrame};
+use futures::stream::{FuturesUnordered, SplitStream};
+use futures::{Future, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::error::{request_error_frame, GatewayError};
+use crate::hub::Subscriber;
+use crate::metrics;
+use writer::{Outbound, WriterConfig};
+
+/// Replies beyond the in-flight publishes the reply queue has room for
+/// (subscribe answers, pongs, errors).
+const REPLY_SLACK: usize = 64;
+
+/// How long a closing session waits for its writer to send the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+type PendingReply = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Why the read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The gateway closes the socket with this code.
+    Close(CloseCode),
+    /// The gateway is shutting down: answer in-flight publishes, then 1001.
+    Shutdown,
+    /// The client closed or the connection dropped.
+    ClientGone,
+    /// The writer stopped (write failed or timed out).
+    WriterGone,
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Close(code) => code.reason(),
+            Self::Shutdown => CloseCode::GOING_AWAY.reason(),
+            Self::ClientGone => "client_closed",
+            Self::WriterGone => "write_failed",
+        }
+    }
+
+    /// Maps a read error from the socket to how the session ends.
+    fn from_read_error(err: axum::Error) -> Self {
+        use tungstenite::error::{CapacityError, Error as WsError};
+        let inner = err.into_inner();
+        match inner.downcast_ref::<WsError>() {
+            Some(WsError::Capacity(CapacityError::MessageTooLong { .. })) => {
+                Self::Close(CloseCode::MESSAGE_TOO_BIG)
+            }
+            Some(WsError::Capacity(_)) => Self::Close(CloseCode::MESSAGE_TOO_BIG),
+            Some(WsError::Utf8(_)) => Self::Close(CloseCode::INVALID_PAYLOAD),
+            Some(WsError::Protocol(_)) => Self::Close(CloseCode::PROTOCOL_ERROR),
+            _ => Self::ClientGone,
+        }
+    }
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+    metrics::connection_opened();
+    let limits = &state.config.limits;
+    let (sink, stream) = socket.split();
+    let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
+    let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
+    let ws = &state.config.websocket;
+    let writer_config = WriterConfig {
+        ping_interval: ws.ping_interval(),
+        write_timeout: ws.write_timeout(),
+    };
+    let writer = tokio::spawn(writer::run(sink, replies_rx, fanout_rx, writer_config));
+
+    let mut session = Session {
+        id: state.next_session.fetch_add(1, Ordering::Relaxed),
+        state: state.clone(),
+        replies,
+        fanout,
+        kick: CancellationToken::new(),
+        give_up: CancellationToken::new(),
+        subscriptions: HashSet::new(),
+        inflight: FuturesUnordered::new(),
+    };
+    let end = session.serve(stream).await;
+    tracing::debug!(session = session.id, end = end.label(), "session ended");
+    session.finish(end, writer).await;
+    metrics::connection_closed(end.label());
+    drop(permit);
+}
+
+struct Session {
+    id: u64,
+    state: Arc<AppState>,
+    replies: mpsc::Sender<Outbound>,
+    fanout: mpsc::Sender<Utf8Bytes>,
+    /// Cancelled by the hub when the fan-out queue is full.
+    kick: CancellationToken,
+    /// Cancelled when the shutdown grace runs out: in-flight publishes are
+    /// then answered with `timeout`.
+    give_up: CancellationToken,
+    subscriptions: HashSet<String>,
+    inflight: FuturesUnordered<PendingReply>,
+}
+
+impl Session {
+    async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+        let limits = &self.state.config.limits;
+        let welcome = ServerFrame::Welcome {
+            protocol: ferry_protocol::PROTOCOL_VERSION,
+            session: uuid::Uuid::new_v4().to_string(),
+            node: self.state.node_id.clone(),
+            limits: Limits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_inflight_publishes: limits.max_inflight_publishes,
+                max_subscriptions: limits.max_subscriptions,
+            },
+        };
+        if let Err(end) = self.send(welcome).await {
+            return end;
+        }
+
+        let idle = self.state.config.websocket.idle_timeout();
+        let mut last_heard = Instant::now();
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::pin!(idle_timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.kick.cancelled() => return End::Close(CloseCode::SLOW_CONSUMER),
+                _ = self.state.shutdown.cancelled() => return End::Shutdown,
+                Some(reply) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Err(end) = self.send(reply).await {
+                        return end;
+                    }
+                }
+                () = &mut idle_timer => {
+                    if last_heard.elapsed() >= idle {
+                        return End::Close(CloseCode::IDLE_TIMEOUT);
+                    }
+                    idle_timer.as_mut().reset(last_heard + idle);
+                }
+                incoming = stream.next() => {
+                    last_heard = Instant::now();
+                    let result = match incoming {
+                        None => Err(End::ClientGone),
+                        Some(Err(e)) => Err(End::from_read_error(e)),
+                        Some(Ok(Message::Text(text))) => self.handle_text(&text).await,
+                        Some(Ok(Message::Binary(_))) => {
+                            Err(End::Close(CloseCode::UNSUPPORTED_DATA))
+                        }
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        Some(Ok(Message::Close(_))) => Err(End::ClientGone),
+                    };
+                    if let Err(end) = result {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Result<(), End> {
+        metrics::frame_received();
+        let frame = match decode_client_frame(text) {
+            Ok(frame) => frame,
+            Err(err) => return self.send(request_error_frame(err)).await,
+        };
+        let reply = match frame {
+            ClientFrame::Publish(publish) => match self.publish(&publish).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    metrics::publish_failed(e.code().as_str());
+                    e.to_frame(Some(&publish.id))
+                }
+            },
+            ClientFrame::Subscribe { id, topic } => match self.subscribe(&topic).await {
+                Ok(()) => ServerFrame::Subscribed { id, topic },
+                Err(e) => e.to_frame(Some(&id)),
+            },
+            ClientFrame::Unsubscribe { id, topic } => {
+                self.unsubscribe(&topic);
+                ServerFrame::Unsubscribed { id, topic }
+            }
+            ClientFrame::Ping { id } => ServerFrame::Pong { id },
+        };
+        self.send(reply).await
+    }
+
+    /// Hands the record to Kafka; the reply comes later through `inflight`.
+    async fn publish(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
+        let max = self.state.config.limits.max_inflight_publishes;
+        if self.inflight.len() >= max {
+            return Err(GatewayError::Limit(format!(
+                "{max} publishes are already awaiting Kafka on this connection"
+            )));
+        }
+        let topics = &self.state.topics;
+        let mut partitions = topics.partitions(&publish.topic).await?;
+        if let Some(partition) = publish.partition.filter(|&p| p >= partitions) {
+            partitions = topics.refresh(&publish.topic).await?;
+            if partition >= partitions {
+                return Err(GatewayError::BadRequest(format!(
+                    "topic {:?} has {partitions} partitions; partition {partition} does not exist",
+                    publish.topic
+                )));
+            }
+        }
+        let delivery = self.state.publisher.send(publish)?;
+        let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        let give_up = self.give_up.clone();
+        self.inflight.push(Box::pin(async move {
+            let outcome = tokio::select! {
+                outcome = delivery => outcome,
+                _ = give_up.cancelled() => Err(GatewayError::Timeout),
+            };
+            match outcome {
+                Ok(stored) => ServerFrame::Ack {
+                    id,
+                    topic,
+                    partition: stored.partition,
+                    offset: stored.offset,
+                },
+                Err(e) => {
+                    metrics::publish_failed(e.code().as_str());
+                    e.to_frame(Some(&id))
+                }
+            }
+        }));
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, topic: &str) -> Result<(), GatewayError> {
+        if self.subscriptions.contains(topic) {
+            return Ok(());
+        }
+        let max = self.state.config.limits.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(GatewayError::Limit(format!(
+                "this connection already has {max} subscriptions"
+            )));
+        }
+        let partitions = self.state.topics.partitions(topic).await?;
+        let subscriber = Subscriber {
+            session: self.id,
+            queue: self.fanout.clone(),
+            kick: self.kick.clone(),
+        };
+        self.state
+            .fanout
+            .subscribe(topic, partitions, subscriber)
+            .await?;
+        self.subscriptions.insert(topic.to_owned());
+        metrics::subscriptions_changed(1.0);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, topic: &str) {
+        if self.subscriptions.remove(topic) {
+            self.state.fanout.unsubscribe(topic, self.id);
+            metrics::subscriptions_changed(-1.0);
+        }
+    }
+
+    async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
+        let text = Utf8Bytes::from(frame.encode());
+        self.replies
+            .send(Outbound::Frame(text))
+            .await
+            .map_err(|_| End::WriterGone)
+    }
+
+    /// Leaves every topic, answers what must be answered, closes the socket.
+    async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+        let topics: Vec<String> = self.subscriptions.iter().cloned().collect();
+        for topic in topics {
+            self.unsubscribe(&topic);
+        }
+        let close = match end {
+            End::Shutdown => {
+                self.drain_inflight().await;
+                Some(CloseCode::GOING_AWAY)
+            }
+            End::Close(code) => {
+                if code == CloseCode::SLOW_CONSUMER {
+                    metrics::slow_consumer();
+                }
+                Some(code)
+            }
+            End::ClientGone | End::WriterGone => None,
+        };
+        if let Some(code) = close {
+            // The writer may be stuck on a socket that does not read; the
+            // close frame is best effort and the wait below is bounded.
+            let _ = self.replies.try_send(Outbound::Close(code));
+        }
+        drop(self);
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
+            abort.abort();
+        }
+    }
+
+    /// Shutdown: every in-flight publish gets its `ack` or `error`, waiting
+    /// at most the shutdown grace for Kafka.
+    async fn drain_inflight(&mut self) {
+        let deadline = Instant::now() + self.state.config.shutdown_grace();
+        loop {
+            let next = if self.give_up.is_cancelled() {
+                self.inflight.next().await
+            } else {
+                match tokio::time::timeout_at(deadline, self.inflight.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.give_up.cancel();
+                        continue;
+                    }
+                }
+            };
+            let Some(reply) = next else { break };
+            if self.send(reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The writer task: the only owner of a socket's sink.
+//!
+//! It takes replies (acks, errors, …) before fan-out frames, writes every
+//! frame that is already queued before one flush (one syscall for a burst
+//! rather than one per frame), sends WebSocket pings, and gives up on a
+//! socket whose writes do not complete within the write timeout.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use ferry_protocol::CloseCode;
+use futures::stream::SplitSink;
+use futures::SinkExt;
+use tokio::sync::mpsc;
+
+use crate::metrics;
+
+/// Most frames written before a flush.
+const MAX_BATCH: usize = 64;
+
+/// What the session asks the writer to send.
+#[derive(Debug)]
+pub enum Outbound {
+    Frame(Utf8Bytes),
+    Close(CloseCode),
+}
+
+/// Writer settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub ping_interval: Duration,
+    pub write_timeout: Duration,
+}
+
+/// Runs until a close frame is sent, the session drops its sender, or a
+/// write fails or times out.
+pub async fn run(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut replies: mpsc::Receiver<Outbound>,
+    mut fanout: mpsc::Receiver<Utf8Bytes>,
+    config: WriterConfig,
+) {
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.reset();
+    loop {
+        let first = tokio::select! {
+            biased;
+            reply = replies.recv() => match reply {
+                Some(outbound) => outbound,
+                None => break,
+            },
+            Some(frame) = fanout.recv() => Outbound::Frame(frame),
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout(
+                    config.write_timeout,
+                    sink.send(Message::Ping(Default::default())),
+                ).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+                continue;
+            }
+        };
+        let write = write_batch(&mut sink, first, &mut replies, &mut fanout);
+        match tokio::time::timeout(config.write_timeout, write).await {
+            Ok(Ok(Flow::Continue)) => {}
+            Ok(Ok(Flow::Closed)) => break,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "socket write failed");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("socket write timed out");
+                break;
+            }
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Closed,
+}
+
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    first: Outbound,
+    replies: &mut mpsc::Receiver<Outbound>,
+    fanout: &mut mpsc::Receiver<Utf8Bytes>,
+) -> Result<Flow, axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0u64;
+    while let Some(outbound) = next.take() {
+        match outbound {
+            Outbound::Frame(text) => {
+                sink.feed(Message::Text(text)).await?;
+                written += 1;
+            }
+            Outbound::Close(code) => {
+                let frame = CloseFrame {
+                    code: code.0,
+                    reason: code.reason().into(),
+                };
+                sink.send(Message::Close(Some(frame))).await?;
+                metrics::frames_sent(written);
+                return Ok(Flow::Closed);
+            }
+        }
+        if written < MAX_BATCH as u64 {
+            next = replies
+                .try_recv()
+                .ok()
+                .or_else(|| fanout.try_recv().ok().map(Outbound::Frame));
+        }
+    }
+    sink.flush().await?;
+    metrics::frames_sent(written);
+    Ok(Flow::Continue)
+}

@@ -1,0 +1,285 @@
+//! Frames a client sends, decoded and validated in one step.
+//!
+//! [`decode_client_frame`] turns one WebSocket text message into a
+//! [`ClientFrame`] or a [`RequestError`] that already carries the wire error
+//! code and a message for a human. A publish's JSON `value` is borrowed from
+//! the incoming text as raw bytes: it is produced to Kafka exactly as the
+//! client wrote it, never parsed into a tree and re-encoded.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+use crate::topic::validate_topic;
+use crate::MAX_ID_CHARS;
+
+/// A decoded, validated client frame.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Produce one record.
+    Publish(Publish<'a>),
+    /// Receive live records of a topic from now on.
+    Subscribe { id: String, topic: String },
+    /// Stop receiving records of a topic.
+    Unsubscribe { id: String, topic: String },
+    /// Application-level liveness check; answered with `pong`.
+    Ping { id: String },
+}
+
+impl ClientFrame<'_> {
+    /// The request id, echoed on the reply.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Publish(p) => &p.id,
+            Self::Subscribe { id, .. } | Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
+        }
+    }
+}
+
+/// One record to produce.
+#[derive(Debug)]
+pub struct Publish<'a> {
+    pub id: String,
+    pub topic: String,
+    pub value: Payload<'a>,
+    pub key: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+    pub partition: Option<i32>,
+}
+
+/// The bytes of a record's value.
+#[derive(Debug)]
+pub enum Payload<'a> {
+    /// `value`: JSON text, produced byte for byte as the client sent it.
+    Json(&'a RawValue),
+    /// `value_b64`: arbitrary bytes.
+    Bytes(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// The record value bytes as they go to Kafka.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Json(raw) => raw.get().as_bytes(),
+            Self::Bytes(bytes) => bytes,
+        }
+    }
+}
+
+/// A request that cannot be carried out, as the `error` frame will say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The request id, when the frame had a usable one.
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    /// An error with the given code about request `id`.
+    pub fn new(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(id: Option<&str>, message: impl Into<String>) -> Self {
+        Self::new(id.map(str::to_owned), ErrorCode::BadRequest, message)
+    }
+}
+
+/// Every field any client frame may carry; which ones a given `type` allows
+/// is checked after parsing, so that errors can name the field.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    id: Option<String>,
+    topic: Option<String>,
+    #[serde(default, borrow, deserialize_with = "present_raw")]
+    value: Option<&'a RawValue>,
+    value_b64: Option<String>,
+    key: Option<String>,
+    key_b64: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    partition: Option<i32>,
+}
+
+/// `"value": null` is the JSON value `null`, not a missing value.
+fn present_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Only reads `id`, to echo it on the error for a frame that failed to decode.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<serde_json::Value>,
+}
+
+/// Decodes and validates one text frame.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, RequestError> {
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|e| {
+        let id = serde_json::from_str::<IdOnly>(text)
+            .ok()
+            .and_then(|f| f.id)
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .filter(|id| valid_id(id));
+        RequestError::new(id, ErrorCode::BadRequest, format!("invalid frame: {e}"))
+    })?;
+    raw.validate()
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS
+}
+
+impl<'a> RawFrame<'a> {
+    fn validate(self) -> Result<ClientFrame<'a>, RequestError> {
+        let id = match self.id.as_deref() {
+            None => return Err(RequestError::bad_request(None, "missing field `id`")),
+            Some(id) if !valid_id(id) => {
+                return Err(RequestError::bad_request(
+                    None,
+                    format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
+                ))
+            }
+            Some(id) => id,
+        };
+        let kind = self.kind.as_ref();
+        let allowed: &[&str] = match kind {
+            "publish" => &[
+                "topic",
+                "value",
+                "value_b64",
+                "key",
+                "key_b64",
+                "headers",
+                "partition",
+            ],
+            "subscribe" | "unsubscribe" => &["topic"],
+            "ping" => &[],
+            other => {
+                return Err(RequestError::bad_request(
+                    Some(id),
+                    format!("unknown frame type {other:?}"),
+                ))
+            }
+        };
+        if let Some(field) = self.present_fields().find(|f| !allowed.contains(f)) {
+            return Err(RequestError::bad_request(
+                Some(id),
+                format!("field `{field}` is not allowed in a {kind} frame"),
+            ));
+        }
+        if kind == "ping" {
+            return Ok(ClientFrame::Ping { id: id.to_owned() });
+        }
+
+        let Some(topic) = self.topic.as_deref() else {
+            return Err(RequestError::bad_request(Some(id), "missing field `topic`"));
+        };
+        validate_topic(topic)
+            .map_err(|why| RequestError::new(Some(id.to_owned()), ErrorCode::InvalidTopic, why))?;
+        let (id, topic) = (id.to_owned(), topic.to_owned());
+        match kind {
+            "subscribe" => Ok(ClientFrame::Subscribe { id, topic }),
+            "unsubscribe" => Ok(ClientFrame::Unsubscribe { id, topic }),
+            _ => self.into_publish(id, topic),
+        }
+    }
+
+    fn present_fields(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("topic", self.topic.is_some()),
+            ("value", self.value.is_some()),
+            ("value_b64", self.value_b64.is_some()),
+            ("key", self.key.is_some()),
+            ("key_b64", self.key_b64.is_some()),
+            ("headers", self.headers.is_some()),
+            ("partition", self.partition.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+    }
+
+    fn into_publish(self, id: String, topic: String) -> Result<ClientFrame<'a>, RequestError> {
+        let bad = |msg: &str| Err(RequestError::bad_request(Some(&id), msg));
+        let value = match (self.value, self.value_b64) {
+            (Some(raw), None) => Payload::Json(raw),
+            (None, Some(b64)) => match decode_b64(&b64) {
+                Some(bytes) => Payload::Bytes(bytes),
+                None => return bad("`value_b64` is not valid base64"),
+            },
+            (None, None) => return bad("a publish needs `value` or `value_b64`"),
+            (Some(_), Some(_)) => return bad("give either `value` or `value_b64`, not both"),
+        };
+        let key = match (self.key, self.key_b64) {
+            (Some(key), None) => Some(key.into_bytes()),
+            (None, Some(b64)) => match decode_b64(&b64) {
+                Some(bytes) => Some(bytes),
+                None => return bad("`key_b64` is not valid base64"),
+            },
+            (None, None) => None,
+            (Some(_), Some(_)) => return bad("give either `key` or `key_b64`, not both"),
+        };
+        if self.partition.is_some_and(|p| p < 0) {
+            return bad("`partition` must not be negative");
+        }
+        Ok(ClientFrame::Publish(Publish {
+            id,
+            topic,
+            value,
+            key,
+            headers: self.headers.unwrap_or_default(),
+            partition: self.partition,
+        }))
+    }
+}
+
+fn decode_b64(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_value_is_borrowed_verbatim() {
+        let text = r#"{"type":"publish","id":"p1","topic":"t","value": {"a" : [1, 2.50]} }"#;
+        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.value.as_bytes(), br#"{"a" : [1, 2.50]}"#);
+    }
+
+    #[test]
+    fn json_null_is_a_value() {
+        let text = r#"{"type":"publish","id":"p1","topic":"t","value":null}"#;
+        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.value.as_bytes(), b"null");
+    }
+
+    #[test]
+    fn error_echoes_a_usable_id() {
+        let err = decode_client_frame(r#"{"type":"nope","id":"x1"}"#).unwrap_err();
+        assert_eq!(
+            (err.id.as_deref(), err.code),
+            (Some("x1"), ErrorCode::BadRequest)
+        );
+        let err = decode_client_frame(r#"{"type":"ping","id":"x2","bogus":1}"#).unwrap_err();
+        assert_eq!(
+            (err.id.as_deref(), err.code),
+            (Some("x2"), ErrorCode::BadRequest)
+        );
+    }
+}

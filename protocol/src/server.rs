@@ -1,0 +1,249 @@
+//! Frames the gateway sends.
+//!
+//! [`ServerFrame`] covers every frame and round-trips through serde, so tests
+//! and tools can decode what the gateway says. The fan-out hot path does not
+//! build a `ServerFrame`: it encodes a borrowed [`MessageFrame`] once per Kafka
+//! record and shares the resulting bytes with every subscribed socket.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codes::ErrorCode;
+
+/// Limits of this connection, announced in `welcome`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_inflight_publishes: usize,
+    pub max_subscriptions: usize,
+}
+
+/// Every frame the gateway sends, in owned form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every connection.
+    Welcome {
+        protocol: u32,
+        session: String,
+        node: String,
+        limits: Limits,
+    },
+    /// Kafka stored the record of publish `id` at this partition and offset.
+    Ack {
+        id: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+    },
+    /// The subscription is live: every record produced from now on arrives.
+    Subscribed { id: String, topic: String },
+    /// The subscription is gone; no more records of `topic` arrive.
+    Unsubscribed { id: String, topic: String },
+    /// Reply to `ping`.
+    Pong { id: String },
+    /// A request failed; the socket stays open.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        code: ErrorCode,
+        message: String,
+        /// For `unavailable`: a suggested delay before retrying.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+    /// One Kafka record of a subscribed topic.
+    Message(Message),
+}
+
+/// A decoded `message` frame (for clients and tests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<i64>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_b64: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_b64: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_b64: Option<String>,
+}
+
+impl Message {
+    /// The record's value bytes: re-encoded JSON for `value`, decoded
+    /// base64 for `value_b64`, `None` for a tombstone.
+    pub fn value_bytes(&self) -> Option<Vec<u8>> {
+        if let Some(b64) = &self.value_b64 {
+            return base64::engine::general_purpose::STANDARD.decode(b64).ok();
+        }
+        self.value
+            .as_ref()
+            .map(|v| serde_json::to_vec(v).expect("a Value always encodes"))
+    }
+
+    /// The record key bytes, from `key` or `key_b64`.
+    pub fn key_bytes(&self) -> Option<Vec<u8>> {
+        if let Some(b64) = &self.key_b64 {
+            return base64::engine::general_purpose::STANDARD.decode(b64).ok();
+        }
+        self.key.as_ref().map(|k| k.as_bytes().to_vec())
+    }
+}
+
+/// One Kafka record as the fan-out sees it, borrowed from the consumer's
+/// buffer. Encode it with [`MessageFrame::encode`].
+#[derive(Debug)]
+pub struct MessageFrame<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub headers: &'a [(&'a str, Option<&'a [u8]>)],
+    pub value: Option<&'a [u8]>,
+}
+
+#[derive(Serialize)]
+struct EncodedMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    topic: &'a str,
+    partition: i32,
+    offset: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timestamp: Option<i64>,
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_b64: Option<String>,
+    headers: BTreeMap<&'a str, Option<&'a str>>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    headers_b64: BTreeMap<&'a str, String>,
+    /// A tombstone (no value bytes) is `"value": null` with no `value_b64`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value_b64: Option<String>,
+}
+
+impl MessageFrame<'_> {
+    /// Encodes the frame as JSON text. A value that is valid JSON is embedded
+    /// as is (not re-encoded); anything else goes out as `value_b64`. A key or
+    /// header value that is not UTF-8 goes out base64-encoded likewise.
+    pub fn encode(&self) -> String {
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (key, key_b64) = match self.key {
+            None => (None, None),
+            Some(bytes) => match std::str::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(_) => (None, Some(b64(bytes))),
+            },
+        };
+        let mut headers = BTreeMap::new();
+        let mut headers_b64 = BTreeMap::new();
+        for &(name, value) in self.headers {
+            match value.map(std::str::from_utf8) {
+                None => {
+                    headers.insert(name, None);
+                }
+                Some(Ok(text)) => {
+                    headers.insert(name, Some(text));
+                }
+                Some(Err(_)) => {
+                    headers_b64.insert(name, b64(value.unwrap_or_default()));
+                }
+            }
+        }
+        let null = RawValue::NULL;
+        let (value, value_b64) = match self.value {
+            None => (Some(null), None),
+            Some(bytes) => match std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+            {
+                Some(raw) => (Some(raw), None),
+                None => (None, Some(b64(bytes))),
+            },
+        };
+        let frame = EncodedMessage {
+            kind: "message",
+            topic: self.topic,
+            partition: self.partition,
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key,
+            key_b64,
+            headers,
+            headers_b64,
+            value,
+            value_b64,
+        };
+        serde_json::to_string(&frame).expect("a message frame always encodes")
+    }
+}
+
+impl ServerFrame {
+    /// Encodes the frame as JSON text.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a server frame always encodes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame<'a>(value: Option<&'a [u8]>, key: Option<&'a [u8]>) -> MessageFrame<'a> {
+        MessageFrame {
+            topic: "t",
+            partition: 1,
+            offset: 7,
+            timestamp: Some(1000),
+            key,
+            headers: &[],
+            value,
+        }
+    }
+
+    #[test]
+    fn json_value_is_embedded_verbatim() {
+        let text = frame(Some(br#"{"b": 1.50, "a":[ ]}"#), Some(b"k")).encode();
+        assert!(text.contains(r#""value":{"b": 1.50, "a":[ ]}"#), "{text}");
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn binary_value_and_key_go_base64() {
+        let text = frame(Some(&[0xff, 0x00, 0x01]), Some(&[0xc3, 0x28])).encode();
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.value_bytes().unwrap(), vec![0xff, 0x00, 0x01]);
+        assert_eq!(m.key_bytes().unwrap(), vec![0xc3, 0x28]);
+        assert_eq!(m.key, None);
+    }
+
+    #[test]
+    fn text_that_is_not_json_goes_base64() {
+        let text = frame(Some(b"hello world"), None).encode();
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.value, None);
+        assert_eq!(m.value_bytes().unwrap(), b"hello world");
+    }
+}
