@@ -24,6 +24,9 @@ use crate::hub::{Activation, Hub, Subscriber};
 use crate::kafka::topics::Topics;
 use crate::metrics;
 
+/// Records dispatched in a burst before the fan-out task yields.
+const YIELD_EVERY: u32 = 32;
+
 /// The node's consumer and its subscription table.
 pub struct Fanout {
     consumer: Arc<StreamConsumer>,
@@ -101,13 +104,25 @@ impl Fanout {
         let consumer = self.consumer.clone();
         let (name, timeout) = (topic.to_owned(), self.timeout);
         let starts = tokio::task::spawn_blocking(move || {
-            (0..partitions)
-                .map(|p| {
-                    consumer
-                        .fetch_watermarks(&name, p, timeout)
-                        .map(|(_, high)| (p, high))
-                })
-                .collect::<Result<Vec<_>, _>>()
+            // A topic created a moment ago may not have partition leaders
+            // yet: retry until the metadata timeout.
+            let deadline = std::time::Instant::now() + timeout;
+            loop {
+                let attempt = (0..partitions)
+                    .map(|p| {
+                        consumer
+                            .fetch_watermarks(&name, p, timeout)
+                            .map(|(_, high)| (p, high))
+                    })
+                    .collect::<Result<Vec<_>, _>>();
+                match attempt {
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(topic = name, error = %e, "end offsets not readable yet");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    other => return other,
+                }
+            }
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
@@ -133,13 +148,23 @@ impl Fanout {
     /// Consumes until `shutdown`, dispatching every record.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(self.clone().watch_partitions(shutdown.clone()));
+        let mut since_yield = 0u32;
         loop {
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 received = self.consumer.recv() => received,
             };
             match received {
-                Ok(record) => self.dispatch(&record),
+                Ok(record) => {
+                    self.dispatch(&record);
+                    // `recv` is always ready during a burst; let the socket
+                    // writers drain their queues before dispatching more.
+                    since_yield += 1;
+                    if since_yield == YIELD_EVERY {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "fan-out consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -117,8 +117,18 @@ impl Topics {
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Ok(None);
         };
+        // A topic is usable once every partition has a leader.
+        let led = |t: &rdkafka::metadata::MetadataTopic| {
+            !t.partitions().is_empty()
+                && t.partitions()
+                    .iter()
+                    .all(|p| p.error().is_none() && p.leader() >= 0)
+        };
         match found.error().map(RDKafkaErrorCode::from) {
-            None if !found.partitions().is_empty() => Ok(Some(found.partitions().len() as i32)),
+            None if led(found) => Ok(Some(found.partitions().len() as i32)),
+            None if !found.partitions().is_empty() => Err(GatewayError::Unavailable(format!(
+                "topic {topic:?} has partitions without a leader"
+            ))),
             None | Some(RDKafkaErrorCode::UnknownTopicOrPartition) => Ok(None),
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Err(GatewayError::Internal(
                 format!("the gateway's Kafka principal may not describe topic {topic:?}"),
@@ -159,11 +169,13 @@ impl Topics {
             }
         }
         tracing::info!(topic, partitions = self.partitions, "created topic");
-        // A new topic takes a moment to appear in metadata.
+        // A new topic takes a moment to appear in metadata with leaders.
         let deadline = Instant::now() + self.timeout;
         loop {
-            if let Some(n) = self.fetch(topic).await? {
-                return Ok(n);
+            match self.fetch(topic).await {
+                Ok(Some(n)) => return Ok(n),
+                Ok(None) | Err(GatewayError::Unavailable(_)) => {}
+                Err(e) => return Err(e),
             }
             if Instant::now() > deadline {
                 return Err(GatewayError::Unavailable(format!(

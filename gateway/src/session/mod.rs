@@ -101,9 +101,10 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphore
         subscriptions: HashSet::new(),
         inflight: FuturesUnordered::new(),
     };
-    let end = session.serve(stream).await;
+    let mut stream = stream;
+    let end = session.serve(&mut stream).await;
     tracing::debug!(session = session.id, end = end.label(), "session ended");
-    session.finish(end, writer).await;
+    session.finish(end, writer, stream).await;
     metrics::connection_closed(end.label());
     drop(permit);
 }
@@ -123,7 +124,7 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
         let limits = &self.state.config.limits;
         let welcome = ServerFrame::Welcome {
             protocol: ferry_protocol::PROTOCOL_VERSION,
@@ -290,7 +291,12 @@ impl Session {
     }
 
     /// Leaves every topic, answers what must be answered, closes the socket.
-    async fn finish(mut self, end: End, writer: tokio::task::JoinHandle<()>) {
+    async fn finish(
+        mut self,
+        end: End,
+        writer: tokio::task::JoinHandle<()>,
+        mut stream: SplitStream<WebSocket>,
+    ) {
         let topics: Vec<String> = self.subscriptions.iter().cloned().collect();
         for topic in topics {
             self.unsubscribe(&topic);
@@ -317,6 +323,20 @@ impl Session {
         let abort = writer.abort_handle();
         if tokio::time::timeout(CLOSE_WAIT, writer).await.is_err() {
             abort.abort();
+        }
+        if close.is_some() {
+            // Complete the close handshake: read (and drop) what the client
+            // still sends until its close frame. Dropping a socket with
+            // unread input makes the kernel reset the connection, which can
+            // discard our last frames before the client reads them.
+            let drain = async {
+                while let Some(Ok(m)) = stream.next().await {
+                    if matches!(m, Message::Close(_)) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_WAIT, drain).await;
         }
     }
 

@@ -1,0 +1,263 @@
+//! The fan-out path: records reach every subscribed socket, once, in order.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_order() {
+    let gw = spawn_gateway().await;
+    let kafka = gw.kafka();
+    let topic = unique_topic("fan");
+    kafka.create_topic(&topic, 3).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = gw.client().await;
+        c.subscribed(&topic).await;
+        clients.push(c);
+    }
+    let producer = producer(&gw.bootstrap);
+    const PER_PARTITION: i64 = 20;
+    let mut produced = Vec::new();
+    for i in 0..PER_PARTITION {
+        for p in 0..3 {
+            let value = format!(r#"{{"p":{p},"i":{i}}}"#);
+            let place = produce(
+                &producer,
+                &topic,
+                Some(p),
+                Some(b"k"),
+                value.as_bytes(),
+                &[("h", b"v")],
+            )
+            .await;
+            produced.push(place);
+        }
+    }
+    for client in &mut clients {
+        let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+        let mut seen = Vec::new();
+        for _ in 0..produced.len() {
+            let m = client.next_message().await;
+            assert_eq!(m["topic"], topic.as_str());
+            assert_eq!(m["key"], "k");
+            assert_eq!(m["headers"]["h"], "v");
+            let (p, o) = (
+                m["partition"].as_i64().unwrap(),
+                m["offset"].as_i64().unwrap(),
+            );
+            assert_eq!(m["value"]["p"].as_i64().unwrap(), p);
+            if let Some(prev) = last.insert(p, o) {
+                assert!(o > prev, "partition {p}: offset {o} after {prev}");
+            }
+            assert!(m["timestamp"].as_i64().unwrap() > 0);
+            seen.push((p as i32, o));
+        }
+        seen.sort();
+        let mut expected = produced.clone();
+        expected.sort();
+        assert_eq!(seen, expected, "every record exactly once");
+        assert!(
+            client
+                .message_within(Duration::from_millis(300))
+                .await
+                .is_none(),
+            "no extra record"
+        );
+    }
+}
+
+/// Any record produced after the client receives `subscribed` is delivered:
+/// checked for the first subscriber of a topic (which starts the node's
+/// consumption) and for a later one, many times over.
+#[tokio::test]
+async fn subscribed_means_live() {
+    let gw = spawn_gateway().await;
+    let kafka = gw.kafka();
+    let producer = producer(&gw.bootstrap);
+    for round in 0..10 {
+        let topic = unique_topic("live");
+        kafka.create_topic(&topic, 3).await;
+        let mut first = gw.client().await;
+        first.subscribed(&topic).await;
+        let value = format!("{{\"round\":{round},\"who\":\"first\"}}");
+        let place = produce(&producer, &topic, None, None, value.as_bytes(), &[]).await;
+        let m = first.next_message().await;
+        assert_eq!(
+            (
+                m["partition"].as_i64().unwrap() as i32,
+                m["offset"].as_i64().unwrap()
+            ),
+            place
+        );
+
+        let mut second = gw.client().await;
+        second.subscribed(&topic).await;
+        let value = format!("{{\"round\":{round},\"who\":\"second\"}}");
+        let place = produce(&producer, &topic, None, None, value.as_bytes(), &[]).await;
+        let m = second.next_message().await;
+        assert_eq!(
+            (
+                m["partition"].as_i64().unwrap() as i32,
+                m["offset"].as_i64().unwrap()
+            ),
+            place
+        );
+        assert_eq!(m["value"]["who"], "second");
+    }
+}
+
+#[tokio::test]
+async fn publishes_from_one_socket_reach_another() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("rt");
+    let mut sub = gw.client().await;
+    sub.subscribed(&topic).await;
+    let mut publisher = gw.client().await;
+    let (p, o) = publisher.acked(&topic, json!({"hello": "world"})).await;
+    let m = sub.next_message().await;
+    assert_eq!(
+        (
+            m["partition"].as_i64().unwrap() as i32,
+            m["offset"].as_i64().unwrap()
+        ),
+        (p, o)
+    );
+    assert_eq!(m["value"], json!({"hello": "world"}));
+    assert_eq!(m["key"], Value::Null);
+}
+
+#[tokio::test]
+async fn two_topics_on_one_socket_and_unsubscribe_stops_delivery() {
+    let gw = spawn_gateway().await;
+    let (a, b) = (unique_topic("a"), unique_topic("b"));
+    let mut client = gw.client().await;
+    client.subscribed(&a).await;
+    client.subscribed(&b).await;
+    let mut publisher = gw.client().await;
+    publisher.acked(&a, json!("to-a")).await;
+    publisher.acked(&b, json!("to-b")).await;
+    let mut got: Vec<(String, Value)> = Vec::new();
+    for _ in 0..2 {
+        let m = client.next_message().await;
+        got.push((m["topic"].as_str().unwrap().to_owned(), m["value"].clone()));
+    }
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut want = vec![(a.clone(), json!("to-a")), (b.clone(), json!("to-b"))];
+    want.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(got, want);
+
+    let reply = client
+        .request(json!({"type":"unsubscribe","topic":a}))
+        .await;
+    assert_eq!(reply["type"], "unsubscribed", "{reply}");
+    publisher.acked(&a, json!("after-unsubscribe")).await;
+    publisher.acked(&b, json!("marker")).await;
+    let m = client.next_message().await;
+    assert_eq!(m["value"], "marker", "only b's record arrives: {m}");
+    assert!(client
+        .message_within(Duration::from_millis(500))
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn values_that_are_not_json_and_keys_that_are_not_utf8_come_base64() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("raw");
+    gw.kafka().create_topic(&topic, 1).await;
+    let mut client = gw.client().await;
+    client.subscribed(&topic).await;
+    let producer = producer(&gw.bootstrap);
+    produce(
+        &producer,
+        &topic,
+        None,
+        Some(&[0xff, 0xfe]),
+        b"plain text",
+        &[],
+    )
+    .await;
+    let m = client.next_message().await;
+    assert_eq!(m["value_b64"], "cGxhaW4gdGV4dA==");
+    assert!(m.get("value").is_none(), "{m}");
+    assert_eq!(m["key_b64"], "//4=");
+    assert_eq!(m["key"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_socket_is_closed_and_fast_socket_gets_everything() {
+    let gw = spawn_gateway_with(|c| {
+        c.limits.outbound_queue = 128;
+        c.websocket.write_timeout_ms = 1_000;
+    })
+    .await;
+    let topic = unique_topic("slow");
+    gw.kafka().create_topic(&topic, 1).await;
+    let mut fast = gw.client().await;
+    fast.subscribed(&topic).await;
+    let mut slow = gw.client().await;
+    slow.subscribed(&topic).await;
+    // `slow` now stops reading; `fast` reads everything.
+
+    let producer = producer(&gw.bootstrap);
+    let payload = format!("\"{}\"", "x".repeat(16 * 1024));
+    const N: usize = 2_000;
+    let produce_all = async {
+        for _ in 0..N {
+            produce(&producer, &topic, Some(0), None, payload.as_bytes(), &[]).await;
+        }
+    };
+    let read_all_fast = async {
+        let mut last = -1;
+        for _ in 0..N {
+            let m = fast.next_message().await;
+            let offset = m["offset"].as_i64().unwrap();
+            assert!(offset > last);
+            last = offset;
+        }
+    };
+    tokio::join!(produce_all, read_all_fast);
+
+    // The slow socket was closed: with 4000 if the close frame got through,
+    // or cut if its writes stalled.
+    let code = slow.closed().await;
+    assert!(matches!(code, None | Some(4000)), "{code:?}");
+    let pong = fast.request(json!({"type":"ping"})).await;
+    assert_eq!(pong["type"], "pong", "the fast socket stays open");
+    let (_, metrics) = gw.get("/metrics").await;
+    assert!(
+        metrics.contains("ferry_slow_consumer_disconnects_total"),
+        "{metrics}"
+    );
+}
+
+/// Runs against real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the
+/// embedded mock cluster cannot add partitions to a topic.
+#[tokio::test]
+async fn new_partitions_of_a_subscribed_topic_are_picked_up() {
+    let gw = spawn_gateway().await;
+    let kafka = gw.kafka();
+    if kafka.is_embedded() {
+        eprintln!("note: needs real Kafka (FERRY_TEST_KAFKA); the mock cannot add partitions");
+        return;
+    }
+    let topic = unique_topic("grow");
+    kafka.create_topic(&topic, 1).await;
+    let mut client = gw.client().await;
+    client.subscribed(&topic).await;
+    kafka.add_partitions(&topic, 3).await;
+    let producer = producer(&gw.bootstrap);
+    let place = produce(&producer, &topic, Some(2), None, b"{\"new\":true}", &[]).await;
+    let m = client.next_message().await;
+    assert_eq!(
+        (
+            m["partition"].as_i64().unwrap() as i32,
+            m["offset"].as_i64().unwrap()
+        ),
+        place
+    );
+}

@@ -1,0 +1,15 @@
+//! Ferry's integration suite: one test binary, real gateways on port 0, real
+//! Kafka (each gateway's embedded Kafka by default, the broker named by
+//! `FERRY_TEST_KAFKA` when set), random topic names. Everything is checked
+//! on the wire, the way a client sees it, and against what an independent
+//! rdkafka client reads from Kafka.
+
+#![allow(unreachable_pub)] // items are shared between test modules
+
+mod helpers;
+
+mod errors;
+mod fanout;
+mod nodes;
+mod ops;
+mod publish;
