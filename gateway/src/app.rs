@@ -9,8 +9,9 @@
 //! stop.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -22,6 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acl::{Action, Policy};
+use crate::auth::{AuthMode, Authenticator, Principal};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::kafka::client_config::ClientSettings;
@@ -30,6 +33,7 @@ use crate::kafka::fanout::Fanout;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
 use crate::kafka::topics::{Creator, Topics};
+use crate::session::limits::SubjectConnections;
 use crate::{http, metrics};
 
 /// State shared by the HTTP handlers and every session.
@@ -41,6 +45,10 @@ pub struct AppState {
     pub topics: Arc<Topics>,
     pub fanout: Arc<Fanout>,
     pub health: Arc<Health>,
+    pub auth: Authenticator,
+    /// The ACL, swapped whole on reload; read under a short lock.
+    pub policy: RwLock<Arc<Policy>>,
+    pub subjects: Arc<SubjectConnections>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
@@ -51,6 +59,69 @@ pub struct AppState {
     pub next_session: AtomicU64,
 }
 
+impl AppState {
+    /// Whether the current ACL lets `principal` do `action` on `topic`.
+    pub fn allows(&self, principal: &Principal, action: Action, topic: &str) -> bool {
+        self.policy.read().expect("policy lock").allows(principal, action, topic)
+    }
+
+    /// Re-reads the ACL from `path`; a bad policy is logged and the old one
+    /// stays.
+    pub fn reload_policy(&self, path: &std::path::Path) {
+        let compiled = crate::config::reload_acl(path).and_then(|acl| Policy::compile(&acl));
+        match compiled {
+            Ok(policy) => {
+                *self.policy.write().expect("policy lock") =
+                    Arc::new(effective_policy(&self.config, policy));
+                tracing::info!(file = %path.display(), "ACL policy reloaded");
+            }
+            Err(errors) => tracing::error!(
+                file = %path.display(),
+                "ACL policy rejected, keeping the previous one: {}",
+                errors.join("; ")
+            ),
+        }
+    }
+}
+
+/// Without authentication and without rules, everything is allowed (the
+/// quick start); otherwise the policy is deny-by-default as written.
+fn effective_policy(config: &Config, policy: Policy) -> Policy {
+    if config.auth.mode == AuthMode::None && policy.is_empty() {
+        Policy::allow_all()
+    } else {
+        policy
+    }
+}
+
+/// Reloads the ACL on SIGHUP and when the configuration file changes.
+async fn watch_policy(state: Arc<AppState>, path: PathBuf, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let hup = async {
+            match hangup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = hup => state.reload_policy(&path),
+            _ = tick.tick() => {
+                let now = modified(&path);
+                if now != seen {
+                    seen = now;
+                    state.reload_policy(&path);
+                }
+            }
+        }
+    }
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -58,11 +129,10 @@ pub enum BuildError {
     Embedded(#[from] EmbeddedError),
     #[error("creating a Kafka client: {0}")]
     Kafka(#[from] KafkaError),
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A built gateway, ready to [`run`](App::run).
@@ -86,6 +156,9 @@ impl std::fmt::Debug for App {
 
 impl App {
     pub async fn build(config: Config) -> Result<Self, BuildError> {
+        let auth = Authenticator::from_config(&config.auth).map_err(BuildError::Config)?;
+        let policy =
+            effective_policy(&config, Policy::compile(&config.acl).map_err(BuildError::Config)?);
         let embedded = match config.kafka.embedded() {
             true => {
                 let kafka = EmbeddedKafka::start(1)?;
@@ -129,17 +202,12 @@ impl App {
             config.kafka.partition_refresh(),
         ));
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| BuildError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let local_addr = listener.local_addr().map_err(|source| BuildError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
 
         let state = Arc::new(AppState {
             node_id: config.node_id(),
@@ -147,6 +215,9 @@ impl App {
             topics,
             fanout,
             health,
+            auth,
+            policy: RwLock::new(Arc::new(policy)),
+            subjects: Arc::default(),
             metrics: metrics::prometheus(),
             shutdown: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -154,14 +225,7 @@ impl App {
             next_session: AtomicU64::new(1),
             config,
         });
-        Ok(Self {
-            state,
-            listener,
-            local_addr,
-            producer,
-            bootstrap,
-            embedded,
-        })
+        Ok(Self { state, listener, local_addr, producer, bootstrap, embedded })
     }
 
     /// The address the server is bound to (useful with port 0).
@@ -194,6 +258,12 @@ impl App {
             state.config.kafka.metadata_timeout(),
             background.clone(),
         ));
+        if let Some(jwks) = state.auth.jwks() {
+            tokio::spawn(jwks.run(background.clone()));
+        }
+        if let Some(path) = state.config.source_file.clone() {
+            tokio::spawn(watch_policy(state.clone(), path, background.clone()));
+        }
         let addr = self.local_addr;
         tracing::info!(node = %state.node_id, "listening on http://{addr} (WebSocket: ws://{addr}/ws)");
         let server = axum::serve(self.listener, http::router(state.clone()))

@@ -14,13 +14,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::AclConfig;
+use crate::auth::{AuthConfig, AuthMode};
+
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address the HTTP/WebSocket server binds. Defaults to loopback: the
-    /// gateway has no authentication yet, so exposing it is a choice to make
-    /// explicitly.
+    /// Address the HTTP/WebSocket server binds. Defaults to loopback; a
+    /// non-loopback address needs `auth.mode = "jwt"` (or `--insecure`).
     pub listen: SocketAddr,
     /// Name of this gateway node, sent in `welcome.node`. Defaults to
     /// `<hostname>-<pid>`.
@@ -31,6 +33,14 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub limits: LimitsConfig,
     pub websocket: WebSocketConfig,
+    pub auth: AuthConfig,
+    pub acl: AclConfig,
+    /// Set by `--insecure` only: allow `auth.mode = "none"` off loopback.
+    #[serde(skip)]
+    pub insecure: bool,
+    /// The file the configuration came from, re-read for ACL reloads.
+    #[serde(skip)]
+    pub source_file: Option<PathBuf>,
 }
 
 /// Where Kafka is and how the gateway talks to it.
@@ -76,6 +86,17 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Open WebSocket connections per node; more get HTTP 503.
     pub max_connections: usize,
+    /// Open connections per authenticated subject per node; more are
+    /// refused (HTTP 429, or close 4005 after an `auth` frame).
+    pub max_connections_per_subject: usize,
+    /// Sustained publishes per second per connection; more get
+    /// `rate_limited` (token bucket).
+    pub publish_rate: u32,
+    /// Publishes a connection may burst above `publish_rate`.
+    pub publish_burst: u32,
+    /// A connection whose publishes are refused this many times in a row
+    /// for the rate limit is closed (4004).
+    pub rate_limit_strikes: u32,
 }
 
 /// WebSocket liveness and buffers.
@@ -100,6 +121,10 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             limits: LimitsConfig::default(),
             websocket: WebSocketConfig::default(),
+            auth: AuthConfig::default(),
+            acl: AclConfig::default(),
+            insecure: false,
+            source_file: None,
         }
     }
 }
@@ -127,17 +152,17 @@ impl Default for LimitsConfig {
             max_subscriptions: 100,
             outbound_queue: 1_024,
             max_connections: 50_000,
+            max_connections_per_subject: 100,
+            publish_rate: 2_000,
+            publish_burst: 4_000,
+            rate_limit_strikes: 100,
         }
     }
 }
 
 impl Default for WebSocketConfig {
     fn default() -> Self {
-        Self {
-            ping_interval_ms: 20_000,
-            idle_timeout_ms: 60_000,
-            write_timeout_ms: 10_000,
-        }
+        Self { ping_interval_ms: 20_000, idle_timeout_ms: 60_000, write_timeout_ms: 10_000 }
     }
 }
 
@@ -184,60 +209,41 @@ impl Config {
             }
         };
         let k = &self.kafka;
-        check(
-            k.topic_partitions >= 1,
-            "kafka.topic_partitions must be at least 1",
-        );
-        check(
-            k.topic_replication >= 1,
-            "kafka.topic_replication must be at least 1",
-        );
-        check(
-            k.message_timeout_ms >= 1_000,
-            "kafka.message_timeout_ms must be at least 1000",
-        );
-        check(
-            k.metadata_timeout_ms >= 100,
-            "kafka.metadata_timeout_ms must be at least 100",
-        );
-        check(
-            k.partition_refresh_ms >= 100,
-            "kafka.partition_refresh_ms must be at least 100",
-        );
+        check(k.topic_partitions >= 1, "kafka.topic_partitions must be at least 1");
+        check(k.topic_replication >= 1, "kafka.topic_replication must be at least 1");
+        check(k.message_timeout_ms >= 1_000, "kafka.message_timeout_ms must be at least 1000");
+        check(k.metadata_timeout_ms >= 100, "kafka.metadata_timeout_ms must be at least 100");
+        check(k.partition_refresh_ms >= 100, "kafka.partition_refresh_ms must be at least 100");
         let l = &self.limits;
-        check(
-            l.max_frame_bytes >= 1024,
-            "limits.max_frame_bytes must be at least 1024",
-        );
-        check(
-            l.max_inflight_publishes >= 1,
-            "limits.max_inflight_publishes must be at least 1",
-        );
-        check(
-            l.max_subscriptions >= 1,
-            "limits.max_subscriptions must be at least 1",
-        );
-        check(
-            l.outbound_queue >= 1,
-            "limits.outbound_queue must be at least 1",
-        );
-        check(
-            l.max_connections >= 1,
-            "limits.max_connections must be at least 1",
-        );
+        check(l.max_frame_bytes >= 1024, "limits.max_frame_bytes must be at least 1024");
+        check(l.max_inflight_publishes >= 1, "limits.max_inflight_publishes must be at least 1");
+        check(l.max_subscriptions >= 1, "limits.max_subscriptions must be at least 1");
+        check(l.outbound_queue >= 1, "limits.outbound_queue must be at least 1");
+        check(l.max_connections >= 1, "limits.max_connections must be at least 1");
         let w = &self.websocket;
-        check(
-            w.ping_interval_ms >= 100,
-            "websocket.ping_interval_ms must be at least 100",
-        );
+        check(w.ping_interval_ms >= 100, "websocket.ping_interval_ms must be at least 100");
         check(
             w.idle_timeout_ms > w.ping_interval_ms,
             "websocket.idle_timeout_ms must be longer than websocket.ping_interval_ms",
         );
+        check(w.write_timeout_ms >= 100, "websocket.write_timeout_ms must be at least 100");
         check(
-            w.write_timeout_ms >= 100,
-            "websocket.write_timeout_ms must be at least 100",
+            l.max_connections_per_subject >= 1,
+            "limits.max_connections_per_subject must be at least 1",
         );
+        check(l.publish_rate >= 1, "limits.publish_rate must be at least 1");
+        check(l.publish_burst >= 1, "limits.publish_burst must be at least 1");
+        check(l.rate_limit_strikes >= 1, "limits.rate_limit_strikes must be at least 1");
+        check(
+            self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
+            "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
+        );
+        if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
+            errors.extend(problems);
+        }
+        if let Err(problems) = crate::auth::Authenticator::from_config(&self.auth) {
+            errors.extend(problems);
+        }
         errors
     }
 }
@@ -273,6 +279,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub kafka_brokers: Option<String>,
     pub node_id: Option<String>,
+    /// `--insecure`: allow `auth.mode = "none"` on a non-loopback address.
+    pub insecure: bool,
 }
 
 /// Every problem found while loading the configuration.
@@ -315,7 +323,9 @@ pub fn load(
         }
     }
 
-    let config = deserialize_sections(table, &mut errors);
+    let mut config = deserialize_sections(table, &mut errors);
+    config.insecure = overrides.insecure;
+    config.source_file = overrides.config_file.clone();
     errors.extend(config.validate());
     if errors.is_empty() {
         Ok(config)
@@ -343,6 +353,8 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     let kafka = section(&mut table, "kafka", errors);
     let limits = section(&mut table, "limits", errors);
     let websocket = section(&mut table, "websocket", errors);
+    let auth = section(&mut table, "auth", errors);
+    let acl = section(&mut table, "acl", errors);
     let mut config: Config = toml::Value::Table(table).try_into().unwrap_or_else(|e| {
         errors.push(e.message().to_owned());
         Config::default()
@@ -350,6 +362,8 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     config.kafka = kafka;
     config.limits = limits;
     config.websocket = websocket;
+    config.auth = auth;
+    config.acl = acl;
     config
 }
 
@@ -363,7 +377,16 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
     let mut keys = BTreeMap::new();
     // `node_id` and `kafka.brokers` have no default, so they are not in the
     // serialized defaults; name them explicitly.
-    for path in ["node_id", "kafka.brokers", "kafka.auto_create_topics"] {
+    for path in [
+        "node_id",
+        "kafka.brokers",
+        "kafka.auto_create_topics",
+        "auth.hs_secret",
+        "auth.jwks_url",
+        "auth.issuer",
+        "auth.audience",
+        "acl.token_grants_claim",
+    ] {
         keys.insert(env_name(&split(path)), split(path));
     }
     collect_keys(&defaults, &mut Vec::new(), &mut keys);
@@ -408,9 +431,8 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     let (last, parents) = path.split_last().expect("paths are never empty");
     let mut current = table;
     for part in parents {
-        let entry = current
-            .entry(part.clone())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let entry =
+            current.entry(part.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
         if !entry.is_table() {
             *entry = toml::Value::Table(Default::default());
         }
@@ -419,15 +441,27 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
     current.insert(last.clone(), value);
 }
 
+/// Re-reads only the `[acl]` section of the configuration file, for a
+/// policy reload.
+pub fn reload_acl(path: &std::path::Path) -> Result<AclConfig, Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    let mut table: toml::Table =
+        text.parse().map_err(|e| vec![format!("{}: {e}", path.display())])?;
+    match table.remove("acl") {
+        None => Ok(AclConfig::default()),
+        Some(value) => {
+            value.try_into().map_err(|e: toml::de::Error| vec![format!("[acl]: {}", e.message())])
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -455,10 +489,7 @@ mod tests {
         };
         let config = load(
             &overrides,
-            env(&[
-                ("FERRY_KAFKA_BROKERS", "env:9092"),
-                ("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "7"),
-            ]),
+            env(&[("FERRY_KAFKA_BROKERS", "env:9092"), ("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "7")]),
         )
         .unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:9999");
@@ -478,13 +509,9 @@ mod tests {
             "bogus = 1\n[kafka]\ntopic_partitions = \"three\"\n[limits]\nmax_frame_bytes = 10\nnope = 2\n",
         )
         .unwrap();
-        let overrides = Overrides {
-            config_file: Some(file),
-            ..Default::default()
-        };
-        let errors = load(&overrides, env(&[("FERRY_WEBSOCKET_IDLE_TIMEOUT_MS", "5")]))
-            .unwrap_err()
-            .0;
+        let overrides = Overrides { config_file: Some(file), ..Default::default() };
+        let errors =
+            load(&overrides, env(&[("FERRY_WEBSOCKET_IDLE_TIMEOUT_MS", "5")])).unwrap_err().0;
         let all = errors.join("\n");
         assert!(all.contains("bogus"), "{all}");
         assert!(all.contains("[kafka]"), "{all}");

@@ -23,6 +23,12 @@ pub enum GatewayError {
     TooLarge,
     #[error("{0}")]
     Limit(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("publishing faster than {0} per second; slow down")]
+    RateLimited(u32),
     /// Unexpected; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -38,6 +44,9 @@ impl GatewayError {
             Self::Timeout => ErrorCode::Timeout,
             Self::TooLarge => ErrorCode::TooLarge,
             Self::Limit(_) => ErrorCode::Limit,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -62,10 +71,5 @@ impl GatewayError {
 
 /// A request error from the protocol decoder, as a frame.
 pub fn request_error_frame(err: RequestError) -> ServerFrame {
-    ServerFrame::Error {
-        id: err.id,
-        code: err.code,
-        message: err.message,
-        retry_after_ms: None,
-    }
+    ServerFrame::Error { id: err.id, code: err.code, message: err.message, retry_after_ms: None }
 }

@@ -54,9 +54,7 @@ impl Hub {
     pub fn join(&self, topic: &str, subscriber: Subscriber) -> Activation {
         let mut topics = self.topics.write().expect("hub lock");
         let entry = topics.entry(topic.to_owned()).or_default();
-        entry
-            .subscribers
-            .retain(|s| s.session != subscriber.session);
+        entry.subscribers.retain(|s| s.session != subscriber.session);
         entry.subscribers.push(subscriber);
         entry.activation.clone()
     }
@@ -104,10 +102,7 @@ impl Hub {
     /// again instead of seeing the cached failure.
     pub fn abandon(&self, topic: &str, activation: &Activation) {
         let mut topics = self.topics.write().expect("hub lock");
-        if topics
-            .get(topic)
-            .is_some_and(|e| Arc::ptr_eq(&e.activation, activation))
-        {
+        if topics.get(topic).is_some_and(|e| Arc::ptr_eq(&e.activation, activation)) {
             topics.remove(topic);
         }
     }
@@ -127,9 +122,7 @@ impl Hub {
         if entry.assigned.is_empty() {
             return Ok(()); // still activating; activation assigns everything
         }
-        let new: Vec<i32> = (0..partition_count)
-            .filter(|p| !entry.assigned.contains(p))
-            .collect();
+        let new: Vec<i32> = (0..partition_count).filter(|p| !entry.assigned.contains(p)).collect();
         if !new.is_empty() {
             assign(&new)?;
             entry.assigned.extend(new);
@@ -174,14 +167,7 @@ mod tests {
 
     fn subscriber(session: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
         let (queue, rx) = mpsc::channel(capacity);
-        (
-            Subscriber {
-                session,
-                queue,
-                kick: CancellationToken::new(),
-            },
-            rx,
-        )
+        (Subscriber { session, queue, kick: CancellationToken::new() }, rx)
     }
 
     #[tokio::test]
@@ -199,11 +185,7 @@ mod tests {
         assert!(!fast.kick.is_cancelled());
         let a = fast_rx.recv().await.unwrap();
         let b = fast_rx.recv().await.unwrap();
-        assert_eq!(
-            a.as_str().as_ptr(),
-            b.as_str().as_ptr(),
-            "bytes are shared, not copied"
-        );
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "bytes are shared, not copied");
     }
 
     #[test]
@@ -213,9 +195,7 @@ mod tests {
         let (b, _rb) = subscriber(2, 1);
         let activation = hub.join("t", a);
         hub.join("t", b);
-        assert!(hub
-            .activate("t", &activation, vec![0, 1, 2], |_| Ok(()))
-            .unwrap());
+        assert!(hub.activate("t", &activation, vec![0, 1, 2], |_| Ok(())).unwrap());
         let mut released = Vec::new();
         hub.leave("t", 1, |p| released.extend_from_slice(p));
         assert!(released.is_empty());

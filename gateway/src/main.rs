@@ -1,10 +1,11 @@
 //! The `ferry` binary: config → telemetry → build → run until a signal → drain.
+//! `ferry token` mints development tokens.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
-use ferry_gateway::config::{self, Overrides};
+use clap::{Parser, Subcommand};
+use ferry_gateway::config::{self, Config, Overrides};
 use ferry_gateway::App;
 use tracing_subscriber::EnvFilter;
 
@@ -17,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 #[command(version)]
 struct Args {
     /// TOML configuration file.
-    #[arg(long, env = "FERRY_CONFIG")]
+    #[arg(long, env = "FERRY_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
@@ -28,9 +29,39 @@ struct Args {
     /// Node name sent in `welcome`.
     #[arg(long)]
     node_id: Option<String>,
+    /// Allow `auth.mode = "none"` on a non-loopback address. Anyone who can
+    /// reach the port can then publish and subscribe to every topic.
+    #[arg(long)]
+    insecure: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-/// Exit code for a configuration error (EX_CONFIG-like usage error).
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mint an HS256 token for development and tests, signed with
+    /// `auth.hs_secret` (config file or FERRY_AUTH_HS_SECRET).
+    Token {
+        /// The subject (`sub` claim).
+        #[arg(long)]
+        sub: String,
+        /// Extra claim `NAME=VALUE` (VALUE is read as JSON when it parses,
+        /// else as a string); repeatable.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claims: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        /// Token grant: a pattern the token may publish to (repeatable).
+        #[arg(long = "grant-pub", value_name = "PATTERN")]
+        grant_pub: Vec<String>,
+        /// Token grant: a pattern the token may subscribe to (repeatable).
+        #[arg(long = "grant-sub", value_name = "PATTERN")]
+        grant_sub: Vec<String>,
+    },
+}
+
+/// Exit code for a configuration error (like EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -48,6 +79,7 @@ fn main() -> ExitCode {
         listen: args.listen,
         kafka_brokers: args.kafka_brokers,
         node_id: args.node_id,
+        insecure: args.insecure,
     };
     let config = match config::load(&overrides, std::env::vars()) {
         Ok(config) => config,
@@ -56,7 +88,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    match args.command {
+        Some(Command::Token { sub, claims, ttl, grant_pub, grant_sub }) => {
+            mint_token(&config, sub, &claims, ttl, grant_pub, grant_sub)
+        }
+        None => serve(config),
+    }
+}
 
+fn serve(config: Config) -> ExitCode {
+    if config.auth.mode == ferry_gateway::auth::AuthMode::None {
+        if config.listen.ip().is_loopback() {
+            tracing::info!("authentication is off (auth.mode = \"none\"): loopback only");
+        } else {
+            tracing::warn!(
+                listen = %config.listen,
+                "INSECURE: authentication is off on a non-loopback address (--insecure); \
+                 anyone who reaches this port can publish and subscribe to every topic"
+            );
+        }
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,6 +131,57 @@ fn main() -> ExitCode {
         app.run().await;
         ExitCode::SUCCESS
     })
+}
+
+fn mint_token(
+    config: &Config,
+    sub: String,
+    claims: &[String],
+    ttl: i64,
+    grant_pub: Vec<String>,
+    grant_sub: Vec<String>,
+) -> ExitCode {
+    let Some(secret) = &config.auth.hs_secret else {
+        eprintln!("ferry token: set auth.hs_secret in the config file or FERRY_AUTH_HS_SECRET");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let mut body = serde_json::Map::new();
+    for claim in claims {
+        let Some((name, value)) = claim.split_once('=') else {
+            eprintln!("ferry token: --claim takes NAME=VALUE, got {claim:?}");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+        body.insert(name.to_owned(), value);
+    }
+    body.insert("sub".into(), sub.into());
+    body.insert("iat".into(), now.into());
+    body.insert("exp".into(), (now + ttl).into());
+    if let Some(iss) = &config.auth.issuer {
+        body.insert("iss".into(), iss.clone().into());
+    }
+    if let Some(aud) = &config.auth.audience {
+        body.insert("aud".into(), aud.clone().into());
+    }
+    if !grant_pub.is_empty() || !grant_sub.is_empty() {
+        let claim = config.acl.token_grants_claim.clone().unwrap_or_else(|| "ferry".into());
+        body.insert(claim, serde_json::json!({"pub": grant_pub, "sub": grant_sub}));
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.0.as_bytes());
+    match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &body, &key) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferry token: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn wait_for_signal() {

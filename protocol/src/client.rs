@@ -28,6 +28,8 @@ pub enum ClientFrame<'a> {
     Unsubscribe { id: String, topic: String },
     /// Application-level liveness check; answered with `pong`.
     Ping { id: String },
+    /// Authenticate (first time) or refresh the credentials of the socket.
+    Auth { id: Option<String>, token: String },
 }
 
 impl ClientFrame<'_> {
@@ -36,6 +38,7 @@ impl ClientFrame<'_> {
         match self {
             Self::Publish(p) => &p.id,
             Self::Subscribe { id, .. } | Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
+            Self::Auth { id, .. } => id.as_deref().unwrap_or_default(),
         }
     }
 }
@@ -82,11 +85,7 @@ pub struct RequestError {
 impl RequestError {
     /// An error with the given code about request `id`.
     pub fn new(id: Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            id,
-            code,
-            message: message.into(),
-        }
+        Self { id, code, message: message.into() }
     }
 
     fn bad_request(id: Option<&str>, message: impl Into<String>) -> Self {
@@ -110,6 +109,7 @@ struct RawFrame<'a> {
     key_b64: Option<String>,
     headers: Option<BTreeMap<String, String>>,
     partition: Option<i32>,
+    token: Option<String>,
 }
 
 /// `"value": null` is the JSON value `null`, not a missing value.
@@ -142,6 +142,9 @@ fn valid_id(id: &str) -> bool {
 
 impl<'a> RawFrame<'a> {
     fn validate(self) -> Result<ClientFrame<'a>, RequestError> {
+        if self.kind == "auth" {
+            return self.into_auth();
+        }
         let id = match self.id.as_deref() {
             None => return Err(RequestError::bad_request(None, "missing field `id`")),
             Some(id) if !valid_id(id) => {
@@ -154,15 +157,7 @@ impl<'a> RawFrame<'a> {
         };
         let kind = self.kind.as_ref();
         let allowed: &[&str] = match kind {
-            "publish" => &[
-                "topic",
-                "value",
-                "value_b64",
-                "key",
-                "key_b64",
-                "headers",
-                "partition",
-            ],
+            "publish" => &["topic", "value", "value_b64", "key", "key_b64", "headers", "partition"],
             "subscribe" | "unsubscribe" => &["topic"],
             "ping" => &[],
             other => {
@@ -204,9 +199,35 @@ impl<'a> RawFrame<'a> {
             ("key_b64", self.key_b64.is_some()),
             ("headers", self.headers.is_some()),
             ("partition", self.partition.is_some()),
+            ("token", self.token.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
+    }
+
+    /// `auth` is the one frame whose `id` is optional: a browser sends it
+    /// first thing, before it has anything to correlate.
+    fn into_auth(self) -> Result<ClientFrame<'a>, RequestError> {
+        let extra = self.present_fields().find(|f| *f != "token");
+        let id = match self.id {
+            Some(id) if !valid_id(&id) => {
+                return Err(RequestError::bad_request(
+                    None,
+                    format!("`id` must be 1 to {MAX_ID_CHARS} characters"),
+                ))
+            }
+            id => id,
+        };
+        if let Some(field) = extra {
+            return Err(RequestError::bad_request(
+                id.as_deref(),
+                format!("field `{field}` is not allowed in an auth frame"),
+            ));
+        }
+        match self.token {
+            Some(token) if !token.is_empty() => Ok(ClientFrame::Auth { id, token }),
+            _ => Err(RequestError::bad_request(id.as_deref(), "missing field `token`")),
+        }
     }
 
     fn into_publish(self, id: String, topic: String) -> Result<ClientFrame<'a>, RequestError> {
@@ -254,32 +275,22 @@ mod tests {
     #[test]
     fn publish_value_is_borrowed_verbatim() {
         let text = r#"{"type":"publish","id":"p1","topic":"t","value": {"a" : [1, 2.50]} }"#;
-        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else {
-            panic!()
-        };
+        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else { panic!() };
         assert_eq!(p.value.as_bytes(), br#"{"a" : [1, 2.50]}"#);
     }
 
     #[test]
     fn json_null_is_a_value() {
         let text = r#"{"type":"publish","id":"p1","topic":"t","value":null}"#;
-        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else {
-            panic!()
-        };
+        let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else { panic!() };
         assert_eq!(p.value.as_bytes(), b"null");
     }
 
     #[test]
     fn error_echoes_a_usable_id() {
         let err = decode_client_frame(r#"{"type":"nope","id":"x1"}"#).unwrap_err();
-        assert_eq!(
-            (err.id.as_deref(), err.code),
-            (Some("x1"), ErrorCode::BadRequest)
-        );
+        assert_eq!((err.id.as_deref(), err.code), (Some("x1"), ErrorCode::BadRequest));
         let err = decode_client_frame(r#"{"type":"ping","id":"x2","bogus":1}"#).unwrap_err();
-        assert_eq!(
-            (err.id.as_deref(), err.code),
-            (Some("x2"), ErrorCode::BadRequest)
-        );
+        assert_eq!((err.id.as_deref(), err.code), (Some("x2"), ErrorCode::BadRequest));
     }
 }

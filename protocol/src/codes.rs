@@ -29,6 +29,13 @@ pub enum ErrorCode {
     Timeout,
     /// A per-connection limit (subscriptions, in-flight publishes) is reached.
     Limit,
+    /// The socket is not authenticated yet (send `auth` first), or the token
+    /// in an `auth` frame was refused.
+    Unauthorized,
+    /// The ACL does not allow this principal this action on this topic.
+    Forbidden,
+    /// Publishing faster than the connection's rate limit; slow down.
+    RateLimited,
     /// Something unexpected failed in the gateway; details are in its log.
     Internal,
 }
@@ -44,6 +51,9 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Limit => "limit",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }
@@ -73,6 +83,19 @@ impl CloseCode {
     pub const SLOW_CONSUMER: CloseCode = CloseCode(4000);
     /// Nothing was heard from the client within the idle timeout. Reconnect.
     pub const IDLE_TIMEOUT: CloseCode = CloseCode(4001);
+    /// The token expired and was not refreshed in-band. Reconnect with a
+    /// fresh token.
+    pub const TOKEN_EXPIRED: CloseCode = CloseCode(4002);
+    /// No valid `auth` frame within the auth timeout. Reconnect with a token.
+    pub const AUTH_TIMEOUT: CloseCode = CloseCode(4003);
+    /// The client kept publishing past its rate limit after `rate_limited`
+    /// errors. Reconnect later, slower.
+    pub const RATE_LIMITED: CloseCode = CloseCode(4004);
+    /// The subject already has the most connections allowed per node.
+    /// Reconnect later.
+    pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4005);
+    /// A refresh token named another subject than the socket's. Terminal.
+    pub const SUBJECT_CHANGED: CloseCode = CloseCode(4501);
 
     /// Whether a well-behaved client should reconnect after this code.
     pub fn may_reconnect(self) -> bool {
@@ -91,6 +114,11 @@ impl CloseCode {
             1012 => "service_restart",
             4000 => "slow_consumer",
             4001 => "idle_timeout",
+            4002 => "token_expired",
+            4003 => "auth_timeout",
+            4004 => "rate_limited",
+            4005 => "too_many_connections",
+            4501 => "subject_changed",
             _ => "closed",
         }
     }
@@ -102,18 +130,14 @@ mod tests {
 
     #[test]
     fn ranges_split_reconnect_from_terminal() {
-        for c in [
-            CloseCode::GOING_AWAY,
-            CloseCode::SLOW_CONSUMER,
-            CloseCode::IDLE_TIMEOUT,
-        ] {
+        for c in [CloseCode::GOING_AWAY, CloseCode::SLOW_CONSUMER, CloseCode::IDLE_TIMEOUT] {
             assert!(c.may_reconnect(), "{c:?}");
         }
         for c in [
             CloseCode::PROTOCOL_ERROR,
             CloseCode::UNSUPPORTED_DATA,
             CloseCode::MESSAGE_TOO_BIG,
-            CloseCode(4500),
+            CloseCode::SUBJECT_CHANGED,
         ] {
             assert!(!c.may_reconnect(), "{c:?}");
         }
@@ -129,6 +153,9 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Timeout,
             ErrorCode::Limit,
+            ErrorCode::Unauthorized,
+            ErrorCode::Forbidden,
+            ErrorCode::RateLimited,
             ErrorCode::Internal,
         ] {
             let json = serde_json::to_string(&code).unwrap();

@@ -19,30 +19,55 @@ pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_inflight_publishes: usize,
     pub max_subscriptions: usize,
+    /// Sustained publishes per second allowed on this connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_rate: Option<u32>,
+    /// Publishes allowed in a burst above the sustained rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_burst: Option<u32>,
+    /// Connections one subject may hold on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_subject: Option<usize>,
 }
 
 /// Every frame the gateway sends, in owned form.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
-    /// First frame on every connection.
+    /// First frame on every connection, once it is authenticated.
     Welcome {
         protocol: u32,
         session: String,
         node: String,
         limits: Limits,
+        /// The authenticated subject (absent with `auth.mode = "none"`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subject: Option<String>,
+        /// When the token expires, in ms since the epoch; refresh before.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
+    },
+    /// An in-band token refresh was accepted.
+    Authed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<i64>,
     },
     /// Kafka stored the record of publish `id` at this partition and offset.
-    Ack {
-        id: String,
-        topic: String,
-        partition: i32,
-        offset: i64,
-    },
+    Ack { id: String, topic: String, partition: i32, offset: i64 },
     /// The subscription is live: every record produced from now on arrives.
     Subscribed { id: String, topic: String },
-    /// The subscription is gone; no more records of `topic` arrive.
-    Unsubscribed { id: String, topic: String },
+    /// The subscription is gone; no more records of `topic` arrive. Without
+    /// `id` it was ended by the gateway, and `reason` says why (e.g.
+    /// `forbidden` after a token refresh).
+    Unsubscribed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        topic: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// Reply to `ping`.
     Pong { id: String },
     /// A request failed; the socket stays open.
@@ -88,9 +113,7 @@ impl Message {
         if let Some(b64) = &self.value_b64 {
             return base64::engine::general_purpose::STANDARD.decode(b64).ok();
         }
-        self.value
-            .as_ref()
-            .map(|v| serde_json::to_vec(v).expect("a Value always encodes"))
+        self.value.as_ref().map(|v| serde_json::to_vec(v).expect("a Value always encodes"))
     }
 
     /// The record key bytes, from `key` or `key_b64`.
@@ -220,18 +243,14 @@ mod tests {
     fn json_value_is_embedded_verbatim() {
         let text = frame(Some(br#"{"b": 1.50, "a":[ ]}"#), Some(b"k")).encode();
         assert!(text.contains(r#""value":{"b": 1.50, "a":[ ]}"#), "{text}");
-        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
-            panic!()
-        };
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else { panic!() };
         assert_eq!(m.key.as_deref(), Some("k"));
     }
 
     #[test]
     fn binary_value_and_key_go_base64() {
         let text = frame(Some(&[0xff, 0x00, 0x01]), Some(&[0xc3, 0x28])).encode();
-        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
-            panic!()
-        };
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else { panic!() };
         assert_eq!(m.value_bytes().unwrap(), vec![0xff, 0x00, 0x01]);
         assert_eq!(m.key_bytes().unwrap(), vec![0xc3, 0x28]);
         assert_eq!(m.key, None);
@@ -240,9 +259,7 @@ mod tests {
     #[test]
     fn text_that_is_not_json_goes_base64() {
         let text = frame(Some(b"hello world"), None).encode();
-        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else {
-            panic!()
-        };
+        let ServerFrame::Message(m) = serde_json::from_str(&text).unwrap() else { panic!() };
         assert_eq!(m.value, None);
         assert_eq!(m.value_bytes().unwrap(), b"hello world");
     }

@@ -32,6 +32,7 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
             json!({"type": "unsubscribe", "id": id, "topic": topic})
         }
         ClientFrame::Ping { id } => json!({"type": "ping", "id": id}),
+        ClientFrame::Auth { id, token } => json!({"type": "auth", "id": id, "token": token}),
     }
 }
 
@@ -57,13 +58,7 @@ fn invalid_client_frames_give_their_error_code() {
             Ok(frame) => panic!("{}: accepted as {frame:?}", v["name"]),
             Err(err) => err,
         };
-        assert_eq!(
-            err.code.as_str(),
-            v["code"],
-            "{}: {}",
-            v["name"],
-            err.message
-        );
+        assert_eq!(err.code.as_str(), v["code"], "{}: {}", v["name"], err.message);
         assert_eq!(err.id.as_deref(), v["id"].as_str(), "{}", v["name"]);
         assert!(!err.message.is_empty());
     }
@@ -78,10 +73,8 @@ fn reencode_message(m: &Message) -> String {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.as_bytes().to_vec())))
         .collect();
-    let headers: Vec<(&str, Option<&[u8]>)> = header_values
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_deref()))
-        .collect();
+    let headers: Vec<(&str, Option<&[u8]>)> =
+        header_values.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
     MessageFrame {
         topic: &m.topic,
         partition: m.partition,
@@ -111,14 +104,7 @@ fn server_frames_round_trip() {
         assert_eq!(again, original, "{}", v["name"]);
         kinds.insert(original["type"].as_str().unwrap().to_owned());
     }
-    let all = [
-        "welcome",
-        "ack",
-        "subscribed",
-        "unsubscribed",
-        "pong",
-        "error",
-        "message",
-    ];
+    let all =
+        ["welcome", "authed", "ack", "subscribed", "unsubscribed", "pong", "error", "message"];
     assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
 }

@@ -25,15 +25,9 @@ async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_ord
     for i in 0..PER_PARTITION {
         for p in 0..3 {
             let value = format!(r#"{{"p":{p},"i":{i}}}"#);
-            let place = produce(
-                &producer,
-                &topic,
-                Some(p),
-                Some(b"k"),
-                value.as_bytes(),
-                &[("h", b"v")],
-            )
-            .await;
+            let place =
+                produce(&producer, &topic, Some(p), Some(b"k"), value.as_bytes(), &[("h", b"v")])
+                    .await;
             produced.push(place);
         }
     }
@@ -45,10 +39,7 @@ async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_ord
             assert_eq!(m["topic"], topic.as_str());
             assert_eq!(m["key"], "k");
             assert_eq!(m["headers"]["h"], "v");
-            let (p, o) = (
-                m["partition"].as_i64().unwrap(),
-                m["offset"].as_i64().unwrap(),
-            );
+            let (p, o) = (m["partition"].as_i64().unwrap(), m["offset"].as_i64().unwrap());
             assert_eq!(m["value"]["p"].as_i64().unwrap(), p);
             if let Some(prev) = last.insert(p, o) {
                 assert!(o > prev, "partition {p}: offset {o} after {prev}");
@@ -61,10 +52,7 @@ async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_ord
         expected.sort();
         assert_eq!(seen, expected, "every record exactly once");
         assert!(
-            client
-                .message_within(Duration::from_millis(300))
-                .await
-                .is_none(),
+            client.message_within(Duration::from_millis(300)).await.is_none(),
             "no extra record"
         );
     }
@@ -86,26 +74,14 @@ async fn subscribed_means_live() {
         let value = format!("{{\"round\":{round},\"who\":\"first\"}}");
         let place = produce(&producer, &topic, None, None, value.as_bytes(), &[]).await;
         let m = first.next_message().await;
-        assert_eq!(
-            (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap()
-            ),
-            place
-        );
+        assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
 
         let mut second = gw.client().await;
         second.subscribed(&topic).await;
         let value = format!("{{\"round\":{round},\"who\":\"second\"}}");
         let place = produce(&producer, &topic, None, None, value.as_bytes(), &[]).await;
         let m = second.next_message().await;
-        assert_eq!(
-            (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap()
-            ),
-            place
-        );
+        assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
         assert_eq!(m["value"]["who"], "second");
     }
 }
@@ -119,13 +95,7 @@ async fn publishes_from_one_socket_reach_another() {
     let mut publisher = gw.client().await;
     let (p, o) = publisher.acked(&topic, json!({"hello": "world"})).await;
     let m = sub.next_message().await;
-    assert_eq!(
-        (
-            m["partition"].as_i64().unwrap() as i32,
-            m["offset"].as_i64().unwrap()
-        ),
-        (p, o)
-    );
+    assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), (p, o));
     assert_eq!(m["value"], json!({"hello": "world"}));
     assert_eq!(m["key"], Value::Null);
 }
@@ -150,18 +120,13 @@ async fn two_topics_on_one_socket_and_unsubscribe_stops_delivery() {
     want.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(got, want);
 
-    let reply = client
-        .request(json!({"type":"unsubscribe","topic":a}))
-        .await;
+    let reply = client.request(json!({"type":"unsubscribe","topic":a})).await;
     assert_eq!(reply["type"], "unsubscribed", "{reply}");
     publisher.acked(&a, json!("after-unsubscribe")).await;
     publisher.acked(&b, json!("marker")).await;
     let m = client.next_message().await;
     assert_eq!(m["value"], "marker", "only b's record arrives: {m}");
-    assert!(client
-        .message_within(Duration::from_millis(500))
-        .await
-        .is_none());
+    assert!(client.message_within(Duration::from_millis(500)).await.is_none());
 }
 
 #[tokio::test]
@@ -172,15 +137,7 @@ async fn values_that_are_not_json_and_keys_that_are_not_utf8_come_base64() {
     let mut client = gw.client().await;
     client.subscribed(&topic).await;
     let producer = producer(&gw.bootstrap);
-    produce(
-        &producer,
-        &topic,
-        None,
-        Some(&[0xff, 0xfe]),
-        b"plain text",
-        &[],
-    )
-    .await;
+    produce(&producer, &topic, None, Some(&[0xff, 0xfe]), b"plain text", &[]).await;
     let m = client.next_message().await;
     assert_eq!(m["value_b64"], "cGxhaW4gdGV4dA==");
     assert!(m.get("value").is_none(), "{m}");
@@ -229,10 +186,7 @@ async fn slow_socket_is_closed_and_fast_socket_gets_everything() {
     let pong = fast.request(json!({"type":"ping"})).await;
     assert_eq!(pong["type"], "pong", "the fast socket stays open");
     let (_, metrics) = gw.get("/metrics").await;
-    assert!(
-        metrics.contains("ferry_slow_consumer_disconnects_total"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("ferry_slow_consumer_disconnects_total"), "{metrics}");
 }
 
 /// Runs against real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the
@@ -253,11 +207,5 @@ async fn new_partitions_of_a_subscribed_topic_are_picked_up() {
     let producer = producer(&gw.bootstrap);
     let place = produce(&producer, &topic, Some(2), None, b"{\"new\":true}", &[]).await;
     let m = client.next_message().await;
-    assert_eq!(
-        (
-            m["partition"].as_i64().unwrap() as i32,
-            m["offset"].as_i64().unwrap()
-        ),
-        place
-    );
+    assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
 }

@@ -25,6 +25,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +41,7 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// The real broker to test against, if `FERRY_TEST_KAFKA` names one.
 pub fn real_kafka() -> Option<String> {
-    std::env::var("FERRY_TEST_KAFKA")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
+    std::env::var("FERRY_TEST_KAFKA").ok().filter(|s| !s.trim().is_empty())
 }
 
 /// A Kafka a test can create topics in and read back from.
@@ -88,15 +88,10 @@ impl TestKafka {
         let Self::Real(bootstrap) = self else {
             panic!("the embedded Kafka cannot add partitions")
         };
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .create()
-            .unwrap();
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
         let grow = NewPartitions::new(topic, partitions);
-        let results = admin
-            .create_partitions([&grow], &AdminOptions::new())
-            .await
-            .unwrap();
+        let results = admin.create_partitions([&grow], &AdminOptions::new()).await.unwrap();
         for r in results {
             r.unwrap_or_else(|e| panic!("add partitions to {topic}: {e:?}"));
         }
@@ -106,13 +101,9 @@ impl TestKafka {
 async fn assert_kafka_answers(bootstrap: &str) {
     let bootstrap = bootstrap.to_owned();
     let result = tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
-        consumer
-            .fetch_metadata(None, Duration::from_secs(10))
-            .map(|_| ())
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        consumer.fetch_metadata(None, Duration::from_secs(10)).map(|_| ())
     })
     .await
     .unwrap();
@@ -122,23 +113,16 @@ async fn assert_kafka_answers(bootstrap: &str) {
 }
 
 async fn create_real_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics([&new], &AdminOptions::new())
-        .await
-        .unwrap();
+    let results = admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
     for r in results {
         r.unwrap_or_else(|e| panic!("create topic {topic}: {e:?}"));
     }
     // Wait until the topic is visible in metadata with all its partitions.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     for _ in 0..100 {
         if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
             if md
@@ -197,13 +181,7 @@ pub async fn spawn_gateway_config(config: Config) -> TestGateway {
     let (addr, bootstrap) = (app.local_addr(), app.kafka_bootstrap().to_owned());
     let (embedded, shutdown) = (app.embedded_kafka(), app.shutdown_token());
     let task = Some(tokio::spawn(app.run()));
-    TestGateway {
-        addr,
-        bootstrap,
-        embedded,
-        shutdown,
-        task,
-    }
+    TestGateway { addr, bootstrap, embedded, shutdown, task }
 }
 
 impl TestGateway {
@@ -245,15 +223,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
 
@@ -268,8 +239,10 @@ impl GatewayProcess {
     /// Starts `ferry` with `args` and `env`, waiting until it listens.
     #[allow(clippy::zombie_processes)] // `Drop` kills and waits for it
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let listen: &[&str] =
+            if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(args)
             .envs(env.iter().copied())
             .env_remove("FERRY_TEST_KAFKA")
@@ -301,11 +274,7 @@ impl GatewayProcess {
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                return Self {
-                    child,
-                    addr,
-                    embedded_bootstrap,
-                };
+                return Self { child, addr, embedded_bootstrap };
             }
         }
     }
@@ -356,20 +325,51 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("connect");
-        let mut client = Self {
+        Self::connect_request(url.into_client_request().unwrap()).await
+    }
+
+    /// Connects with a prepared request (headers) and waits for `welcome`.
+    pub async fn connect_request(request: Request) -> Self {
+        let mut client = Self::connect_unauthenticated(request).await.expect("connect");
+        let welcome = client.next_raw().await.expect("welcome frame");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        client.welcome = welcome;
+        client
+    }
+
+    /// Connects without waiting for `welcome` (the socket must send `auth`),
+    /// or returns the HTTP status that refused the upgrade.
+    pub async fn connect_unauthenticated(request: Request) -> Result<Self, u16> {
+        let ws = match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                return Err(response.status().as_u16())
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        };
+        Ok(Self {
             ws,
             welcome: Value::Null,
             messages: VecDeque::new(),
             others: VecDeque::new(),
             next_id: 0,
-        };
-        let welcome = client.next_raw().await.expect("welcome frame");
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        client.welcome = welcome;
-        client
+        })
+    }
+
+    /// Sends `auth` and returns the first frame that answers it (`welcome`
+    /// on a fresh socket, `authed` or `error` otherwise).
+    pub async fn auth(&mut self, token: &str) -> Value {
+        self.send(json!({"type": "auth", "token": token})).await;
+        loop {
+            let frame = self.next_raw().await.expect("reply to auth");
+            if matches!(frame["type"].as_str(), Some("welcome" | "authed" | "error")) {
+                if frame["type"] == "welcome" {
+                    self.welcome = frame.clone();
+                }
+                return frame;
+            }
+            self.stash(frame);
+        }
     }
 
     pub fn new_id(&mut self, prefix: &str) -> String {
@@ -378,10 +378,7 @@ impl Client {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::text(text.into())).await.expect("send");
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -391,9 +388,7 @@ impl Client {
     /// Next frame off the wire, `None` on close. Panics after [`WAIT`].
     async fn next_raw(&mut self) -> Option<Value> {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("frame in time");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time");
             match next {
                 Some(Ok(Message::Text(text))) => return Some(serde_json::from_str(&text).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
@@ -408,10 +403,7 @@ impl Client {
             return self.others.remove(pos).unwrap();
         }
         loop {
-            let frame = self
-                .next_raw()
-                .await
-                .unwrap_or_else(|| panic!("closed before reply {id}"));
+            let frame = self.next_raw().await.unwrap_or_else(|| panic!("closed before reply {id}"));
             if frame["id"] == id {
                 return frame;
             }
@@ -444,17 +436,11 @@ impl Client {
     /// The next frame (kept ones first), or `Err(close code)` once the
     /// server closes.
     pub async fn next_frame_or_close(&mut self) -> Result<Value, Option<u16>> {
-        if let Some(f) = self
-            .others
-            .pop_front()
-            .or_else(|| self.messages.pop_front())
-        {
+        if let Some(f) = self.others.pop_front().or_else(|| self.messages.pop_front()) {
             return Ok(f);
         }
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("frame in time");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("frame in time");
             match next {
                 Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
                 Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
@@ -470,10 +456,7 @@ impl Client {
             return m;
         }
         loop {
-            let frame = self
-                .next_raw()
-                .await
-                .expect("closed while waiting for a message");
+            let frame = self.next_raw().await.expect("closed while waiting for a message");
             if frame["type"] == "message" {
                 return frame;
             }
@@ -488,9 +471,7 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next())
-                .await
-                .ok()??;
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
             if let Ok(Message::Text(text)) = next {
                 let frame: Value = serde_json::from_str(&text).unwrap();
                 if frame["type"] == "message" {
@@ -509,8 +490,7 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, topic: &str) -> Value {
-        self.request(json!({"type": "subscribe", "topic": topic}))
-            .await
+        self.request(json!({"type": "subscribe", "topic": topic})).await
     }
 
     /// Subscribes and asserts the gateway said `subscribed`.
@@ -521,27 +501,21 @@ impl Client {
     }
 
     pub async fn publish(&mut self, topic: &str, value: Value) -> Value {
-        self.request(json!({"type": "publish", "topic": topic, "value": value}))
-            .await
+        self.request(json!({"type": "publish", "topic": topic, "value": value})).await
     }
 
     /// Publishes and asserts an `ack`.
     pub async fn acked(&mut self, topic: &str, value: Value) -> (i32, i64) {
         let reply = self.publish(topic, value).await;
         assert_eq!(reply["type"], "ack", "{reply}");
-        (
-            reply["partition"].as_i64().unwrap() as i32,
-            reply["offset"].as_i64().unwrap(),
-        )
+        (reply["partition"].as_i64().unwrap() as i32, reply["offset"].as_i64().unwrap())
     }
 
     /// Reads until the server closes; returns the close code, or `None`
     /// when the connection ended without a close frame.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close in time");
+            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("close in time");
             match next {
                 Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
                 Some(Ok(_)) => continue,
@@ -583,18 +557,12 @@ pub async fn produce(
         record = record.key(k);
     }
     if !headers.is_empty() {
-        let h = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header {
-                key: k,
-                value: Some(*v),
-            })
-        });
+        let h = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(*v) }));
         record = record.headers(h);
     }
-    let delivery = producer
-        .send(record, Duration::from_secs(10))
-        .await
-        .expect("produced");
+    let delivery = producer.send(record, Duration::from_secs(10)).await.expect("produced");
     (delivery.partition, delivery.offset)
 }
 
@@ -627,8 +595,7 @@ pub async fn read_all(
             .unwrap();
         let mut list = TopicPartitionList::new();
         for p in 0..partitions {
-            list.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
+            list.add_partition_offset(&topic, p, Offset::Beginning).unwrap();
         }
         consumer.assign(&list).unwrap();
         let mut records = Vec::new();

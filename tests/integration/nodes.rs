@@ -24,31 +24,15 @@ fn config_file(kafka: &TestKafka, name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn embedded_kafka_is_reachable_by_other_kafka_clients() {
     let gw = GatewayProcess::start(&[], &[]);
-    let bootstrap = gw
-        .embedded_bootstrap
-        .clone()
-        .expect("embedded bootstrap is logged");
+    let bootstrap = gw.embedded_bootstrap.clone().expect("embedded bootstrap is logged");
     let topic = unique_topic("outside");
     let mut client = Client::connect(&gw.ws_url()).await;
     client.subscribed(&topic).await;
     let producer = producer(&bootstrap);
-    let place = produce(
-        &producer,
-        &topic,
-        None,
-        Some(b"kcat"),
-        b"{\"from\":\"outside\"}",
-        &[],
-    )
-    .await;
+    let place =
+        produce(&producer, &topic, None, Some(b"kcat"), b"{\"from\":\"outside\"}", &[]).await;
     let m = client.next_message().await;
-    assert_eq!(
-        (
-            m["partition"].as_i64().unwrap() as i32,
-            m["offset"].as_i64().unwrap()
-        ),
-        place
-    );
+    assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
     assert_eq!(m["value"]["from"], "outside");
 }
 
@@ -72,10 +56,7 @@ async fn two_gateway_processes_on_one_kafka() {
     for client in [&mut on_a, &mut on_b] {
         let m = client.next_message().await;
         assert_eq!(
-            (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap()
-            ),
+            (m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()),
             (p, o)
         );
         assert_eq!(m["value"]["from"], "a");
@@ -84,10 +65,7 @@ async fn two_gateway_processes_on_one_kafka() {
     for client in [&mut on_a, &mut on_b] {
         let m = client.next_message().await;
         assert_eq!(
-            (
-                m["partition"].as_i64().unwrap() as i32,
-                m["offset"].as_i64().unwrap()
-            ),
+            (m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()),
             (p, o)
         );
         assert_eq!(m["value"]["from"], "b");
@@ -119,10 +97,7 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
             Ok(frame) => {
                 let id = frame["id"].as_str().unwrap_or_default().to_owned();
                 assert!(id.starts_with('t'), "unexpected frame {frame}");
-                assert!(
-                    outcomes.insert(id, frame).is_none(),
-                    "one answer per publish"
-                );
+                assert!(outcomes.insert(id, frame).is_none(), "one answer per publish");
             }
             Err(code) => {
                 close_code = code;
@@ -133,11 +108,7 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
     if close_code.is_none() && outcomes.len() == N {
         close_code = client.closed().await;
     }
-    assert_eq!(
-        close_code,
-        Some(1001),
-        "closed with going-away after answering"
-    );
+    assert_eq!(close_code, Some(1001), "closed with going-away after answering");
     // Publishes the gateway never read (it stopped reading at SIGTERM) get no
     // answer; every one it read got exactly one, and nothing was lost:
     let acked: HashSet<i64> = outcomes
@@ -159,9 +130,5 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
     for n in &acked {
         assert!(stored.contains(n), "acked record {n} is in Kafka");
     }
-    eprintln!(
-        "{} of {N} publishes answered before close; {} acked",
-        outcomes.len(),
-        acked.len()
-    );
+    eprintln!("{} of {N} publishes answered before close; {} acked", outcomes.len(), acked.len());
 }

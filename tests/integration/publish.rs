@@ -27,10 +27,7 @@ async fn ack_matches_what_an_independent_consumer_reads() {
     let r = &records[0];
     assert_eq!(
         (r.partition as i64, r.offset),
-        (
-            ack["partition"].as_i64().unwrap(),
-            ack["offset"].as_i64().unwrap()
-        )
+        (ack["partition"].as_i64().unwrap(), ack["offset"].as_i64().unwrap())
     );
     assert_eq!(
         r.value.as_deref(),
@@ -67,14 +64,10 @@ async fn partition_beyond_the_topic_is_a_bad_request() {
     let topic = unique_topic("part");
     let mut client = gw.client().await;
     client.acked(&topic, json!(1)).await;
-    let reply = client
-        .request(json!({"type":"publish","topic":topic,"value":1,"partition":7}))
-        .await;
+    let reply =
+        client.request(json!({"type":"publish","topic":topic,"value":1,"partition":7})).await;
     assert_eq!(reply["code"], "bad_request", "{reply}");
-    assert!(
-        reply["message"].as_str().unwrap().contains("3 partitions"),
-        "{reply}"
-    );
+    assert!(reply["message"].as_str().unwrap().contains("3 partitions"), "{reply}");
 }
 
 #[tokio::test]
@@ -94,10 +87,7 @@ async fn thousand_pipelined_publishes_are_each_acked_exactly_once() {
         let frame = client.reply(&format!("m{i}")).await;
         assert_eq!(frame["type"], "ack", "{frame}");
         let id = frame["id"].as_str().unwrap().to_owned();
-        let place = (
-            frame["partition"].as_i64().unwrap(),
-            frame["offset"].as_i64().unwrap(),
-        );
+        let place = (frame["partition"].as_i64().unwrap(), frame["offset"].as_i64().unwrap());
         assert!(acks.insert(id, place).is_none(), "ack twice");
     }
     // No second ack for anything: a ping round-trips with nothing in between.
@@ -108,10 +98,7 @@ async fn thousand_pipelined_publishes_are_each_acked_exactly_once() {
 
     let records = read_all(&gw.bootstrap, &topic, 3, N + 1).await;
     assert_eq!(records.len(), N + 1);
-    for r in records
-        .iter()
-        .filter(|r| r.value.as_deref() != Some(&b"\"warm-up\""[..]))
-    {
+    for r in records.iter().filter(|r| r.value.as_deref() != Some(&b"\"warm-up\""[..])) {
         let v: Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
         let id = format!("m{}", v["n"]);
         assert_eq!(acks[&id], (r.partition as i64, r.offset), "{id}");
@@ -126,9 +113,7 @@ async fn inflight_publish_limit_gives_limit_error() {
     client.acked(&topic, json!(0)).await;
     assert_eq!(client.welcome["limits"]["max_inflight_publishes"], 5);
     for i in 0..200 {
-        client
-            .send(json!({"type":"publish","id":format!("x{i}"),"topic":topic,"value":i}))
-            .await;
+        client.send(json!({"type":"publish","id":format!("x{i}"),"topic":topic,"value":i})).await;
     }
     let mut codes = HashMap::<String, usize>::new();
     for i in 0..200 {
@@ -141,12 +126,5 @@ async fn inflight_publish_limit_gives_limit_error() {
     }
     assert!(codes.get("ack").copied().unwrap_or(0) >= 5, "{codes:?}");
     assert!(codes.get("limit").copied().unwrap_or(0) > 0, "{codes:?}");
-    assert_eq!(
-        codes
-            .keys()
-            .filter(|k| *k != "ack" && *k != "limit")
-            .count(),
-        0,
-        "{codes:?}"
-    );
+    assert_eq!(codes.keys().filter(|k| *k != "ack" && *k != "limit").count(), 0, "{codes:?}");
 }

@@ -1,14 +1,18 @@
-//! The WebSocket upgrade: connection limit, subprotocol, frame limits and
-//! small socket buffers, then the session takes over.
+//! The WebSocket upgrade: origin check, connection limits, the token from
+//! the request (header, or query when enabled), subprotocol, frame limits
+//! and small socket buffers; then the session takes over.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::app::AppState;
+use crate::auth::{AuthMode, Principal};
+use crate::session::Authenticated;
 use crate::{metrics, session};
 
 /// Read buffer per socket; it grows only for frames that need more.
@@ -18,14 +22,49 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// A socket whose unsent bytes pass this is failed rather than buffered.
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
-pub(super) async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+fn refuse(status: StatusCode, reason: &'static str, text: String) -> Response {
+    metrics::connection_rejected(reason);
+    (status, text + "\n").into_response()
+}
+
+pub(super) async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     if state.shutdown.is_cancelled() {
-        metrics::connection_rejected("shutting_down");
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "shutting down".into());
+    }
+    if !origin_allowed(&state, &headers) {
+        return refuse(StatusCode::FORBIDDEN, "origin", "origin not allowed".into());
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        metrics::connection_rejected("max_connections");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "max_connections",
+            "too many connections".into(),
+        );
+    };
+    let authenticated = match state.auth.mode() {
+        AuthMode::None => Some(Authenticated { principal: Principal::anonymous(), guard: None }),
+        AuthMode::Jwt => match request_token(&state, &headers, &query) {
+            None => None,
+            Some(token) => match state.auth.verify(token).await {
+                Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+                Ok(principal) => {
+                    let max = state.config.limits.max_connections_per_subject;
+                    let Some(guard) = state.subjects.acquire(&principal.subject, max) else {
+                        return refuse(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "max_connections_per_subject",
+                            format!("subject already has {max} connections"),
+                        );
+                    };
+                    Some(Authenticated { principal, guard: Some(guard) })
+                }
+            },
+        },
     };
     let max_frame = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
@@ -35,5 +74,57 @@ pub(super) async fn upgrade(State(state): State<Arc<AppState>>, ws: WebSocketUpg
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| sessions.track_future(session::run(socket, state, permit)))
+        .on_upgrade(move |socket| {
+            sessions.track_future(session::run(socket, state, permit, authenticated))
+        })
+}
+
+/// `Authorization: Bearer`, else `?token=` when `auth.allow_query_token`.
+fn request_token<'a>(
+    state: &AppState,
+    headers: &'a HeaderMap,
+    query: &'a HashMap<String, String>,
+) -> Option<&'a str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    bearer.or_else(|| {
+        state
+            .config
+            .auth
+            .allow_query_token
+            .then(|| query.get("token").map(String::as_str))
+            .flatten()
+    })
+}
+
+/// Cross-site WebSocket hijacking guard. Requests without `Origin`
+/// (non-browser clients) pass; browser origins must be listed in
+/// `auth.allowed_origins` (or `"*"`), be the gateway's own host, or, in the
+/// unauthenticated loopback dev setup, be a loopback page.
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else { return true };
+    let Ok(origin) = origin.to_str() else { return false };
+    let allowed = &state.config.auth.allowed_origins;
+    if allowed.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+        return true;
+    }
+    let dev = state.auth.mode() == AuthMode::None && state.config.listen.ip().is_loopback();
+    dev && is_loopback_host(origin_host)
+}
+
+fn is_loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }

@@ -29,9 +29,7 @@ unsafe impl Sync for EmbeddedKafka {}
 
 impl std::fmt::Debug for EmbeddedKafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedKafka")
-            .field("bootstrap", &self.bootstrap)
-            .finish()
+        f.debug_struct("EmbeddedKafka").field("bootstrap", &self.bootstrap).finish()
     }
 }
 
@@ -50,9 +48,7 @@ impl EmbeddedKafka {
     /// Starts a mock cluster with `brokers` brokers and no group
     /// initial-rebalance delay.
     pub fn start(brokers: i32) -> Result<Self, EmbeddedError> {
-        let host: BaseProducer = ClientConfig::new()
-            .set("client.id", "ferry-embedded")
-            .create()?;
+        let host: BaseProducer = ClientConfig::new().set("client.id", "ferry-embedded").create()?;
         // SAFETY: the handle is valid for as long as `host` lives, and `host`
         // is kept in the returned value and dropped after the cluster.
         let cluster =
@@ -68,11 +64,7 @@ impl EmbeddedKafka {
                 .to_string_lossy()
                 .into_owned()
         };
-        Ok(Self {
-            cluster,
-            bootstrap,
-            _host: host,
-        })
+        Ok(Self { cluster, bootstrap, _host: host })
     }
 
     /// `host:port` list other Kafka clients (kcat, Java) can bootstrap from.
@@ -107,10 +99,7 @@ fn check(err: rdsys::rd_kafka_resp_err_t) -> Result<(), EmbeddedError> {
     if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
         Ok(())
     } else {
-        Err(EmbeddedError::Refused(format!(
-            "{:?}",
-            rdsys::RDKafkaErrorCode::from(err)
-        )))
+        Err(EmbeddedError::Refused(format!("{:?}", rdsys::RDKafkaErrorCode::from(err))))
     }
 }
 

@@ -38,9 +38,7 @@ pub struct Fanout {
 
 impl std::fmt::Debug for Fanout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fanout")
-            .field("hub", &self.hub)
-            .finish_non_exhaustive()
+        f.debug_struct("Fanout").field("hub", &self.hub).finish_non_exhaustive()
     }
 }
 
@@ -52,13 +50,7 @@ impl Fanout {
         timeout: Duration,
         partition_refresh: Duration,
     ) -> Self {
-        Self {
-            consumer: Arc::new(consumer),
-            hub,
-            topics,
-            timeout,
-            partition_refresh,
-        }
+        Self { consumer: Arc::new(consumer), hub, topics, timeout, partition_refresh }
     }
 
     /// Subscribes a socket to `topic` (which has `partitions` partitions).
@@ -71,10 +63,8 @@ impl Fanout {
     ) -> Result<(), GatewayError> {
         let session = subscriber.session;
         let activation = self.hub.join(topic, subscriber);
-        let result = activation
-            .get_or_init(|| self.activate(topic, partitions, &activation))
-            .await
-            .clone();
+        let result =
+            activation.get_or_init(|| self.activate(topic, partitions, &activation)).await.clone();
         if result.is_err() {
             self.hub.abandon(topic, &activation);
             self.unsubscribe(topic, session);
@@ -110,9 +100,7 @@ impl Fanout {
             loop {
                 let attempt = (0..partitions)
                     .map(|p| {
-                        consumer
-                            .fetch_watermarks(&name, p, timeout)
-                            .map(|(_, high)| (p, high))
+                        consumer.fetch_watermarks(&name, p, timeout).map(|(_, high)| (p, high))
                     })
                     .collect::<Result<Vec<_>, _>>();
                 match attempt {

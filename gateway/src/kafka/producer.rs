@@ -62,30 +62,18 @@ impl Publisher {
             record = record.partition(partition);
         }
         if !publish.headers.is_empty() {
-            let headers = publish
-                .headers
-                .iter()
-                .fold(OwnedHeaders::new(), |h, (k, v)| {
-                    h.insert(Header {
-                        key: k,
-                        value: Some(v.as_bytes()),
-                    })
-                });
+            let headers = publish.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+                h.insert(Header { key: k, value: Some(v.as_bytes()) })
+            });
             record = record.headers(headers);
         }
         let started = Instant::now();
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(err, _)| classify(&err))?;
+        let delivery = self.producer.send_result(record).map_err(|(err, _)| classify(&err))?;
         Ok(async move {
             match delivery.await {
                 Ok(Ok(d)) => {
                     crate::metrics::publish_acked(started.elapsed());
-                    Ok(Stored {
-                        partition: d.partition,
-                        offset: d.offset,
-                    })
+                    Ok(Stored { partition: d.partition, offset: d.offset })
                 }
                 Ok(Err((err, _))) => Err(classify(&err)),
                 Err(_canceled) => Err(GatewayError::Internal("producer went away".into())),

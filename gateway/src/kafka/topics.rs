@@ -49,9 +49,7 @@ pub struct Topics {
 
 impl std::fmt::Debug for Topics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Topics")
-            .field("creator", &self.creator)
-            .finish_non_exhaustive()
+        f.debug_struct("Topics").field("creator", &self.creator).finish_non_exhaustive()
     }
 }
 
@@ -64,14 +62,7 @@ impl Topics {
         replication: i32,
         timeout: Duration,
     ) -> Self {
-        Self {
-            producer,
-            creator,
-            partitions,
-            replication,
-            timeout,
-            cache: Mutex::default(),
-        }
+        Self { producer, creator, partitions, replication, timeout, cache: Mutex::default() }
     }
 
     /// The partition count of `topic`, creating the topic if allowed.
@@ -89,19 +80,13 @@ impl Topics {
             Some(n) => n,
             None => self.create(topic).await?,
         };
-        self.cache
-            .lock()
-            .expect("cache lock")
-            .insert(topic.to_owned(), (count, Instant::now()));
+        self.cache.lock().expect("cache lock").insert(topic.to_owned(), (count, Instant::now()));
         Ok(count)
     }
 
     fn cached(&self, topic: &str) -> Option<i32> {
         let cache = self.cache.lock().expect("cache lock");
-        cache
-            .get(topic)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(n, _)| *n)
+        cache.get(topic).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(n, _)| *n)
     }
 
     /// `Some(partitions)` if the topic exists, `None` if it does not.
@@ -120,9 +105,7 @@ impl Topics {
         // A topic is usable once every partition has a leader.
         let led = |t: &rdkafka::metadata::MetadataTopic| {
             !t.partitions().is_empty()
-                && t.partitions()
-                    .iter()
-                    .all(|p| p.error().is_none() && p.leader() >= 0)
+                && t.partitions().iter().all(|p| p.error().is_none() && p.leader() >= 0)
         };
         match found.error().map(RDKafkaErrorCode::from) {
             None if led(found) => Ok(Some(found.partitions().len() as i32)),
@@ -133,9 +116,7 @@ impl Topics {
             Some(RDKafkaErrorCode::TopicAuthorizationFailed) => Err(GatewayError::Internal(
                 format!("the gateway's Kafka principal may not describe topic {topic:?}"),
             )),
-            Some(other) => Err(GatewayError::Unavailable(format!(
-                "topic {topic:?}: {other}"
-            ))),
+            Some(other) => Err(GatewayError::Unavailable(format!("topic {topic:?}: {other}"))),
         }
     }
 

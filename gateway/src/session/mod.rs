@@ -7,6 +7,7 @@
 //! filled by the hub with `try_send`; full means the socket is too slow and
 //! is closed with 4000).
 
+pub mod limits;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -23,10 +24,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::acl::Action;
 use crate::app::AppState;
+use crate::auth::{AuthMode, Principal};
 use crate::error::{request_error_frame, GatewayError};
 use crate::hub::Subscriber;
 use crate::metrics;
+use limits::{SubjectGuard, TokenBucket};
 use writer::{Outbound, WriterConfig};
 
 /// Replies beyond the in-flight publishes the reply queue has room for
@@ -77,22 +81,42 @@ impl End {
     }
 }
 
-/// Serves one upgraded WebSocket until it closes.
-pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphorePermit) {
+/// Who the socket is, when the upgrade request already said so.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// Counts the connection against its subject's limit (JWT mode only).
+    pub guard: Option<SubjectGuard>,
+}
+
+/// Serves one upgraded WebSocket until it closes. Without `authenticated`
+/// the socket must send an `auth` frame within the auth timeout.
+pub async fn run(
+    socket: WebSocket,
+    state: Arc<AppState>,
+    permit: OwnedSemaphorePermit,
+    authenticated: Option<Authenticated>,
+) {
     metrics::connection_opened();
     let limits = &state.config.limits;
     let (sink, stream) = socket.split();
     let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
     let ws = &state.config.websocket;
-    let writer_config = WriterConfig {
-        ping_interval: ws.ping_interval(),
-        write_timeout: ws.write_timeout(),
-    };
+    let writer_config =
+        WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
     let writer = tokio::spawn(writer::run(sink, replies_rx, fanout_rx, writer_config));
 
+    let (principal, subject_guard) = match authenticated {
+        Some(a) => (Some(a.principal), a.guard),
+        None => (None, None),
+    };
     let mut session = Session {
         id: state.next_session.fetch_add(1, Ordering::Relaxed),
+        rate: TokenBucket::new(limits.publish_rate, limits.publish_burst),
+        strikes: 0,
+        principal,
+        subject_guard,
         state: state.clone(),
         replies,
         fanout,
@@ -111,6 +135,12 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: OwnedSemaphore
 
 struct Session {
     id: u64,
+    /// `None` until the socket authenticates.
+    principal: Option<Principal>,
+    subject_guard: Option<SubjectGuard>,
+    rate: TokenBucket,
+    /// Publishes refused in a row for the rate limit.
+    strikes: u32,
     state: Arc<AppState>,
     replies: mpsc::Sender<Outbound>,
     fanout: mpsc::Sender<Utf8Bytes>,
@@ -125,26 +155,23 @@ struct Session {
 
 impl Session {
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
-        let limits = &self.state.config.limits;
-        let welcome = ServerFrame::Welcome {
-            protocol: ferry_protocol::PROTOCOL_VERSION,
-            session: uuid::Uuid::new_v4().to_string(),
-            node: self.state.node_id.clone(),
-            limits: Limits {
-                max_frame_bytes: limits.max_frame_bytes,
-                max_inflight_publishes: limits.max_inflight_publishes,
-                max_subscriptions: limits.max_subscriptions,
-            },
-        };
-        if let Err(end) = self.send(welcome).await {
-            return end;
+        if self.principal.is_some() {
+            if let Err(end) = self.welcome().await {
+                return end;
+            }
         }
-
         let idle = self.state.config.websocket.idle_timeout();
         let mut last_heard = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
-        tokio::pin!(idle_timer);
+        let auth_timer = tokio::time::sleep(self.state.config.auth.auth_timeout());
+        let expiry_timer = tokio::time::sleep_until(self.expiry());
+        tokio::pin!(idle_timer, auth_timer, expiry_timer);
+        let mut armed_for = self.expires_at();
         loop {
+            if self.expires_at() != armed_for {
+                armed_for = self.expires_at();
+                expiry_timer.as_mut().reset(self.expiry());
+            }
             tokio::select! {
                 biased;
                 _ = self.kick.cancelled() => return End::Close(CloseCode::SLOW_CONSUMER),
@@ -153,6 +180,12 @@ impl Session {
                     if let Err(end) = self.send(reply).await {
                         return end;
                     }
+                }
+                () = &mut auth_timer, if self.principal.is_none() => {
+                    return End::Close(CloseCode::AUTH_TIMEOUT);
+                }
+                () = &mut expiry_timer, if armed_for.is_some() => {
+                    return End::Close(CloseCode::TOKEN_EXPIRED);
                 }
                 () = &mut idle_timer => {
                     if last_heard.elapsed() >= idle {
@@ -180,35 +213,167 @@ impl Session {
         }
     }
 
+    fn expires_at(&self) -> Option<i64> {
+        self.principal.as_ref().and_then(|p| p.expires_at)
+    }
+
+    /// When the socket's token runs out (plus leeway); far away without one.
+    fn expiry(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let Some(expires_at) = self.expires_at() else {
+            return far;
+        };
+        let leeway_ms = self.state.config.auth.leeway_secs as i64 * 1000;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let left = (expires_at + leeway_ms - now_ms).max(0) as u64;
+        Instant::now() + Duration::from_millis(left)
+    }
+
+    async fn welcome(&mut self) -> Result<(), End> {
+        let limits = &self.state.config.limits;
+        let jwt = self.state.auth.mode() == AuthMode::Jwt;
+        let principal = self.principal.as_ref();
+        let welcome = ServerFrame::Welcome {
+            protocol: ferry_protocol::PROTOCOL_VERSION,
+            session: uuid::Uuid::new_v4().to_string(),
+            node: self.state.node_id.clone(),
+            limits: Limits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_inflight_publishes: limits.max_inflight_publishes,
+                max_subscriptions: limits.max_subscriptions,
+                publish_rate: Some(limits.publish_rate),
+                publish_burst: Some(limits.publish_burst),
+                max_connections_per_subject: jwt.then_some(limits.max_connections_per_subject),
+            },
+            subject: principal.filter(|_| jwt).map(|p| p.subject.clone()),
+            expires_at: principal.and_then(|p| p.expires_at),
+        };
+        self.send(welcome).await
+    }
+
     async fn handle_text(&mut self, text: &str) -> Result<(), End> {
         metrics::frame_received();
         let frame = match decode_client_frame(text) {
             Ok(frame) => frame,
             Err(err) => return self.send(request_error_frame(err)).await,
         };
+        if let ClientFrame::Auth { id, token } = frame {
+            return self.authenticate(id, &token).await;
+        }
+        if self.principal.is_none() {
+            let err = GatewayError::Unauthorized("authenticate first: send an auth frame".into());
+            return self.send(err.to_frame(Some(frame.id()))).await;
+        }
         let reply = match frame {
-            ClientFrame::Publish(publish) => match self.publish(&publish).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
+            ClientFrame::Publish(publish) => {
+                if let Err(e) = self.check_rate()? {
                     metrics::publish_failed(e.code().as_str());
                     e.to_frame(Some(&publish.id))
+                } else {
+                    match self.publish(&publish).await {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            metrics::publish_failed(e.code().as_str());
+                            e.to_frame(Some(&publish.id))
+                        }
+                    }
                 }
-            },
+            }
             ClientFrame::Subscribe { id, topic } => match self.subscribe(&topic).await {
                 Ok(()) => ServerFrame::Subscribed { id, topic },
                 Err(e) => e.to_frame(Some(&id)),
             },
             ClientFrame::Unsubscribe { id, topic } => {
                 self.unsubscribe(&topic);
-                ServerFrame::Unsubscribed { id, topic }
+                ServerFrame::Unsubscribed { id: Some(id), topic, reason: None }
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
+            ClientFrame::Auth { .. } => unreachable!("handled above"),
         };
         self.send(reply).await
     }
 
+    /// The publish rate limit: `Ok(Err(_))` refuses this publish; `Err`
+    /// closes a client that keeps going after `rate_limit_strikes` refusals.
+    fn check_rate(&mut self) -> Result<Result<(), GatewayError>, End> {
+        if self.rate.take() {
+            self.strikes = 0;
+            return Ok(Ok(()));
+        }
+        self.strikes += 1;
+        let limits = &self.state.config.limits;
+        if self.strikes >= limits.rate_limit_strikes {
+            return Err(End::Close(CloseCode::RATE_LIMITED));
+        }
+        Ok(Err(GatewayError::RateLimited(limits.publish_rate)))
+    }
+
+    /// First authentication or in-band refresh.
+    async fn authenticate(&mut self, id: Option<String>, token: &str) -> Result<(), End> {
+        if self.state.auth.mode() == AuthMode::None {
+            let err = GatewayError::BadRequest(
+                "authentication is disabled (auth.mode = \"none\")".into(),
+            );
+            return self.send(err.to_frame(id.as_deref())).await;
+        }
+        let principal = match self.state.auth.verify(token).await {
+            Ok(principal) => principal,
+            Err(e) => {
+                let err = GatewayError::Unauthorized(e.to_string());
+                return self.send(err.to_frame(id.as_deref())).await;
+            }
+        };
+        match &self.principal {
+            None => {
+                let max = self.state.config.limits.max_connections_per_subject;
+                let Some(guard) = self.state.subjects.acquire(&principal.subject, max) else {
+                    return Err(End::Close(CloseCode::TOO_MANY_CONNECTIONS));
+                };
+                self.subject_guard = Some(guard);
+                self.principal = Some(principal);
+                self.welcome().await
+            }
+            Some(current) if current.subject == principal.subject => {
+                let expires_at = principal.expires_at;
+                self.principal = Some(principal);
+                self.send(ServerFrame::Authed { id, expires_at }).await?;
+                self.drop_forbidden_subscriptions().await
+            }
+            Some(_) => Err(End::Close(CloseCode::SUBJECT_CHANGED)),
+        }
+    }
+
+    /// After a refresh: subscriptions the new claims no longer allow end.
+    async fn drop_forbidden_subscriptions(&mut self) -> Result<(), End> {
+        let forbidden: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|topic| !self.allowed(Action::Subscribe, topic))
+            .cloned()
+            .collect();
+        for topic in forbidden {
+            self.unsubscribe(&topic);
+            let reason = Some("forbidden".to_owned());
+            self.send(ServerFrame::Unsubscribed { id: None, topic, reason }).await?;
+        }
+        Ok(())
+    }
+
+    fn allowed(&self, action: Action, topic: &str) -> bool {
+        self.principal.as_ref().is_some_and(|p| self.state.allows(p, action, topic))
+    }
+
     /// Hands the record to Kafka; the reply comes later through `inflight`.
     async fn publish(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
+        if !self.allowed(Action::Publish, &publish.topic) {
+            return Err(GatewayError::Forbidden(format!(
+                "not allowed to publish to {:?}",
+                publish.topic
+            )));
+        }
         let max = self.state.config.limits.max_inflight_publishes;
         if self.inflight.len() >= max {
             return Err(GatewayError::Limit(format!(
@@ -251,6 +416,9 @@ impl Session {
     }
 
     async fn subscribe(&mut self, topic: &str) -> Result<(), GatewayError> {
+        if !self.allowed(Action::Subscribe, topic) {
+            return Err(GatewayError::Forbidden(format!("not allowed to subscribe to {topic:?}")));
+        }
         if self.subscriptions.contains(topic) {
             return Ok(());
         }
@@ -261,15 +429,9 @@ impl Session {
             )));
         }
         let partitions = self.state.topics.partitions(topic).await?;
-        let subscriber = Subscriber {
-            session: self.id,
-            queue: self.fanout.clone(),
-            kick: self.kick.clone(),
-        };
-        self.state
-            .fanout
-            .subscribe(topic, partitions, subscriber)
-            .await?;
+        let subscriber =
+            Subscriber { session: self.id, queue: self.fanout.clone(), kick: self.kick.clone() };
+        self.state.fanout.subscribe(topic, partitions, subscriber).await?;
         self.subscriptions.insert(topic.to_owned());
         metrics::subscriptions_changed(1.0);
         Ok(())
@@ -284,10 +446,7 @@ impl Session {
 
     async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
         let text = Utf8Bytes::from(frame.encode());
-        self.replies
-            .send(Outbound::Frame(text))
-            .await
-            .map_err(|_| End::WriterGone)
+        self.replies.send(Outbound::Frame(text)).await.map_err(|_| End::WriterGone)
     }
 
     /// Leaves every topic, answers what must be answered, closes the socket.

@@ -97,20 +97,14 @@ async fn write_batch(
                 written += 1;
             }
             Outbound::Close(code) => {
-                let frame = CloseFrame {
-                    code: code.0,
-                    reason: code.reason().into(),
-                };
+                let frame = CloseFrame { code: code.0, reason: code.reason().into() };
                 sink.send(Message::Close(Some(frame))).await?;
                 metrics::frames_sent(written);
                 return Ok(Flow::Closed);
             }
         }
         if written < MAX_BATCH as u64 {
-            next = replies
-                .try_recv()
-                .ok()
-                .or_else(|| fanout.try_recv().ok().map(Outbound::Frame));
+            next = replies.try_recv().ok().or_else(|| fanout.try_recv().ok().map(Outbound::Frame));
         }
     }
     sink.flush().await?;

@@ -1,0 +1,425 @@
+//! Per-topic authorization: a deny-by-default policy of claim-matched rules
+//! granting topic patterns.
+//!
+//! A rule matches a principal when every `match` entry holds (the claim
+//! equals the value, or is an array containing it) and grants `publish`,
+//! `subscribe` and `group` patterns. Patterns are dot-separated segments:
+//! `*` matches one segment, `**` (last only) one or more, and `{sub}` /
+//! `{claims.NAME}` substitute claim values. A substituted value must be a
+//! plain segment (`[A-Za-z0-9_-]+`), otherwise the pattern does not match:
+//! a claim such as `"a.*"` or `"**"` can never widen access.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::auth::Principal;
+
+/// What a principal wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Subscribe,
+    /// Join a shared (consumer-group) subscription.
+    Group,
+}
+
+/// The `[acl]` section of the configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AclConfig {
+    /// The rules; a principal gets the union of what its matching rules grant.
+    pub rules: Vec<RuleConfig>,
+    /// Honour patterns carried in the token under this claim (e.g.
+    /// `ferry = {"pub": [...], "sub": [...], "group": [...]}`), but only
+    /// inside what the rules allow. Empty: tokens carry no grants.
+    pub token_grants_claim: Option<String>,
+}
+
+/// One rule of the policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// Claim → required value. Empty: every authenticated principal.
+    #[serde(rename = "match")]
+    pub when: BTreeMap<String, Value>,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub group: Vec<String>,
+}
+
+/// A compiled, checked policy.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    grants_claim: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    when: Vec<(String, Value)>,
+    publish: Vec<Pattern>,
+    subscribe: Vec<Pattern>,
+    group: Vec<Pattern>,
+}
+
+impl Policy {
+    /// Compiles `config`; returns every problem found.
+    pub fn compile(config: &AclConfig) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let mut compile_all = |kind: &str, patterns: &[String]| {
+                patterns
+                    .iter()
+                    .filter_map(|p| {
+                        Pattern::parse(p)
+                            .map_err(|e| errors.push(format!("acl.rules[{i}].{kind}: {p:?}: {e}")))
+                            .ok()
+                    })
+                    .collect()
+            };
+            let publish = compile_all("publish", &rule.publish);
+            let subscribe = compile_all("subscribe", &rule.subscribe);
+            let group = compile_all("group", &rule.group);
+            let when = rule.when.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            rules.push(Rule { when, publish, subscribe, group });
+        }
+        if errors.is_empty() {
+            Ok(Self { rules, grants_claim: config.token_grants_claim.clone() })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// A policy that grants everything (used with `auth.mode = "none"` when
+    /// no rules are configured).
+    pub fn allow_all() -> Self {
+        let all = || vec![Pattern::parse("**").expect("valid")];
+        Self {
+            rules: vec![Rule { when: vec![], publish: all(), subscribe: all(), group: all() }],
+            grants_claim: None,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether `principal` may do `action` on `topic`.
+    pub fn allows(&self, principal: &Principal, action: Action, topic: &str) -> bool {
+        let granted = self
+            .rules
+            .iter()
+            .filter(|rule| rule.matches(principal))
+            .any(|rule| rule.patterns(action).iter().any(|p| p.matches(topic, principal)));
+        if !granted {
+            return false;
+        }
+        match self.grants_claim.as_ref().and_then(|c| principal.claims.get(c)) {
+            None => true,
+            Some(grants) => token_grants_allow(grants, action, topic, principal),
+        }
+    }
+}
+
+/// Patterns in the token narrow what the policy allows; malformed ones
+/// grant nothing.
+fn token_grants_allow(grants: &Value, action: Action, topic: &str, principal: &Principal) -> bool {
+    let key = match action {
+        Action::Publish => "pub",
+        Action::Subscribe => "sub",
+        Action::Group => "group",
+    };
+    let Some(patterns) = grants.get(key).and_then(Value::as_array) else { return false };
+    patterns
+        .iter()
+        .filter_map(Value::as_str)
+        .filter_map(|p| Pattern::parse(p).ok())
+        .any(|p| p.matches(topic, principal))
+}
+
+impl Rule {
+    fn matches(&self, principal: &Principal) -> bool {
+        self.when.iter().all(|(claim, want)| {
+            let have = match claim.as_str() {
+                "sub" => Some(Value::String(principal.subject.clone())),
+                _ => principal.claims.get(claim).cloned(),
+            };
+            match have {
+                Some(Value::Array(items)) => items.contains(want),
+                Some(value) => &value == want,
+                None => false,
+            }
+        })
+    }
+
+    fn patterns(&self, action: Action) -> &[Pattern] {
+        match action {
+            Action::Publish => &self.publish,
+            Action::Subscribe => &self.subscribe,
+            Action::Group => &self.group,
+        }
+    }
+}
+
+/// A compiled topic pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Segment {
+    /// `*`
+    One,
+    /// `**`, always last
+    Rest,
+    /// Literal text with claim substitutions.
+    Literal(Vec<Part>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    Subject,
+    Claim(String),
+}
+
+impl Pattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("empty pattern".into());
+        }
+        let raw = split_segments(text)?;
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, seg) in raw.iter().enumerate() {
+            segments.push(match *seg {
+                "**" if i + 1 == raw.len() => Segment::Rest,
+                "**" => return Err("`**` may only be the last segment".into()),
+                "*" => Segment::One,
+                _ => Segment::Literal(parse_literal(seg)?),
+            });
+        }
+        Ok(Self { segments })
+    }
+
+    /// Whether `topic` matches for `principal`.
+    pub fn matches(&self, topic: &str, principal: &Principal) -> bool {
+        let mut parts = topic.split('.');
+        for segment in &self.segments {
+            match segment {
+                Segment::Rest => return parts.next().is_some_and(|s| !s.is_empty()),
+                Segment::One => {
+                    if parts.next().is_none_or(str::is_empty) {
+                        return false;
+                    }
+                }
+                Segment::Literal(pieces) => {
+                    let Some(actual) = parts.next() else { return false };
+                    if !literal_matches(pieces, actual, principal) {
+                        return false;
+                    }
+                }
+            }
+        }
+        parts.next().is_none()
+    }
+}
+
+/// Splits on the dots that are not inside `{...}` (as in `{claims.tenant}`).
+fn split_segments(text: &str) -> Result<Vec<&str>, String> {
+    let mut segments = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' if depth == 0 => depth = 1,
+            '{' => return Err("nested `{`".into()),
+            '}' if depth == 1 => depth = 0,
+            '}' => return Err("unmatched `}`".into()),
+            '.' if depth == 0 => {
+                segments.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unclosed `{`".into());
+    }
+    segments.push(&text[start..]);
+    Ok(segments)
+}
+
+fn parse_literal(segment: &str) -> Result<Vec<Part>, String> {
+    let mut parts = Vec::new();
+    let mut rest = segment;
+    while !rest.is_empty() {
+        match rest.find('{') {
+            Some(0) => {
+                let end = rest.find('}').ok_or("unclosed `{`")?;
+                let name = &rest[1..end];
+                parts.push(match name {
+                    "sub" => Part::Subject,
+                    _ => match name.strip_prefix("claims.") {
+                        Some(claim) if !claim.is_empty() => Part::Claim(claim.to_owned()),
+                        _ => return Err(format!("unknown substitution {{{name}}}")),
+                    },
+                });
+                rest = &rest[end + 1..];
+            }
+            found => {
+                let end = found.unwrap_or(rest.len());
+                let text = &rest[..end];
+                if let Some(bad) = text.chars().find(|c| !is_segment_char(*c)) {
+                    return Err(format!("{bad:?} is not allowed in a topic pattern"));
+                }
+                parts.push(Part::Text(text.to_owned()));
+                rest = &rest[end..];
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err("empty segment".into());
+    }
+    Ok(parts)
+}
+
+fn is_segment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// A claim value usable inside a segment: plain characters only, so that a
+/// hostile claim (`a.*`, `**`, `../x`) matches nothing.
+fn claim_segment(value: Option<&Value>) -> Option<String> {
+    let text = match value? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty() && text.chars().all(is_segment_char)).then_some(text)
+}
+
+fn literal_matches(pieces: &[Part], actual: &str, principal: &Principal) -> bool {
+    let mut expected = String::new();
+    for piece in pieces {
+        match piece {
+            Part::Text(t) => expected.push_str(t),
+            Part::Subject => match claim_segment(Some(&Value::String(principal.subject.clone()))) {
+                Some(s) => expected.push_str(&s),
+                None => return false,
+            },
+            Part::Claim(name) => match claim_segment(principal.claims.get(name)) {
+                Some(s) => expected.push_str(&s),
+                None => return false,
+            },
+        }
+    }
+    expected == actual
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn principal(sub: &str, claims: Value) -> Principal {
+        Principal {
+            subject: sub.into(),
+            claims: claims.as_object().cloned().unwrap_or_default(),
+            expires_at: None,
+        }
+    }
+
+    fn policy(toml_text: &str) -> Policy {
+        let config: AclConfig = toml::from_str(toml_text).unwrap();
+        Policy::compile(&config).unwrap()
+    }
+
+    const EXAMPLE: &str = r#"
+        [[rules]]
+        publish = ["telemetry.{sub}"]
+        subscribe = ["tenant.{claims.tenant}.**"]
+        [[rules]]
+        match = { roles = "admin" }
+        publish = ["**"]
+        subscribe = ["**"]
+    "#;
+
+    #[test]
+    fn templated_rules_grant_own_topics_only() {
+        let p = policy(EXAMPLE);
+        let dev = principal("dev-42", json!({"tenant": "acme"}));
+        assert!(p.allows(&dev, Action::Publish, "telemetry.dev-42"));
+        assert!(!p.allows(&dev, Action::Publish, "telemetry.dev-43"));
+        assert!(!p.allows(&dev, Action::Publish, "telemetry"));
+        assert!(p.allows(&dev, Action::Subscribe, "tenant.acme.dash"));
+        assert!(p.allows(&dev, Action::Subscribe, "tenant.acme.a.b"));
+        assert!(!p.allows(&dev, Action::Subscribe, "tenant.acme"));
+        assert!(!p.allows(&dev, Action::Subscribe, "tenant.other.dash"));
+        assert!(!p.allows(&dev, Action::Group, "tenant.acme.dash"));
+    }
+
+    #[test]
+    fn hostile_claims_grant_nothing_extra() {
+        let p = policy(EXAMPLE);
+        for tenant in ["a.*", "**", "*", "../x", "a.b", "", "acme}"] {
+            let who = principal("x", json!({"tenant": tenant}));
+            for topic in ["tenant.a.b.c", "tenant.a.x", "tenant.acme.x", "tenant.x.y", "tenant..x"]
+            {
+                assert!(!p.allows(&who, Action::Subscribe, topic), "{tenant:?} -> {topic}");
+            }
+        }
+        let sneaky = principal("a.*", json!({}));
+        assert!(!p.allows(&sneaky, Action::Publish, "telemetry.a.b"));
+        assert!(!p.allows(&sneaky, Action::Publish, "telemetry.a.*"));
+    }
+
+    #[test]
+    fn array_claims_match_by_membership() {
+        let p = policy(EXAMPLE);
+        let admin = principal("root", json!({"roles": ["ops", "admin"]}));
+        assert!(p.allows(&admin, Action::Publish, "anything.at.all"));
+        let ops = principal("o", json!({"roles": ["ops"]}));
+        assert!(!p.allows(&ops, Action::Publish, "anything"));
+    }
+
+    #[test]
+    fn deny_by_default() {
+        let p = policy("");
+        assert!(!p.allows(&principal("a", json!({})), Action::Subscribe, "t"));
+    }
+
+    #[test]
+    fn token_grants_narrow_the_policy() {
+        let p = policy(
+            r#"
+            token_grants_claim = "ferry"
+            [[rules]]
+            publish = ["app.**"]
+            subscribe = ["app.**"]
+        "#,
+        );
+        let narrowed = principal("u", json!({"ferry": {"pub": ["app.chat.*"], "sub": ["**"]}}));
+        assert!(p.allows(&narrowed, Action::Publish, "app.chat.room1"));
+        assert!(!p.allows(&narrowed, Action::Publish, "app.admin.x"));
+        assert!(p.allows(&narrowed, Action::Subscribe, "app.x"));
+        assert!(!p.allows(&narrowed, Action::Subscribe, "other.x"), "never beyond the policy");
+        let plain = principal("u", json!({}));
+        assert!(p.allows(&plain, Action::Publish, "app.admin.x"));
+    }
+
+    #[test]
+    fn bad_patterns_are_reported() {
+        let config: AclConfig = toml::from_str(
+            r#"
+            [[rules]]
+            publish = ["a.**.b", "x/y", "{nope}", "t.{claims.}"]
+        "#,
+        )
+        .unwrap();
+        let errors = Policy::compile(&config).unwrap_err();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+    }
+}
