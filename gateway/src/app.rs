@@ -32,6 +32,7 @@ use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
 use crate::kafka::fanout::Fanout;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
+use crate::kafka::replay::Replays;
 use crate::kafka::topics::{Creator, Topics};
 use crate::session::limits::SubjectConnections;
 use crate::{http, metrics};
@@ -44,6 +45,7 @@ pub struct AppState {
     pub publisher: Publisher,
     pub topics: Arc<Topics>,
     pub fanout: Arc<Fanout>,
+    pub replays: Replays,
     pub health: Arc<Health>,
     pub auth: Authenticator,
     /// The ACL, swapped whole on reload; read under a short lock.
@@ -214,6 +216,7 @@ impl App {
             publisher: Publisher::new(producer.clone(), health.clone()),
             topics,
             fanout,
+            replays: Replays::new(settings, config.limits.max_replays, timeout),
             health,
             auth,
             policy: RwLock::new(Arc::new(policy)),

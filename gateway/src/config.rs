@@ -97,6 +97,12 @@ pub struct LimitsConfig {
     /// A connection whose publishes are refused this many times in a row
     /// for the rate limit is closed (4004).
     pub rate_limit_strikes: u32,
+    /// Subscriptions from `earliest`, offsets or a timestamp running at once
+    /// on this node (each has its own Kafka consumer); more get `limit`.
+    pub max_replays: usize,
+    /// Replayed records queued for one socket; a full queue pauses the
+    /// replay (it never disconnects the socket).
+    pub replay_queue: usize,
 }
 
 /// WebSocket liveness and buffers.
@@ -156,6 +162,8 @@ impl Default for LimitsConfig {
             publish_rate: 2_000,
             publish_burst: 4_000,
             rate_limit_strikes: 100,
+            max_replays: 256,
+            replay_queue: 256,
         }
     }
 }
@@ -234,6 +242,8 @@ impl Config {
         check(l.publish_rate >= 1, "limits.publish_rate must be at least 1");
         check(l.publish_burst >= 1, "limits.publish_burst must be at least 1");
         check(l.rate_limit_strikes >= 1, "limits.rate_limit_strikes must be at least 1");
+        check(l.max_replays >= 1, "limits.max_replays must be at least 1");
+        check(l.replay_queue >= 1, "limits.replay_queue must be at least 1");
         check(
             self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
             "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",

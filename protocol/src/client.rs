@@ -22,8 +22,8 @@ use crate::MAX_ID_CHARS;
 pub enum ClientFrame<'a> {
     /// Produce one record.
     Publish(Publish<'a>),
-    /// Receive live records of a topic from now on.
-    Subscribe { id: String, topic: String },
+    /// Receive the records of a topic, from `from` on.
+    Subscribe { id: String, topic: String, from: StartFrom },
     /// Stop receiving records of a topic.
     Unsubscribe { id: String, topic: String },
     /// Application-level liveness check; answered with `pong`.
@@ -39,6 +39,53 @@ impl ClientFrame<'_> {
             Self::Publish(p) => &p.id,
             Self::Subscribe { id, .. } | Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
             Self::Auth { id, .. } => id.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Records produced from now on (the default).
+    #[default]
+    Latest,
+    /// Every record still in Kafka.
+    Earliest,
+    /// Next offset to deliver per partition; partitions not listed start
+    /// at latest.
+    Offsets(BTreeMap<i32, i64>),
+    /// The first record at or after this time (ms since the epoch) per
+    /// partition.
+    Timestamp(i64),
+}
+
+impl StartFrom {
+    fn parse(value: &serde_json::Value) -> Result<Self, String> {
+        use serde_json::Value as V;
+        let bad = || {
+            "`from` must be \"latest\", \"earliest\", {\"offsets\":{\"0\":120}} or {\"timestamp\":ms}"
+                .to_owned()
+        };
+        match value {
+            V::String(s) if s == "latest" => Ok(Self::Latest),
+            V::String(s) if s == "earliest" => Ok(Self::Earliest),
+            V::Object(map) if map.len() == 1 => {
+                if let Some(ts) = map.get("timestamp") {
+                    return ts.as_i64().filter(|t| *t >= 0).map(Self::Timestamp).ok_or_else(bad);
+                }
+                let offsets = map.get("offsets").and_then(V::as_object).ok_or_else(bad)?;
+                let mut parsed = BTreeMap::new();
+                for (partition, offset) in offsets {
+                    let p = partition.parse::<i32>().ok().filter(|p| *p >= 0);
+                    let o = offset.as_i64().filter(|o| *o >= 0);
+                    match (p, o) {
+                        (Some(p), Some(o)) => parsed.insert(p, o),
+                        _ => return Err(format!("bad offset entry {partition:?}: {offset}")),
+                    };
+                }
+                Ok(Self::Offsets(parsed))
+            }
+            _ => Err(bad()),
         }
     }
 }
@@ -110,6 +157,7 @@ struct RawFrame<'a> {
     headers: Option<BTreeMap<String, String>>,
     partition: Option<i32>,
     token: Option<String>,
+    from: Option<serde_json::Value>,
 }
 
 /// `"value": null` is the JSON value `null`, not a missing value.
@@ -158,7 +206,8 @@ impl<'a> RawFrame<'a> {
         let kind = self.kind.as_ref();
         let allowed: &[&str] = match kind {
             "publish" => &["topic", "value", "value_b64", "key", "key_b64", "headers", "partition"],
-            "subscribe" | "unsubscribe" => &["topic"],
+            "subscribe" => &["topic", "from"],
+            "unsubscribe" => &["topic"],
             "ping" => &[],
             other => {
                 return Err(RequestError::bad_request(
@@ -184,7 +233,14 @@ impl<'a> RawFrame<'a> {
             .map_err(|why| RequestError::new(Some(id.to_owned()), ErrorCode::InvalidTopic, why))?;
         let (id, topic) = (id.to_owned(), topic.to_owned());
         match kind {
-            "subscribe" => Ok(ClientFrame::Subscribe { id, topic }),
+            "subscribe" => {
+                let from = match &self.from {
+                    None => StartFrom::Latest,
+                    Some(value) => StartFrom::parse(value)
+                        .map_err(|why| RequestError::bad_request(Some(&id), why))?,
+                };
+                Ok(ClientFrame::Subscribe { id, topic, from })
+            }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { id, topic }),
             _ => self.into_publish(id, topic),
         }
@@ -200,6 +256,7 @@ impl<'a> RawFrame<'a> {
             ("headers", self.headers.is_some()),
             ("partition", self.partition.is_some()),
             ("token", self.token.is_some()),
+            ("from", self.from.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -250,6 +307,16 @@ impl<'a> RawFrame<'a> {
             (None, None) => None,
             (Some(_), Some(_)) => return bad("give either `key` or `key_b64`, not both"),
         };
+        if let Some(name) = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.keys().find(|k| k.to_ascii_lowercase().starts_with("ferry-")))
+        {
+            return Err(RequestError::bad_request(
+                Some(&id),
+                format!("header {name:?} is reserved: `ferry-` headers are set by the gateway"),
+            ));
+        }
         if self.partition.is_some_and(|p| p < 0) {
             return bad("`partition` must not be negative");
         }

@@ -18,7 +18,7 @@ pub mod codes;
 pub mod server;
 pub mod topic;
 
-pub use client::{decode_client_frame, ClientFrame, Payload, Publish, RequestError};
+pub use client::{decode_client_frame, ClientFrame, Payload, Publish, RequestError, StartFrom};
 pub use codes::{CloseCode, ErrorCode};
 pub use server::{Limits, MessageFrame, ServerFrame};
 

@@ -56,8 +56,26 @@ pub enum ServerFrame {
     },
     /// Kafka stored the record of publish `id` at this partition and offset.
     Ack { id: String, topic: String, partition: i32, offset: i64 },
-    /// The subscription is live: every record produced from now on arrives.
-    Subscribed { id: String, topic: String },
+    /// The subscription is live: every record from the reported start
+    /// offsets on arrives (for `latest`: every record produced from now on).
+    Subscribed {
+        id: String,
+        topic: String,
+        /// Partition (as a string, JSON object keys being strings) → the
+        /// offset delivery starts at.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        partitions: BTreeMap<String, i64>,
+    },
+    /// A requested start offset is no longer (or not yet) in Kafka; the
+    /// subscription resumes at `resumed_at` instead. Never a silent skip.
+    Gap {
+        topic: String,
+        partition: i32,
+        requested: i64,
+        resumed_at: i64,
+        /// `retention` (the records were deleted) or `beyond_end`.
+        reason: String,
+    },
     /// The subscription is gone; no more records of `topic` arrive. Without
     /// `id` it was ended by the gateway, and `reason` says why (e.g.
     /// `forbidden` after a token refresh).

@@ -3,7 +3,7 @@
 
 use base64::Engine as _;
 use ferry_protocol::server::Message;
-use ferry_protocol::{decode_client_frame, ClientFrame, MessageFrame, ServerFrame};
+use ferry_protocol::{decode_client_frame, ClientFrame, MessageFrame, ServerFrame, StartFrom};
 use serde_json::{json, Value};
 
 fn load(name: &str) -> Vec<Value> {
@@ -25,8 +25,14 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
             "key_b64": p.key.as_deref().map(b64),
             "headers": p.headers, "partition": p.partition,
         }),
-        ClientFrame::Subscribe { id, topic } => {
-            json!({"type": "subscribe", "id": id, "topic": topic})
+        ClientFrame::Subscribe { id, topic, from } => {
+            let from = match from {
+                StartFrom::Latest => json!("latest"),
+                StartFrom::Earliest => json!("earliest"),
+                StartFrom::Offsets(o) => json!({ "offsets": o }),
+                StartFrom::Timestamp(t) => json!({ "timestamp": t }),
+            };
+            json!({"type": "subscribe", "id": id, "topic": topic, "from": from})
         }
         ClientFrame::Unsubscribe { id, topic } => {
             json!({"type": "unsubscribe", "id": id, "topic": topic})
@@ -104,7 +110,16 @@ fn server_frames_round_trip() {
         assert_eq!(again, original, "{}", v["name"]);
         kinds.insert(original["type"].as_str().unwrap().to_owned());
     }
-    let all =
-        ["welcome", "authed", "ack", "subscribed", "unsubscribed", "pong", "error", "message"];
+    let all = [
+        "welcome",
+        "authed",
+        "ack",
+        "subscribed",
+        "unsubscribed",
+        "pong",
+        "error",
+        "message",
+        "gap",
+    ];
     assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
 }

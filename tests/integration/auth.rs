@@ -293,12 +293,12 @@ async fn unauthenticated_socket_is_closed_after_the_auth_timeout() {
 async fn refresh_before_expiry_keeps_socket_and_subscriptions_and_expiry_closes() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let topic = format!("open.{}", unique_topic("refresh"));
-    let short = json!({"sub": "dave", "exp": now() + 3});
+    let short = json!({"sub": "dave", "exp": now() + 5});
     let mut client = Client::connect_request(request(&gw, Some(&hs(&short)))).await;
     client.subscribed(&topic).await;
     let authed = client.auth(&hs(&claims("dave", json!({})))).await;
     assert_eq!(authed["type"], "authed", "{authed}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     // Past the first token's expiry: still open, still subscribed.
     client.acked(&topic, json!("after refresh")).await;
     assert_eq!(client.next_message().await["value"], "after refresh");
@@ -462,7 +462,8 @@ async fn publish_rate_limit_then_close() {
             assert_eq!(reply["type"], "ack", "{reply}");
         }
     }
-    assert!((10..=15).contains(&limited), "{limited} of 20 refused with a burst of 5");
+    // 15 over the burst, minus what refills while they are read (5/s).
+    assert!((5..=15).contains(&limited), "{limited} of 20 refused with a burst of 5");
     for i in 0..100 {
         client.send(json!({"type":"publish","id":format!("s{i}"),"topic":topic,"value":i})).await;
     }
@@ -561,6 +562,7 @@ async fn jwks_keys_rotate_without_restart_and_unknown_kids_are_rate_limited() {
 
     // A flood of random kids causes at most one fetch per min-refetch interval.
     let before = hits.load(Ordering::SeqCst);
+    let flood = std::time::Instant::now();
     for i in 0..30 {
         let t = sign(
             Algorithm::RS256,
@@ -571,7 +573,13 @@ async fn jwks_keys_rotate_without_restart_and_unknown_kids_are_rate_limited() {
         assert_eq!(upgrade_status(&gw, &t).await, 401);
     }
     let fetched = hits.load(Ordering::SeqCst) - before;
-    assert!(fetched <= 2, "{fetched} JWKS fetches for 30 unknown kids");
+    // One fetch per started second at most (min re-fetch interval 1 s).
+    let bound = flood.elapsed().as_secs() as usize + 1;
+    assert!(
+        fetched <= bound,
+        "{fetched} JWKS fetches for 30 unknown kids in {:?}",
+        flood.elapsed()
+    );
     // The rotated-out key no longer verifies.
     assert_eq!(upgrade_status(&gw, &token_a).await, 401);
 }

@@ -381,6 +381,14 @@ impl Client {
         self.ws.send(Message::text(text.into())).await.expect("send");
     }
 
+    /// Sends several frames with one flush (one TCP write, in practice).
+    pub async fn send_batch(&mut self, frames: &[Value]) {
+        for frame in frames {
+            self.ws.feed(Message::text(frame.to_string())).await.expect("feed");
+        }
+        self.ws.flush().await.expect("flush");
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.send_text(frame.to_string()).await;
     }

@@ -9,6 +9,7 @@
 mod helpers;
 
 mod auth;
+mod delivery;
 mod errors;
 mod fanout;
 mod nodes;

@@ -32,6 +32,11 @@ impl ClientSettings {
         &self.bootstrap
     }
 
+    /// Whether these clients talk to the embedded mock cluster.
+    pub fn embedded(&self) -> bool {
+        self.embedded
+    }
+
     fn base(&self, role: &str) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
@@ -79,6 +84,17 @@ impl ClientSettings {
             // expires, whatever arrives meanwhile: keep that wait short.
             config.set("fetch.wait.max.ms", "5");
         }
+        self.finish(config)
+    }
+
+    /// A replaying subscription's own consumer: like the fan-out one, with a
+    /// small prefetch queue since many of them may run.
+    pub fn replay_consumer(&self) -> ClientConfig {
+        let mut config = self.consumer();
+        config
+            .set("client.id", "ferry-replay")
+            .set("queued.max.messages.kbytes", "2048")
+            .set("fetch.max.bytes", "1048576");
         self.finish(config)
     }
 

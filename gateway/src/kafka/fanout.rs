@@ -9,6 +9,7 @@
 //! A new subscription costs one watermark request per partition and no
 //! rebalance. Each record is encoded once and handed to the [`Hub`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
 use crate::hub::{Activation, Hub, Subscriber};
+use crate::kafka::retry_blocking;
 use crate::kafka::topics::Topics;
 use crate::metrics;
+
+/// Turns a Kafka record into its `message` frame, once; the bytes are then
+/// shared by every socket that gets the record.
+pub fn encode_record(record: &BorrowedMessage<'_>) -> Utf8Bytes {
+    let headers: Vec<(&str, Option<&[u8]>)> = record
+        .headers()
+        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
+        .unwrap_or_default();
+    let frame = MessageFrame {
+        topic: record.topic(),
+        partition: record.partition(),
+        offset: record.offset(),
+        timestamp: record.timestamp().to_millis(),
+        key: record.key(),
+        headers: &headers,
+        value: record.payload(),
+    };
+    Utf8Bytes::from(frame.encode())
+}
 
 /// Records dispatched in a burst before the fan-out task yields.
 const YIELD_EVERY: u32 = 32;
@@ -94,23 +115,13 @@ impl Fanout {
         let consumer = self.consumer.clone();
         let (name, timeout) = (topic.to_owned(), self.timeout);
         let starts = tokio::task::spawn_blocking(move || {
-            // A topic created a moment ago may not have partition leaders
-            // yet: retry until the metadata timeout.
-            let deadline = std::time::Instant::now() + timeout;
-            loop {
-                let attempt = (0..partitions)
+            retry_blocking(timeout, || {
+                (0..partitions)
                     .map(|p| {
                         consumer.fetch_watermarks(&name, p, timeout).map(|(_, high)| (p, high))
                     })
-                    .collect::<Result<Vec<_>, _>>();
-                match attempt {
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        tracing::debug!(topic = name, error = %e, "end offsets not readable yet");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                    other => return other,
-                }
-            }
+                    .collect::<Result<Vec<_>, _>>()
+            })
         })
         .await
         .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
@@ -163,22 +174,32 @@ impl Fanout {
 
     /// Encodes `record` once and queues the bytes to every subscriber.
     fn dispatch(&self, record: &BorrowedMessage<'_>) {
-        let headers: Vec<(&str, Option<&[u8]>)> = record
-            .headers()
-            .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
-            .unwrap_or_default();
-        let frame = MessageFrame {
-            topic: record.topic(),
-            partition: record.partition(),
-            offset: record.offset(),
-            timestamp: record.timestamp().to_millis(),
-            key: record.key(),
-            headers: &headers,
-            value: record.payload(),
-        };
-        let bytes = Utf8Bytes::from(frame.encode());
+        let bytes = encode_record(record);
         let delivered = self.hub.dispatch(record.topic(), &bytes);
         metrics::fanout_record(delivered);
+    }
+
+    /// The current end offset of each of `partitions` partitions of `topic`:
+    /// where a `latest` subscription made now starts.
+    pub async fn end_offsets(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<BTreeMap<i32, i64>, GatewayError> {
+        let consumer = self.consumer.clone();
+        let (name, timeout) = (topic.to_owned(), self.timeout);
+        tokio::task::spawn_blocking(move || {
+            retry_blocking(timeout, || {
+                (0..partitions)
+                    .map(|p| {
+                        consumer.fetch_watermarks(&name, p, timeout).map(|(_, high)| (p, high))
+                    })
+                    .collect::<Result<BTreeMap<_, _>, _>>()
+            })
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
+        .map_err(|e| GatewayError::Unavailable(format!("reading end offsets failed: {e}")))
     }
 
     /// Picks up partitions added to subscribed topics, from their start.

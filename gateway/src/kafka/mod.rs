@@ -7,6 +7,8 @@
 //! - [`producer`]: the publish path, from a decoded frame to a delivery result.
 //! - [`fanout`]: the node's consumer, assigning the partitions of subscribed
 //!   topics and handing each record, encoded once, to the [`crate::hub`].
+//! - [`replay`]: subscriptions from `earliest`, offsets or a timestamp, each
+//!   with a consumer of its own.
 //! - [`health`]: whether Kafka answers, for `/readyz` and for fast
 //!   `unavailable` answers.
 
@@ -15,4 +17,23 @@ pub mod embedded;
 pub mod fanout;
 pub mod health;
 pub mod producer;
+pub mod replay;
 pub mod topics;
+
+/// Runs a blocking Kafka call until it succeeds or `timeout` passes: a topic
+/// created a moment ago may not have partition leaders ready yet.
+pub(crate) fn retry_blocking<T, E: std::fmt::Display>(
+    timeout: std::time::Duration,
+    mut call: impl FnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match call() {
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "Kafka call failed; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}

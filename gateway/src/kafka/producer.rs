@@ -18,6 +18,9 @@ use crate::error::GatewayError;
 use crate::kafka::health::Health;
 use crate::kafka::topics::classify;
 
+/// Kafka header carrying the publish's request id.
+pub const FERRY_ID_HEADER: &str = "ferry-id";
+
 /// Where Kafka stored a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
@@ -61,12 +64,16 @@ impl Publisher {
         if let Some(partition) = publish.partition {
             record = record.partition(partition);
         }
-        if !publish.headers.is_empty() {
-            let headers = publish.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        // The client's request id travels with the record so that downstream
+        // consumers can de-duplicate a publish the client retried.
+        let headers = publish
+            .headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(publish.headers.len() + 1), |h, (k, v)| {
                 h.insert(Header { key: k, value: Some(v.as_bytes()) })
-            });
-            record = record.headers(headers);
-        }
+            })
+            .insert(Header { key: FERRY_ID_HEADER, value: Some(publish.id.as_bytes()) });
+        record = record.headers(headers);
         let started = Instant::now();
         let delivery = self.producer.send_result(record).map_err(|(err, _)| classify(&err))?;
         Ok(async move {

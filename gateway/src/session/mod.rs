@@ -10,14 +10,16 @@
 pub mod limits;
 pub mod writer;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Limits, Publish, ServerFrame};
+use ferry_protocol::{
+    decode_client_frame, ClientFrame, CloseCode, Limits, Publish, ServerFrame, StartFrom,
+};
 use futures::stream::{FuturesUnordered, SplitStream};
 use futures::{Future, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -29,6 +31,7 @@ use crate::app::AppState;
 use crate::auth::{AuthMode, Principal};
 use crate::error::{request_error_frame, GatewayError};
 use crate::hub::Subscriber;
+use crate::kafka::replay::ReplayHandle;
 use crate::metrics;
 use limits::{SubjectGuard, TokenBucket};
 use writer::{Outbound, WriterConfig};
@@ -40,7 +43,8 @@ const REPLY_SLACK: usize = 64;
 /// How long a closing session waits for its writer to send the close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-type PendingReply = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+/// An in-flight publish: resolves to its request id and reply.
+type PendingReply = Pin<Box<dyn Future<Output = (String, ServerFrame)> + Send>>;
 
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,10 +106,11 @@ pub async fn run(
     let (sink, stream) = socket.split();
     let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
+    let (replay, replay_rx) = mpsc::channel(limits.replay_queue);
     let ws = &state.config.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
-    let writer = tokio::spawn(writer::run(sink, replies_rx, fanout_rx, writer_config));
+    let writer = tokio::spawn(writer::run(sink, replies_rx, fanout_rx, replay_rx, writer_config));
 
     let (principal, subject_guard) = match authenticated {
         Some(a) => (Some(a.principal), a.guard),
@@ -122,8 +127,10 @@ pub async fn run(
         fanout,
         kick: CancellationToken::new(),
         give_up: CancellationToken::new(),
-        subscriptions: HashSet::new(),
+        replay,
+        subscriptions: HashMap::new(),
         inflight: FuturesUnordered::new(),
+        inflight_ids: HashSet::new(),
     };
     let mut stream = stream;
     let end = session.serve(&mut stream).await;
@@ -149,8 +156,13 @@ struct Session {
     /// Cancelled when the shutdown grace runs out: in-flight publishes are
     /// then answered with `timeout`.
     give_up: CancellationToken,
-    subscriptions: HashSet<String>,
+    /// Replayed records for this socket (see [`crate::kafka::replay`]).
+    replay: mpsc::Sender<Utf8Bytes>,
+    /// Topic → its replay, or `None` for a live (hub) subscription.
+    subscriptions: HashMap<String, Option<ReplayHandle>>,
     inflight: FuturesUnordered<PendingReply>,
+    /// Ids of the publishes in `inflight`.
+    inflight_ids: HashSet<String>,
 }
 
 impl Session {
@@ -176,7 +188,8 @@ impl Session {
                 biased;
                 _ = self.kick.cancelled() => return End::Close(CloseCode::SLOW_CONSUMER),
                 _ = self.state.shutdown.cancelled() => return End::Shutdown,
-                Some(reply) = self.inflight.next(), if !self.inflight.is_empty() => {
+                Some((id, reply)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.inflight_ids.remove(&id);
                     if let Err(end) = self.send(reply).await {
                         return end;
                     }
@@ -282,10 +295,20 @@ impl Session {
                     }
                 }
             }
-            ClientFrame::Subscribe { id, topic } => match self.subscribe(&topic).await {
-                Ok(()) => ServerFrame::Subscribed { id, topic },
-                Err(e) => e.to_frame(Some(&id)),
-            },
+            ClientFrame::Subscribe { id, topic, from } => {
+                match self.subscribe(&topic, &from).await {
+                    Ok((starts, gaps)) => {
+                        let partitions =
+                            starts.into_iter().map(|(p, o)| (p.to_string(), o)).collect();
+                        self.send(ServerFrame::Subscribed { id, topic, partitions }).await?;
+                        for gap in gaps {
+                            self.send(gap).await?;
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => e.to_frame(Some(&id)),
+                }
+            }
             ClientFrame::Unsubscribe { id, topic } => {
                 self.unsubscribe(&topic);
                 ServerFrame::Unsubscribed { id: Some(id), topic, reason: None }
@@ -350,7 +373,7 @@ impl Session {
     async fn drop_forbidden_subscriptions(&mut self) -> Result<(), End> {
         let forbidden: Vec<String> = self
             .subscriptions
-            .iter()
+            .keys()
             .filter(|topic| !self.allowed(Action::Subscribe, topic))
             .cloned()
             .collect();
@@ -374,6 +397,11 @@ impl Session {
                 publish.topic
             )));
         }
+        if self.inflight_ids.contains(&publish.id) {
+            // A retry of a publish still awaiting Kafka: not produced twice;
+            // the original's reply answers this id.
+            return Ok(());
+        }
         let max = self.state.config.limits.max_inflight_publishes;
         if self.inflight.len() >= max {
             return Err(GatewayError::Limit(format!(
@@ -393,15 +421,16 @@ impl Session {
         }
         let delivery = self.state.publisher.send(publish)?;
         let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        self.inflight_ids.insert(id.clone());
         let give_up = self.give_up.clone();
         self.inflight.push(Box::pin(async move {
             let outcome = tokio::select! {
                 outcome = delivery => outcome,
                 _ = give_up.cancelled() => Err(GatewayError::Timeout),
             };
-            match outcome {
+            let reply = match outcome {
                 Ok(stored) => ServerFrame::Ack {
-                    id,
+                    id: id.clone(),
                     topic,
                     partition: stored.partition,
                     offset: stored.offset,
@@ -410,17 +439,26 @@ impl Session {
                     metrics::publish_failed(e.code().as_str());
                     e.to_frame(Some(&id))
                 }
-            }
+            };
+            (id, reply)
         }));
         Ok(())
     }
 
-    async fn subscribe(&mut self, topic: &str) -> Result<(), GatewayError> {
+    /// Subscribes from `from`; returns where each partition starts and any
+    /// `gap` notices to send after `subscribed`.
+    async fn subscribe(
+        &mut self,
+        topic: &str,
+        from: &StartFrom,
+    ) -> Result<(BTreeMap<i32, i64>, Vec<ServerFrame>), GatewayError> {
         if !self.allowed(Action::Subscribe, topic) {
             return Err(GatewayError::Forbidden(format!("not allowed to subscribe to {topic:?}")));
         }
-        if self.subscriptions.contains(topic) {
-            return Ok(());
+        if self.subscriptions.contains_key(topic) {
+            return Err(GatewayError::BadRequest(format!(
+                "already subscribed to {topic:?}; unsubscribe first to start elsewhere"
+            )));
         }
         let max = self.state.config.limits.max_subscriptions;
         if self.subscriptions.len() >= max {
@@ -429,19 +467,42 @@ impl Session {
             )));
         }
         let partitions = self.state.topics.partitions(topic).await?;
-        let subscriber =
-            Subscriber { session: self.id, queue: self.fanout.clone(), kick: self.kick.clone() };
-        self.state.fanout.subscribe(topic, partitions, subscriber).await?;
-        self.subscriptions.insert(topic.to_owned());
+        let (handle, starts, gaps) = match from {
+            StartFrom::Latest => {
+                let subscriber = Subscriber {
+                    session: self.id,
+                    queue: self.fanout.clone(),
+                    kick: self.kick.clone(),
+                };
+                self.state.fanout.subscribe(topic, partitions, subscriber).await?;
+                // Read after the subscription is live: every record at or
+                // past these offsets will arrive.
+                match self.state.fanout.end_offsets(topic, partitions).await {
+                    Ok(starts) => (None, starts, Vec::new()),
+                    Err(e) => {
+                        self.state.fanout.unsubscribe(topic, self.id);
+                        return Err(e);
+                    }
+                }
+            }
+            _ => {
+                let replay = self.replay.clone();
+                let started = self.state.replays.start(topic, partitions, from, replay).await?;
+                (Some(started.handle), started.starts, started.gaps)
+            }
+        };
+        self.subscriptions.insert(topic.to_owned(), handle);
         metrics::subscriptions_changed(1.0);
-        Ok(())
+        Ok((starts, gaps))
     }
 
     fn unsubscribe(&mut self, topic: &str) {
-        if self.subscriptions.remove(topic) {
-            self.state.fanout.unsubscribe(topic, self.id);
-            metrics::subscriptions_changed(-1.0);
+        match self.subscriptions.remove(topic) {
+            Some(None) => self.state.fanout.unsubscribe(topic, self.id),
+            Some(Some(_replay)) => {} // dropping the handle stops the replay
+            None => return,
         }
+        metrics::subscriptions_changed(-1.0);
     }
 
     async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
@@ -456,7 +517,7 @@ impl Session {
         writer: tokio::task::JoinHandle<()>,
         mut stream: SplitStream<WebSocket>,
     ) {
-        let topics: Vec<String> = self.subscriptions.iter().cloned().collect();
+        let topics: Vec<String> = self.subscriptions.keys().cloned().collect();
         for topic in topics {
             self.unsubscribe(&topic);
         }
@@ -515,7 +576,7 @@ impl Session {
                     }
                 }
             };
-            let Some(reply) = next else { break };
+            let Some((_, reply)) = next else { break };
             if self.send(reply).await.is_err() {
                 return;
             }

@@ -38,6 +38,7 @@ pub async fn run(
     mut sink: SplitSink<WebSocket, Message>,
     mut replies: mpsc::Receiver<Outbound>,
     mut fanout: mpsc::Receiver<Utf8Bytes>,
+    mut replay: mpsc::Receiver<Utf8Bytes>,
     config: WriterConfig,
 ) {
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -50,6 +51,7 @@ pub async fn run(
                 None => break,
             },
             Some(frame) = fanout.recv() => Outbound::Frame(frame),
+            Some(frame) = replay.recv() => Outbound::Frame(frame),
             _ = ping.tick() => {
                 let sent = tokio::time::timeout(
                     config.write_timeout,
@@ -61,7 +63,7 @@ pub async fn run(
                 continue;
             }
         };
-        let write = write_batch(&mut sink, first, &mut replies, &mut fanout);
+        let write = write_batch(&mut sink, first, &mut replies, &mut fanout, &mut replay);
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(Flow::Continue)) => {}
             Ok(Ok(Flow::Closed)) => break,
@@ -87,6 +89,7 @@ async fn write_batch(
     first: Outbound,
     replies: &mut mpsc::Receiver<Outbound>,
     fanout: &mut mpsc::Receiver<Utf8Bytes>,
+    replay: &mut mpsc::Receiver<Utf8Bytes>,
 ) -> Result<Flow, axum::Error> {
     let mut next = Some(first);
     let mut written = 0u64;
@@ -104,7 +107,9 @@ async fn write_batch(
             }
         }
         if written < MAX_BATCH as u64 {
-            next = replies.try_recv().ok().or_else(|| fanout.try_recv().ok().map(Outbound::Frame));
+            next = replies.try_recv().ok().or_else(|| {
+                fanout.try_recv().or_else(|_| replay.try_recv()).ok().map(Outbound::Frame)
+            });
         }
     }
     sink.flush().await?;

@@ -1,0 +1,263 @@
+//! The delivery contract: start positions, resume without loss on another
+//! node, gap notices, publish ids, and Kafka outages.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn place(m: &Value) -> (i32, i64) {
+    (m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap())
+}
+
+/// Produces `n` records spread over partitions; returns their places in order.
+async fn produce_n(bootstrap: &str, topic: &str, tag: &str, n: usize) -> Vec<(i32, i64)> {
+    let producer = producer(bootstrap);
+    let mut places = Vec::new();
+    for i in 0..n {
+        let value = format!("{{\"tag\":\"{tag}\",\"i\":{i}}}");
+        places.push(
+            produce(&producer, topic, Some((i % 3) as i32), None, value.as_bytes(), &[]).await,
+        );
+    }
+    places
+}
+
+#[tokio::test]
+async fn subscribe_from_earliest_offsets_and_timestamp() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("from");
+    gw.kafka().create_topic(&topic, 3).await;
+    let before = produce_n(&gw.bootstrap, &topic, "old", 9).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
+            as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = produce_n(&gw.bootstrap, &topic, "new", 6).await;
+
+    // earliest: all 15, each once.
+    let mut client = gw.client().await;
+    let reply = client.request(json!({"type":"subscribe","topic":topic,"from":"earliest"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["partitions"], json!({"0": 0, "1": 0, "2": 0}));
+    let mut got = HashSet::new();
+    for _ in 0..15 {
+        assert!(got.insert(place(&client.next_message().await)));
+    }
+    let all: HashSet<_> = before.iter().chain(&after).copied().collect();
+    assert_eq!(got, all);
+    assert!(client.message_within(Duration::from_millis(300)).await.is_none());
+
+    // offsets: partition 0 from offset 2, the others (unlisted) from latest.
+    let mut client = gw.client().await;
+    let reply =
+        client.request(json!({"type":"subscribe","topic":topic,"from":{"offsets":{"0":2}}})).await;
+    assert_eq!(reply["partitions"], json!({"0": 2, "1": 5, "2": 5}), "{reply}");
+    let mut got: Vec<_> = Vec::new();
+    for _ in 0..3 {
+        got.push(place(&client.next_message().await));
+    }
+    assert_eq!(got, vec![(0, 2), (0, 3), (0, 4)]);
+
+    // timestamp: the records produced after `cut`.
+    let mut client = gw.client().await;
+    let reply =
+        client.request(json!({"type":"subscribe","topic":topic,"from":{"timestamp":cut}})).await;
+    // The embedded mock has no time index: the gateway scans each partition
+    // from its start, skips older records, and reports the scan start.
+    let starts = if gw.embedded.is_some() { [0, 0, 0] } else { [3, 3, 3] };
+    let starts = json!({"0": starts[0], "1": starts[1], "2": starts[2]});
+    assert_eq!(reply["partitions"], starts, "{reply}");
+    let mut got = HashSet::new();
+    for _ in 0..6 {
+        let m = client.next_message().await;
+        assert_eq!(m["value"]["tag"], "new");
+        got.insert(place(&m));
+    }
+    assert_eq!(got, after.iter().copied().collect());
+
+    // A replaying subscription stays live afterwards.
+    let newer = produce_n(&gw.bootstrap, &topic, "newer", 3).await;
+    let mut got = HashSet::new();
+    for _ in 0..3 {
+        got.insert(place(&client.next_message().await));
+    }
+    assert_eq!(got, newer.into_iter().collect());
+}
+
+#[tokio::test]
+async fn latest_reports_where_each_partition_starts() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("starts");
+    gw.kafka().create_topic(&topic, 3).await;
+    produce_n(&gw.bootstrap, &topic, "x", 4).await;
+    let mut client = gw.client().await;
+    let reply = client.subscribe(&topic).await;
+    assert_eq!(reply["partitions"], json!({"0": 2, "1": 1, "2": 1}), "{reply}");
+}
+
+/// A client that loses its socket mid-stream and resumes on another node
+/// with the offsets after the last records it saw gets every later record,
+/// with no gap and no duplicate per partition.
+#[tokio::test]
+async fn resume_on_another_node_without_gap_or_duplicate() {
+    let kafka = TestKafka::start().await;
+    let topic = unique_topic("resume");
+    kafka.create_topic(&topic, 3).await;
+    let config = |c: &mut ferry_gateway::Config| {
+        c.kafka.brokers = Some(kafka.bootstrap());
+        c.kafka.auto_create_topics = Some(false);
+        if kafka.is_embedded() {
+            c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
+        }
+    };
+    let node_a = spawn_gateway_with(config).await;
+    let node_b = spawn_gateway_with(config).await;
+
+    let mut client = node_a.client().await;
+    let reply = client.subscribe(&topic).await;
+    let mut next: BTreeMap<String, i64> =
+        serde_json::from_value(reply["partitions"].clone()).unwrap();
+    let first = produce_n(&kafka.bootstrap(), &topic, "a", 30).await;
+    let mut seen: HashSet<(i32, i64)> = HashSet::new();
+    for _ in 0..12 {
+        let m = client.next_message().await;
+        let (p, o) = place(&m);
+        assert!(seen.insert((p, o)));
+        next.insert(p.to_string(), o + 1);
+    }
+    drop(client); // the socket drops mid-stream; node a keeps running
+    let second = produce_n(&kafka.bootstrap(), &topic, "b", 30).await;
+
+    let mut client = node_b.client().await;
+    let reply =
+        client.request(json!({"type":"subscribe","topic":topic,"from":{"offsets":next}})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let expected: HashSet<_> = first.iter().chain(&second).copied().collect();
+    let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+    while seen.len() < expected.len() {
+        let m = client.next_message().await;
+        let (p, o) = place(&m);
+        assert!(seen.insert((p, o)), "duplicate {p}/{o}");
+        if let Some(prev) = last.insert(p, o) {
+            assert_eq!(o, prev + 1, "gap in partition {p}");
+        }
+    }
+    assert_eq!(seen, expected);
+    assert!(client.message_within(Duration::from_millis(300)).await.is_none());
+}
+
+/// A requested offset no longer in Kafka: a `gap` notice says where the
+/// subscription resumes, never a silent skip. (An offset past the end is
+/// the case the embedded and real Kafka can both produce on demand.)
+#[tokio::test]
+async fn unavailable_offsets_are_reported_as_gaps() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("gap");
+    gw.kafka().create_topic(&topic, 3).await;
+    produce_n(&gw.bootstrap, &topic, "x", 3).await;
+    let mut client = gw.client().await;
+    let reply =
+        client.request(json!({"type":"subscribe","topic":topic,"from":{"offsets":{"0":50}}})).await;
+    assert_eq!(reply["partitions"], json!({"0": 1, "1": 1, "2": 1}), "{reply}");
+    let gap = client.reply_without_id().await;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","topic":topic,"partition":0,"requested":50,"resumed_at":1,"reason":"beyond_end"})
+    );
+    let bad = client
+        .request(json!({"type":"subscribe","topic":unique_topic("x"),"from":{"offsets":{"0":-1}}}))
+        .await;
+    assert_eq!(bad["code"], "bad_request");
+}
+
+#[tokio::test]
+async fn replays_are_capped_per_node() {
+    let gw = spawn_gateway_with(|c| c.limits.max_replays = 2).await;
+    let mut client = gw.client().await;
+    for i in 0..2 {
+        let reply = client.request(json!({"type":"subscribe","topic":unique_topic(&format!("r{i}")),"from":"earliest"})).await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+    }
+    let reply = client
+        .request(json!({"type":"subscribe","topic":unique_topic("r3"),"from":"earliest"}))
+        .await;
+    assert_eq!(reply["code"], "limit", "{reply}");
+    // Live subscriptions are not replays and are not capped by it.
+    client.subscribed(&unique_topic("live")).await;
+}
+
+#[tokio::test]
+async fn publish_ids_travel_as_ferry_id_and_a_retry_in_flight_is_not_produced_twice() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("dedupe");
+    let mut client = gw.client().await;
+    client.acked(&topic, json!("warm-up")).await;
+    // The retry arrives in the same TCP segment, before any ack can.
+    let frame = json!({"type":"publish","id":"same-id","topic":topic,"value":{"n":1}});
+    client.send_batch(&[frame.clone(), frame]).await;
+    let ack = client.reply("same-id").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let pong = client.request(json!({"type":"ping"})).await;
+    assert_eq!(pong["type"], "pong");
+    let records = read_all(&gw.bootstrap, &topic, 3, 3).await;
+    let with_id: Vec<_> = records
+        .iter()
+        .filter(|r| r.headers.get("ferry-id").map(Vec::as_slice) == Some(&b"same-id"[..]))
+        .collect();
+    assert_eq!(with_id.len(), 1, "produced once: {records:?}");
+
+    let reply = client
+        .request(json!({"type":"publish","topic":topic,"value":1,"headers":{"ferry-id":"x"}}))
+        .await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+}
+
+/// Embedded Kafka: the mock broker goes down mid-stream and comes back; a
+/// live subscriber gets every record produced around the outage, once.
+#[tokio::test]
+async fn live_subscription_survives_a_broker_outage_without_loss_or_duplicates() {
+    let gw = spawn_gateway().await;
+    let Some(kafka) = gw.embedded.clone() else {
+        eprintln!("note: the real-broker outage is exercised by scripts/test's SIGKILL run");
+        return;
+    };
+    let topic = unique_topic("outage");
+    gw.kafka().create_topic(&topic, 3).await;
+    let mut client = gw.client().await;
+    client.subscribed(&topic).await;
+    let mut expected: HashSet<(i32, i64)> =
+        produce_n(&gw.bootstrap, &topic, "before", 6).await.into_iter().collect();
+    kafka.broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka.broker_up(1).unwrap();
+    expected.extend(produce_n(&gw.bootstrap, &topic, "after", 6).await);
+    let mut seen = HashSet::new();
+    while seen.len() < expected.len() {
+        assert!(seen.insert(place(&client.next_message().await)), "no duplicate");
+    }
+    assert_eq!(seen, expected);
+    assert!(client.message_within(Duration::from_millis(500)).await.is_none());
+}
+
+/// Kafka unreachable from the start: the gateway stays up, says so on
+/// `/readyz`, and answers publishes promptly with `unavailable`.
+#[tokio::test]
+async fn kafka_unreachable_at_start() {
+    let gw = GatewayProcess::start(
+        &["--kafka-brokers", "127.0.0.1:1"],
+        &[("FERRY_KAFKA_METADATA_TIMEOUT_MS", "500")],
+    );
+    let (status, _) = http_get(gw.addr, "/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(http_get(gw.addr, "/healthz").await.0, 200);
+    let mut client = Client::connect(&gw.ws_url()).await;
+    let started = std::time::Instant::now();
+    let reply = client.publish("anything", json!(1)).await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(reply["retry_after_ms"].as_u64().is_some());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
