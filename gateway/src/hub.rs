@@ -12,18 +12,27 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
+use ferry_protocol::Overflow;
 use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
+use crate::session::lossy::LossyQueue;
 
 /// One socket's end of a subscription.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     /// The session, unique within this node.
     pub session: u64,
-    /// The socket's bounded fan-out queue (shared by all its topics).
+    /// The topic, shared with the lossy queue's entries.
+    pub topic: Arc<str>,
+    /// What happens when the socket does not keep up.
+    pub overflow: Overflow,
+    /// The socket's bounded fan-out queue (shared by all its topics), for
+    /// `disconnect` subscriptions.
     pub queue: mpsc::Sender<Utf8Bytes>,
+    /// The socket's lossy queue, for `drop_oldest` and `conflate`.
+    pub lossy: Arc<LossyQueue>,
     /// Cancelled by the hub when `queue` is full: the session closes.
     pub kick: CancellationToken,
 }
@@ -140,21 +149,37 @@ impl Hub {
             .collect()
     }
 
-    /// Queues `frame` to every subscriber of `topic`; returns how many got it.
-    pub fn dispatch(&self, topic: &str, frame: &Utf8Bytes) -> usize {
+    /// Queues `frame` (the record at `partition` with `key`) to every
+    /// subscriber of `topic`; returns how many got it.
+    pub fn dispatch(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        frame: &Utf8Bytes,
+    ) -> usize {
         let topics = self.topics.read().expect("hub lock");
-        let Some(entry) = topics.get(topic) else {
-            return 0;
-        };
+        let Some(entry) = topics.get(topic) else { return 0 };
         let mut delivered = 0;
         for subscriber in &entry.subscribers {
-            match subscriber.queue.try_send(frame.clone()) {
-                Ok(()) => delivered += 1,
-                // Policy when full: the socket is too slow; close it rather
-                // than wait for it or grow its queue.
-                Err(mpsc::error::TrySendError::Full(_)) => subscriber.kick.cancel(),
-                // The session is ending and will leave on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            match subscriber.overflow {
+                Overflow::Disconnect => match subscriber.queue.try_send(frame.clone()) {
+                    Ok(()) => delivered += 1,
+                    // Policy when full: the socket is too slow; close it
+                    // rather than wait for it or grow its queue.
+                    Err(mpsc::error::TrySendError::Full(_)) => subscriber.kick.cancel(),
+                    // The session is ending and will leave on its own.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                },
+                Overflow::DropOldest => {
+                    subscriber.lossy.push(&subscriber.topic, None, frame.clone());
+                    delivered += 1;
+                }
+                Overflow::Conflate => {
+                    let slot = key.map(|k| (partition, k));
+                    subscriber.lossy.push(&subscriber.topic, slot, frame.clone());
+                    delivered += 1;
+                }
             }
         }
         delivered
@@ -167,7 +192,15 @@ mod tests {
 
     fn subscriber(session: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
         let (queue, rx) = mpsc::channel(capacity);
-        (Subscriber { session, queue, kick: CancellationToken::new() }, rx)
+        let subscriber = Subscriber {
+            session,
+            topic: "t".into(),
+            overflow: Overflow::Disconnect,
+            queue,
+            lossy: Arc::new(LossyQueue::new(capacity)),
+            kick: CancellationToken::new(),
+        };
+        (subscriber, rx)
     }
 
     #[tokio::test]
@@ -179,8 +212,8 @@ mod tests {
         hub.join("t", fast.clone());
         hub.join("t", slow);
         let frame = Utf8Bytes::from("{\"type\":\"message\"}");
-        assert_eq!(hub.dispatch("t", &frame), 2);
-        assert_eq!(hub.dispatch("t", &frame), 1);
+        assert_eq!(hub.dispatch("t", 0, None, &frame), 2);
+        assert_eq!(hub.dispatch("t", 0, None, &frame), 1);
         assert!(slow_kick.is_cancelled());
         assert!(!fast.kick.is_cancelled());
         let a = fast_rx.recv().await.unwrap();

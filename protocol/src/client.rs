@@ -23,7 +23,7 @@ pub enum ClientFrame<'a> {
     /// Produce one record.
     Publish(Publish<'a>),
     /// Receive the records of a topic, from `from` on.
-    Subscribe { id: String, topic: String, from: StartFrom },
+    Subscribe(Subscribe),
     /// Stop receiving records of a topic.
     Unsubscribe { id: String, topic: String },
     /// Application-level liveness check; answered with `pong`.
@@ -37,8 +37,57 @@ impl ClientFrame<'_> {
     pub fn id(&self) -> &str {
         match self {
             Self::Publish(p) => &p.id,
-            Self::Subscribe { id, .. } | Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
+            Self::Subscribe(s) => &s.id,
+            Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
             Self::Auth { id, .. } => id.as_deref().unwrap_or_default(),
+        }
+    }
+}
+
+/// A subscription request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscribe {
+    pub id: String,
+    pub topic: String,
+    pub from: StartFrom,
+    /// What to do when the socket cannot keep up (live subscriptions).
+    pub overflow: Overflow,
+    /// Server-side filter, in its wire form; the gateway compiles it.
+    pub filter: Option<serde_json::Value>,
+}
+
+/// The policy of a live subscription whose socket does not keep up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Close the socket with 4000 (slow consumer); the client resumes.
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued records and tell the client how many with a
+    /// `lagged` notice once it catches up.
+    DropOldest,
+    /// Keep only the latest queued record per Kafka key (dashboards showing
+    /// current values); records without a key are dropped oldest-first.
+    Conflate,
+}
+
+impl Overflow {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "disconnect" => Ok(Self::Disconnect),
+            "drop_oldest" => Ok(Self::DropOldest),
+            "conflate" => Ok(Self::Conflate),
+            other => Err(format!(
+                "unknown overflow {other:?}: use \"disconnect\", \"drop_oldest\" or \"conflate\""
+            )),
+        }
+    }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disconnect => "disconnect",
+            Self::DropOldest => "drop_oldest",
+            Self::Conflate => "conflate",
         }
     }
 }
@@ -158,6 +207,8 @@ struct RawFrame<'a> {
     partition: Option<i32>,
     token: Option<String>,
     from: Option<serde_json::Value>,
+    overflow: Option<String>,
+    filter: Option<serde_json::Value>,
 }
 
 /// `"value": null` is the JSON value `null`, not a missing value.
@@ -206,7 +257,7 @@ impl<'a> RawFrame<'a> {
         let kind = self.kind.as_ref();
         let allowed: &[&str] = match kind {
             "publish" => &["topic", "value", "value_b64", "key", "key_b64", "headers", "partition"],
-            "subscribe" => &["topic", "from"],
+            "subscribe" => &["topic", "from", "overflow", "filter"],
             "unsubscribe" => &["topic"],
             "ping" => &[],
             other => {
@@ -239,7 +290,13 @@ impl<'a> RawFrame<'a> {
                     Some(value) => StartFrom::parse(value)
                         .map_err(|why| RequestError::bad_request(Some(&id), why))?,
                 };
-                Ok(ClientFrame::Subscribe { id, topic, from })
+                let overflow = match self.overflow.as_deref() {
+                    None => Overflow::Disconnect,
+                    Some(text) => Overflow::parse(text)
+                        .map_err(|why| RequestError::bad_request(Some(&id), why))?,
+                };
+                let filter = self.filter.clone();
+                Ok(ClientFrame::Subscribe(Subscribe { id, topic, from, overflow, filter }))
             }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { id, topic }),
             _ => self.into_publish(id, topic),
@@ -257,6 +314,8 @@ impl<'a> RawFrame<'a> {
             ("partition", self.partition.is_some()),
             ("token", self.token.is_some()),
             ("from", self.from.is_some()),
+            ("overflow", self.overflow.is_some()),
+            ("filter", self.filter.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))

@@ -18,7 +18,10 @@ pub mod codes;
 pub mod server;
 pub mod topic;
 
-pub use client::{decode_client_frame, ClientFrame, Payload, Publish, RequestError, StartFrom};
+pub use client::{
+    decode_client_frame, ClientFrame, Overflow, Payload, Publish, RequestError, StartFrom,
+    Subscribe,
+};
 pub use codes::{CloseCode, ErrorCode};
 pub use server::{Limits, MessageFrame, ServerFrame};
 

@@ -66,6 +66,9 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         partitions: BTreeMap<String, i64>,
     },
+    /// An `overflow: "drop_oldest"` (or `"conflate"`) subscription dropped
+    /// `dropped` records of `topic` while the socket was behind.
+    Lagged { topic: String, dropped: u64 },
     /// A requested start offset is no longer (or not yet) in Kafka; the
     /// subscription resumes at `resumed_at` instead. Never a silent skip.
     Gap {

@@ -3,7 +3,9 @@
 
 use base64::Engine as _;
 use ferry_protocol::server::Message;
-use ferry_protocol::{decode_client_frame, ClientFrame, MessageFrame, ServerFrame, StartFrom};
+use ferry_protocol::{
+    decode_client_frame, ClientFrame, MessageFrame, Overflow, ServerFrame, StartFrom,
+};
 use serde_json::{json, Value};
 
 fn load(name: &str) -> Vec<Value> {
@@ -25,14 +27,22 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
             "key_b64": p.key.as_deref().map(b64),
             "headers": p.headers, "partition": p.partition,
         }),
-        ClientFrame::Subscribe { id, topic, from } => {
-            let from = match from {
+        ClientFrame::Subscribe(sub) => {
+            let from = match &sub.from {
                 StartFrom::Latest => json!("latest"),
                 StartFrom::Earliest => json!("earliest"),
                 StartFrom::Offsets(o) => json!({ "offsets": o }),
                 StartFrom::Timestamp(t) => json!({ "timestamp": t }),
             };
-            json!({"type": "subscribe", "id": id, "topic": topic, "from": from})
+            let mut v =
+                json!({"type": "subscribe", "id": sub.id, "topic": sub.topic, "from": from});
+            if sub.overflow != Overflow::Disconnect {
+                v["overflow"] = json!(sub.overflow.as_str());
+            }
+            if let Some(filter) = &sub.filter {
+                v["filter"] = filter.clone();
+            }
+            v
         }
         ClientFrame::Unsubscribe { id, topic } => {
             json!({"type": "unsubscribe", "id": id, "topic": topic})
@@ -120,6 +130,7 @@ fn server_frames_round_trip() {
         "error",
         "message",
         "gap",
+        "lagged",
     ];
     assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
 }

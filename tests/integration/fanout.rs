@@ -209,3 +209,114 @@ async fn new_partitions_of_a_subscribed_topic_are_picked_up() {
     let m = client.next_message().await;
     assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
 }
+
+/// Produces `n` records of ~`size` bytes to partition 0, keyed `k{i % keys}`
+/// when `keys > 0`, with `{"seq": i, "key": ...}` values.
+async fn produce_burst(bootstrap: &str, topic: &str, n: usize, keys: usize, size: usize) {
+    let producer = producer(bootstrap);
+    let pad = "x".repeat(size);
+    for i in 0..n {
+        let key = (keys > 0).then(|| format!("k{}", i % keys));
+        let value = format!(r#"{{"seq":{i},"key":{},"pad":"{pad}"}}"#, json!(key));
+        produce(
+            &producer,
+            topic,
+            Some(0),
+            key.as_deref().map(str::as_bytes),
+            value.as_bytes(),
+            &[],
+        )
+        .await;
+    }
+}
+
+async fn fast_reads_all(fast: &mut Client, n: usize) {
+    let mut last = -1;
+    for _ in 0..n {
+        let m = fast.next_message().await;
+        assert!(m["value"]["seq"].as_i64().unwrap() > last, "in order");
+        last = m["value"]["seq"].as_i64().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
+    let gw = spawn_gateway_with(|c| c.limits.outbound_queue = 64).await;
+    let topic = unique_topic("drop");
+    gw.kafka().create_topic(&topic, 1).await;
+    let mut fast = gw.client().await;
+    fast.subscribed(&topic).await;
+    let mut slow = gw.client().await;
+    let reply =
+        slow.request(json!({"type":"subscribe","topic":topic,"overflow":"drop_oldest"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+
+    // `slow` does not read while the burst goes by.
+    const N: usize = 1_500;
+    tokio::join!(
+        produce_burst(&gw.bootstrap, &topic, N, 0, 8 * 1024),
+        fast_reads_all(&mut fast, N)
+    );
+
+    // Every record reached `slow` or was counted as dropped; it stays open.
+    let (mut received, mut dropped, mut last_seq) = (0u64, 0u64, -1i64);
+    while received + dropped < N as u64 {
+        let frame = slow.next_frame_or_close().await.expect("the slow socket stays open");
+        match frame["type"].as_str() {
+            Some("message") => {
+                let seq = frame["value"]["seq"].as_i64().unwrap();
+                assert!(seq > last_seq, "still in order, with holes");
+                last_seq = seq;
+                received += 1;
+            }
+            Some("lagged") => {
+                assert_eq!(frame["topic"], topic.as_str());
+                dropped += frame["dropped"].as_u64().unwrap();
+            }
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(received + dropped, N as u64);
+    assert!(dropped > 0, "the burst overflowed the queue");
+    assert_eq!(last_seq, N as i64 - 1, "the newest record arrives");
+    assert_eq!(slow.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflate_keeps_the_latest_value_per_key_for_a_slow_socket() {
+    let gw = spawn_gateway_with(|c| c.limits.outbound_queue = 64).await;
+    let topic = unique_topic("conflate");
+    gw.kafka().create_topic(&topic, 1).await;
+    let mut fast = gw.client().await;
+    fast.subscribed(&topic).await;
+    let mut slow = gw.client().await;
+    let reply = slow.request(json!({"type":"subscribe","topic":topic,"overflow":"conflate"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+
+    const N: usize = 1_500;
+    const KEYS: usize = 10;
+    tokio::join!(
+        produce_burst(&gw.bootstrap, &topic, N, KEYS, 8 * 1024),
+        fast_reads_all(&mut fast, N)
+    );
+
+    // The slow socket ends up with the latest value of every key.
+    let mut latest = std::collections::BTreeMap::new();
+    let mut received = 0;
+    while latest.len() < KEYS || latest.values().any(|&seq: &i64| seq < (N - KEYS) as i64) {
+        let m = slow.next_message().await;
+        let (key, seq) =
+            (m["key"].as_str().unwrap().to_owned(), m["value"]["seq"].as_i64().unwrap());
+        if let Some(prev) = latest.insert(key, seq) {
+            assert!(seq > prev, "per key, values only move forward");
+        }
+        received += 1;
+    }
+    for (key, seq) in &latest {
+        let i: i64 = key[1..].parse().unwrap();
+        assert_eq!((seq - i) % KEYS as i64, 0);
+        assert!(*seq >= (N - KEYS) as i64, "{key} ends at its latest value");
+    }
+    assert!(received < N, "superseded values were conflated away ({received} of {N})");
+    assert_eq!(slow.request(json!({"type":"ping"})).await["type"], "pong");
+}

@@ -175,7 +175,7 @@ impl Fanout {
     /// Encodes `record` once and queues the bytes to every subscriber.
     fn dispatch(&self, record: &BorrowedMessage<'_>) {
         let bytes = encode_record(record);
-        let delivered = self.hub.dispatch(record.topic(), &bytes);
+        let delivered = self.hub.dispatch(record.topic(), record.partition(), record.key(), &bytes);
         metrics::fanout_record(delivered);
     }
 

@@ -8,6 +8,7 @@
 //! is closed with 4000).
 
 pub mod limits;
+pub mod lossy;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{
-    decode_client_frame, ClientFrame, CloseCode, Limits, Publish, ServerFrame, StartFrom,
+    decode_client_frame, ClientFrame, CloseCode, Limits, Publish, ServerFrame, StartFrom, Subscribe,
 };
 use futures::stream::{FuturesUnordered, SplitStream};
 use futures::{Future, StreamExt};
@@ -34,6 +35,7 @@ use crate::hub::Subscriber;
 use crate::kafka::replay::ReplayHandle;
 use crate::metrics;
 use limits::{SubjectGuard, TokenBucket};
+use lossy::LossyQueue;
 use writer::{Outbound, WriterConfig};
 
 /// Replies beyond the in-flight publishes the reply queue has room for
@@ -107,10 +109,18 @@ pub async fn run(
     let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
     let (replay, replay_rx) = mpsc::channel(limits.replay_queue);
+    let lossy = Arc::new(LossyQueue::new(limits.outbound_queue));
     let ws = &state.config.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
-    let writer = tokio::spawn(writer::run(sink, replies_rx, fanout_rx, replay_rx, writer_config));
+    let writer = tokio::spawn(writer::run(
+        sink,
+        replies_rx,
+        fanout_rx,
+        replay_rx,
+        lossy.clone(),
+        writer_config,
+    ));
 
     let (principal, subject_guard) = match authenticated {
         Some(a) => (Some(a.principal), a.guard),
@@ -128,6 +138,7 @@ pub async fn run(
         kick: CancellationToken::new(),
         give_up: CancellationToken::new(),
         replay,
+        lossy,
         subscriptions: HashMap::new(),
         inflight: FuturesUnordered::new(),
         inflight_ids: HashSet::new(),
@@ -158,6 +169,8 @@ struct Session {
     give_up: CancellationToken,
     /// Replayed records for this socket (see [`crate::kafka::replay`]).
     replay: mpsc::Sender<Utf8Bytes>,
+    /// Queue of the `drop_oldest` / `conflate` subscriptions.
+    lossy: Arc<LossyQueue>,
     /// Topic → its replay, or `None` for a live (hub) subscription.
     subscriptions: HashMap<String, Option<ReplayHandle>>,
     inflight: FuturesUnordered<PendingReply>,
@@ -295,8 +308,9 @@ impl Session {
                     }
                 }
             }
-            ClientFrame::Subscribe { id, topic, from } => {
-                match self.subscribe(&topic, &from).await {
+            ClientFrame::Subscribe(request) => {
+                let (id, topic) = (request.id.clone(), request.topic.clone());
+                match self.subscribe(&request).await {
                     Ok((starts, gaps)) => {
                         let partitions =
                             starts.into_iter().map(|(p, o)| (p.to_string(), o)).collect();
@@ -449,9 +463,9 @@ impl Session {
     /// `gap` notices to send after `subscribed`.
     async fn subscribe(
         &mut self,
-        topic: &str,
-        from: &StartFrom,
+        request: &Subscribe,
     ) -> Result<(BTreeMap<i32, i64>, Vec<ServerFrame>), GatewayError> {
+        let (topic, from) = (request.topic.as_str(), &request.from);
         if !self.allowed(Action::Subscribe, topic) {
             return Err(GatewayError::Forbidden(format!("not allowed to subscribe to {topic:?}")));
         }
@@ -471,7 +485,10 @@ impl Session {
             StartFrom::Latest => {
                 let subscriber = Subscriber {
                     session: self.id,
+                    topic: topic.into(),
+                    overflow: request.overflow,
                     queue: self.fanout.clone(),
+                    lossy: self.lossy.clone(),
                     kick: self.kick.clone(),
                 };
                 self.state.fanout.subscribe(topic, partitions, subscriber).await?;

@@ -5,6 +5,7 @@
 //! rather than one per frame), sends WebSocket pings, and gives up on a
 //! socket whose writes do not complete within the write timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -14,6 +15,7 @@ use futures::SinkExt;
 use tokio::sync::mpsc;
 
 use crate::metrics;
+use crate::session::lossy::LossyQueue;
 
 /// Most frames written before a flush.
 const MAX_BATCH: usize = 64;
@@ -39,6 +41,7 @@ pub async fn run(
     mut replies: mpsc::Receiver<Outbound>,
     mut fanout: mpsc::Receiver<Utf8Bytes>,
     mut replay: mpsc::Receiver<Utf8Bytes>,
+    lossy: Arc<LossyQueue>,
     config: WriterConfig,
 ) {
     let mut ping = tokio::time::interval(config.ping_interval);
@@ -52,6 +55,21 @@ pub async fn run(
             },
             Some(frame) = fanout.recv() => Outbound::Frame(frame),
             Some(frame) = replay.recv() => Outbound::Frame(frame),
+            () = lossy.ready() => {
+                let frames = lossy.drain(MAX_BATCH);
+                let write = async {
+                    let n = frames.len() as u64;
+                    for frame in frames {
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    metrics::frames_sent(n);
+                    sink.flush().await
+                };
+                if !matches!(tokio::time::timeout(config.write_timeout, write).await, Ok(Ok(()))) {
+                    break;
+                }
+                continue;
+            }
             _ = ping.tick() => {
                 let sent = tokio::time::timeout(
                     config.write_timeout,
