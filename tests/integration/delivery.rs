@@ -261,3 +261,109 @@ async fn kafka_unreachable_at_start() {
     assert!(reply["retry_after_ms"].as_u64().is_some());
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the mock cluster
+/// cannot delete records, so retention is simulated with DeleteRecords.
+#[tokio::test]
+async fn offsets_lost_to_retention_are_reported_as_gaps() {
+    let Some(bootstrap) = real_kafka() else {
+        eprintln!("note: needs real Kafka (FERRY_TEST_KAFKA); the mock cannot delete records");
+        return;
+    };
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("retention");
+    gw.kafka().create_topic(&topic, 1).await;
+    let producer = producer(&bootstrap);
+    for i in 0..10 {
+        produce(&producer, &topic, Some(0), None, format!("{{\"i\":{i}}}").as_bytes(), &[]).await;
+    }
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+    let mut before = rdkafka::TopicPartitionList::new();
+    before.add_partition_offset(&topic, 0, rdkafka::Offset::Offset(6)).unwrap();
+    admin.delete_records(&before, &rdkafka::admin::AdminOptions::new()).await.unwrap();
+
+    let mut client = gw.client().await;
+    let reply =
+        client.request(json!({"type":"subscribe","topic":topic,"from":{"offsets":{"0":2}}})).await;
+    assert_eq!(reply["partitions"], json!({"0": 6}), "{reply}");
+    let gap = client.reply_without_id().await;
+    assert_eq!(
+        gap,
+        json!({"type":"gap","topic":topic,"partition":0,"requested":2,"resumed_at":6,"reason":"retention"})
+    );
+    for offset in 6..10 {
+        assert_eq!(place(&client.next_message().await), (0, offset));
+    }
+}
+
+/// Real Kafka killed with SIGKILL mid-stream and started again. It stops the
+/// shared broker, so it cannot run beside other tests: `scripts/test` runs
+/// it alone (`-- --ignored --test-threads=1`) after the real-Kafka pass.
+#[tokio::test]
+#[ignore = "kills the shared real broker; scripts/test runs it alone with --ignored"]
+async fn real_broker_killed_mid_stream() {
+    let bootstrap =
+        real_kafka().expect("FERRY_TEST_KAFKA names the broker started by scripts/kafka");
+    let script = format!("{}/../scripts/kafka", env!("CARGO_MANIFEST_DIR"));
+    let broker = |action: &str| {
+        let status = std::process::Command::new(&script).arg(action).status().unwrap();
+        assert!(status.success(), "scripts/kafka {action}");
+    };
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("sigkill");
+    gw.kafka().create_topic(&topic, 3).await;
+    let mut live = gw.client().await;
+    live.subscribed(&topic).await;
+    let mut publisher = gw.client().await;
+    let mut acked = HashSet::new();
+    for i in 0..6 {
+        acked.insert(publisher.acked(&topic, json!({"phase": "before", "i": i})).await);
+    }
+
+    broker("kill");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = gw.get("/readyz").await.0;
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 503, "/readyz reports the outage");
+    let started = std::time::Instant::now();
+    let reply = publisher.publish(&topic, json!({"phase": "down"})).await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(5), "prompt");
+
+    broker("start");
+    for _ in 0..150 {
+        if gw.get("/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.get("/readyz").await.0, 200, "ready again without a restart");
+    for i in 0..6 {
+        // Leaders may take a moment after the restart: retry `unavailable`.
+        let mut reply = publisher.publish(&topic, json!({"phase": "after", "i": i})).await;
+        for _ in 0..50 {
+            if reply["type"] == "ack" {
+                break;
+            }
+            assert_eq!(reply["code"], "unavailable", "{reply}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            reply = publisher.publish(&topic, json!({"phase": "after", "i": i})).await;
+        }
+        assert_eq!(reply["type"], "ack", "{reply}");
+        acked.insert(place(&reply));
+    }
+    // The live subscription got every acked record, once, on its own.
+    let mut seen = HashSet::new();
+    while seen.len() < acked.len() {
+        let m = live.next_message().await;
+        assert!(seen.insert(place(&m)), "no duplicate");
+    }
+    assert_eq!(seen, acked);
+    let _ = bootstrap;
+}
