@@ -8,6 +8,11 @@
 //! `{claims.NAME}` substitute claim values. A substituted value must be a
 //! plain segment (`[A-Za-z0-9_-]+`), otherwise the pattern does not match:
 //! a claim such as `"a.*"` or `"**"` can never widen access.
+//!
+//! A `subscribe` grant may also impose a filter built from the principal's
+//! claims (`{ topic = "telemetry", filter = { key = { prefix =
+//! "{claims.tenant}." } } }`): the subscription then only ever receives
+//! records matching it, AND-ed with whatever filter the client asks for.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::auth::Principal;
+use crate::filter::{Filter, FilterError};
 
 /// What a principal wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,17 @@ pub enum Action {
     Subscribe,
     /// Join a shared (consumer-group) subscription.
     Group,
+}
+
+impl Action {
+    /// A metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::Group => "group",
+        }
+    }
 }
 
 /// The `[acl]` section of the configuration.
@@ -45,8 +62,23 @@ pub struct RuleConfig {
     #[serde(rename = "match")]
     pub when: BTreeMap<String, Value>,
     pub publish: Vec<String>,
-    pub subscribe: Vec<String>,
+    /// Topic patterns, or `{ topic = PATTERN, filter = TEMPLATE }` to allow
+    /// the subscription only with that filter.
+    pub subscribe: Vec<SubscribeGrant>,
     pub group: Vec<String>,
+}
+
+/// One `subscribe` grant of a rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SubscribeGrant {
+    Topic(String),
+    Filtered {
+        topic: String,
+        /// A filter template (see [`crate::filter`]), with `{sub}` and
+        /// `{claims.NAME}` placeholders.
+        filter: Value,
+    },
 }
 
 /// A compiled, checked policy.
@@ -61,7 +93,19 @@ struct Rule {
     when: Vec<(String, Value)>,
     publish: Vec<Pattern>,
     subscribe: Vec<Pattern>,
+    /// The filter template of each `subscribe` pattern, if it has one.
+    subscribe_filters: Vec<Option<Value>>,
     group: Vec<Pattern>,
+}
+
+/// What the policy says about a subscription.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubscribeGrantResult {
+    Denied,
+    /// Allowed; records must also match `imposed` when there is one.
+    Allowed {
+        imposed: Option<Filter>,
+    },
 }
 
 impl Policy {
@@ -81,10 +125,25 @@ impl Policy {
                     .collect()
             };
             let publish = compile_all("publish", &rule.publish);
-            let subscribe = compile_all("subscribe", &rule.subscribe);
+            let (topics, templates): (Vec<String>, Vec<Option<Value>>) = rule
+                .subscribe
+                .iter()
+                .map(|grant| match grant {
+                    SubscribeGrant::Topic(topic) => (topic.clone(), None),
+                    SubscribeGrant::Filtered { topic, filter } => {
+                        (topic.clone(), Some(filter.clone()))
+                    }
+                })
+                .unzip();
+            let subscribe = compile_all("subscribe", &topics);
             let group = compile_all("group", &rule.group);
+            for template in templates.iter().flatten() {
+                if let Err(FilterError(e)) = Filter::check_template(template) {
+                    errors.push(format!("acl.rules[{i}].subscribe filter: {e}"));
+                }
+            }
             let when = rule.when.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            rules.push(Rule { when, publish, subscribe, group });
+            rules.push(Rule { when, publish, subscribe, subscribe_filters: templates, group });
         }
         if errors.is_empty() {
             Ok(Self { rules, grants_claim: config.token_grants_claim.clone() })
@@ -98,7 +157,13 @@ impl Policy {
     pub fn allow_all() -> Self {
         let all = || vec![Pattern::parse("**").expect("valid")];
         Self {
-            rules: vec![Rule { when: vec![], publish: all(), subscribe: all(), group: all() }],
+            rules: vec![Rule {
+                when: vec![],
+                publish: all(),
+                subscribe: all(),
+                subscribe_filters: vec![None],
+                group: all(),
+            }],
             grants_claim: None,
         }
     }
@@ -121,6 +186,36 @@ impl Policy {
             None => true,
             Some(grants) => token_grants_allow(grants, action, topic, principal),
         }
+    }
+}
+
+impl Policy {
+    /// Whether `principal` may subscribe to `topic`, and with which imposed
+    /// filter. A grant without a filter wins over filtered ones; among
+    /// filtered grants the first matching one applies (each is a
+    /// permission the policy gives, so none widens access).
+    pub fn subscribe_grant(&self, principal: &Principal, topic: &str) -> SubscribeGrantResult {
+        if !self.allows(principal, Action::Subscribe, topic) {
+            return SubscribeGrantResult::Denied;
+        }
+        let mut first_filtered = None;
+        for rule in self.rules.iter().filter(|r| r.matches(principal)) {
+            for (pattern, template) in rule.subscribe.iter().zip(&rule.subscribe_filters) {
+                if !pattern.matches(topic, principal) {
+                    continue;
+                }
+                match template {
+                    None => return SubscribeGrantResult::Allowed { imposed: None },
+                    Some(t) if first_filtered.is_none() => first_filtered = Some(t),
+                    Some(_) => {}
+                }
+            }
+        }
+        let imposed = first_filtered.map(|template| {
+            Filter::from_template(template, &principal.subject, &principal.claims)
+                .unwrap_or_else(|_| Filter::nothing())
+        });
+        SubscribeGrantResult::Allowed { imposed }
     }
 }
 
@@ -408,6 +503,39 @@ mod tests {
         assert!(!p.allows(&narrowed, Action::Subscribe, "other.x"), "never beyond the policy");
         let plain = principal("u", json!({}));
         assert!(p.allows(&plain, Action::Publish, "app.admin.x"));
+    }
+
+    #[test]
+    fn imposed_filters_follow_the_claims_and_unfiltered_grants_win() {
+        let p = policy(
+            r#"
+            [[rules]]
+            subscribe = [{ topic = "telemetry", filter = { key = { prefix = "{claims.tenant}." } } }]
+            [[rules]]
+            match = { roles = "admin" }
+            subscribe = ["**"]
+        "#,
+        );
+        let tenant = principal("t", json!({"tenant": "acme"}));
+        let SubscribeGrantResult::Allowed { imposed: Some(filter) } =
+            p.subscribe_grant(&tenant, "telemetry")
+        else {
+            panic!("tenant gets a filtered grant");
+        };
+        assert_eq!(filter.canonical(), r#"{"key":{"prefix":"acme."}}"#);
+        assert_eq!(p.subscribe_grant(&tenant, "other"), SubscribeGrantResult::Denied);
+        let admin = principal("a", json!({"roles": ["admin"], "tenant": "acme"}));
+        assert_eq!(
+            p.subscribe_grant(&admin, "telemetry"),
+            SubscribeGrantResult::Allowed { imposed: None }
+        );
+        let no_tenant = principal("n", json!({}));
+        let SubscribeGrantResult::Allowed { imposed: Some(nothing) } =
+            p.subscribe_grant(&no_tenant, "telemetry")
+        else {
+            panic!();
+        };
+        assert_eq!(nothing, Filter::nothing(), "a missing claim matches nothing");
     }
 
     #[test]

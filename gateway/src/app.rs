@@ -67,6 +67,11 @@ impl AppState {
         self.policy.read().expect("policy lock").allows(principal, action, topic)
     }
 
+    /// The current ACL (swapped whole on reload).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy lock").clone()
+    }
+
     /// Re-reads the ACL from `path`; a bad policy is logged and the old one
     /// stays.
     pub fn reload_policy(&self, path: &std::path::Path) {

@@ -1,6 +1,8 @@
-//! Topic → local subscribers. The fan-out hands each record here once, as
-//! already-encoded bytes, and the hub queues the same bytes to every
-//! subscribed socket. Dispatch never waits on a socket: a socket whose queue
+//! Topic → local subscribers, grouped by filter. The fan-out hands each
+//! record here once; each distinct filter is evaluated once per record (the
+//! record's JSON value is parsed at most once, and only if a filter needs
+//! it), the record is encoded only if some group wants it, and the same
+//! bytes are queued to every matching socket. Dispatch never waits on a socket: a socket whose queue
 //! is full is told to close (slow consumer) and the others carry on.
 //!
 //! The hub also remembers which partitions are assigned for each topic, and
@@ -17,6 +19,7 @@ use tokio::sync::{mpsc, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
+use crate::filter::{Filter, RecordView};
 use crate::session::lossy::LossyQueue;
 
 /// One socket's end of a subscription.
@@ -35,6 +38,17 @@ pub struct Subscriber {
     pub lossy: Arc<LossyQueue>,
     /// Cancelled by the hub when `queue` is full: the session closes.
     pub kick: CancellationToken,
+    /// Only records matching this reach the socket.
+    pub filter: Option<Arc<Filter>>,
+}
+
+/// Subscribers of a topic sharing one filter.
+#[derive(Debug)]
+struct Group {
+    /// [`Filter::canonical`], or empty for "no filter".
+    canonical: String,
+    filter: Option<Arc<Filter>>,
+    members: Vec<Subscriber>,
 }
 
 /// Outcome of a topic's activation (first subscriber): shared by everyone
@@ -43,7 +57,7 @@ pub type Activation = Arc<OnceCell<Result<(), GatewayError>>>;
 
 #[derive(Debug, Default)]
 struct TopicEntry {
-    subscribers: Vec<Subscriber>,
+    groups: Vec<Group>,
     activation: Activation,
     /// Partitions the node's consumer has assigned for this topic.
     assigned: Vec<i32>,
@@ -63,8 +77,16 @@ impl Hub {
     pub fn join(&self, topic: &str, subscriber: Subscriber) -> Activation {
         let mut topics = self.topics.write().expect("hub lock");
         let entry = topics.entry(topic.to_owned()).or_default();
-        entry.subscribers.retain(|s| s.session != subscriber.session);
-        entry.subscribers.push(subscriber);
+        entry.remove(subscriber.session);
+        let canonical = subscriber.filter.as_ref().map(|f| f.canonical()).unwrap_or_default();
+        match entry.groups.iter_mut().find(|g| g.canonical == canonical) {
+            Some(group) => group.members.push(subscriber),
+            None => entry.groups.push(Group {
+                canonical,
+                filter: subscriber.filter.clone(),
+                members: vec![subscriber],
+            }),
+        }
         entry.activation.clone()
     }
 
@@ -76,8 +98,8 @@ impl Hub {
         let Some(entry) = topics.get_mut(topic) else {
             return;
         };
-        entry.subscribers.retain(|s| s.session != session);
-        if entry.subscribers.is_empty() {
+        entry.remove(session);
+        if entry.groups.is_empty() {
             let entry = topics.remove(topic).expect("entry exists");
             if !entry.assigned.is_empty() {
                 release(&entry.assigned);
@@ -149,40 +171,70 @@ impl Hub {
             .collect()
     }
 
-    /// Queues `frame` (the record at `partition` with `key`) to every
-    /// subscriber of `topic`; returns how many got it.
+    /// Queues the record (`view`, at `partition`) to every subscriber of
+    /// `topic` whose filter it matches; `encode` makes its frame, once, and
+    /// only if someone wants it. Returns how many sockets got it.
     pub fn dispatch(
         &self,
         topic: &str,
         partition: i32,
-        key: Option<&[u8]>,
-        frame: &Utf8Bytes,
+        view: &RecordView<'_>,
+        encode: impl FnOnce() -> Utf8Bytes,
     ) -> usize {
         let topics = self.topics.read().expect("hub lock");
         let Some(entry) = topics.get(topic) else { return 0 };
+        let mut encode = Some(encode);
+        let mut frame: Option<Utf8Bytes> = None;
         let mut delivered = 0;
-        for subscriber in &entry.subscribers {
-            match subscriber.overflow {
-                Overflow::Disconnect => match subscriber.queue.try_send(frame.clone()) {
-                    Ok(()) => delivered += 1,
-                    // Policy when full: the socket is too slow; close it
-                    // rather than wait for it or grow its queue.
-                    Err(mpsc::error::TrySendError::Full(_)) => subscriber.kick.cancel(),
-                    // The session is ending and will leave on its own.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                },
-                Overflow::DropOldest => {
-                    subscriber.lossy.push(&subscriber.topic, None, frame.clone());
-                    delivered += 1;
-                }
-                Overflow::Conflate => {
-                    let slot = key.map(|k| (partition, k));
-                    subscriber.lossy.push(&subscriber.topic, slot, frame.clone());
+        for group in &entry.groups {
+            if group.filter.as_ref().is_some_and(|f| !f.matches(view)) {
+                continue;
+            }
+            let frame = frame.get_or_insert_with(|| (encode.take().expect("encoded once"))());
+            for subscriber in &group.members {
+                if subscriber.offer(partition, view.key(), frame) {
                     delivered += 1;
                 }
             }
         }
         delivered
+    }
+}
+
+impl TopicEntry {
+    fn remove(&mut self, session: u64) {
+        for group in &mut self.groups {
+            group.members.retain(|s| s.session != session);
+        }
+        self.groups.retain(|g| !g.members.is_empty());
+    }
+}
+
+impl Subscriber {
+    /// Queues `frame` by the subscription's overflow policy; false when the
+    /// socket did not take it.
+    fn offer(&self, partition: i32, key: Option<&[u8]>, frame: &Utf8Bytes) -> bool {
+        match self.overflow {
+            Overflow::Disconnect => match self.queue.try_send(frame.clone()) {
+                Ok(()) => true,
+                // Policy when full: the socket is too slow; close it rather
+                // than wait for it or grow its queue.
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.kick.cancel();
+                    false
+                }
+                // The session is ending and will leave on its own.
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            },
+            Overflow::DropOldest => {
+                self.lossy.push(&self.topic, None, frame.clone());
+                true
+            }
+            Overflow::Conflate => {
+                self.lossy.push(&self.topic, key.map(|k| (partition, k)), frame.clone());
+                true
+            }
+        }
     }
 }
 
@@ -199,6 +251,7 @@ mod tests {
             queue,
             lossy: Arc::new(LossyQueue::new(capacity)),
             kick: CancellationToken::new(),
+            filter: None,
         };
         (subscriber, rx)
     }
@@ -212,8 +265,9 @@ mod tests {
         hub.join("t", fast.clone());
         hub.join("t", slow);
         let frame = Utf8Bytes::from("{\"type\":\"message\"}");
-        assert_eq!(hub.dispatch("t", 0, None, &frame), 2);
-        assert_eq!(hub.dispatch("t", 0, None, &frame), 1);
+        let view = RecordView::new(None, &[], None);
+        assert_eq!(hub.dispatch("t", 0, &view, || frame.clone()), 2);
+        assert_eq!(hub.dispatch("t", 0, &view, || frame.clone()), 1);
         assert!(slow_kick.is_cancelled());
         assert!(!fast.kick.is_cancelled());
         let a = fast_rx.recv().await.unwrap();

@@ -10,7 +10,9 @@
 //! - [`http`]: the router: `/ws` upgrade, `/healthz`, `/readyz`, `/metrics`.
 //! - [`session`]: one client: a read loop that owns the connection state and
 //!   a writer task that is the only owner of the socket's sink.
-//! - [`hub`]: topic → local subscribers; dispatch never blocks.
+//! - [`hub`]: topic → local subscribers, grouped by filter; dispatch never
+//!   blocks.
+//! - [`filter`]: server-side record filters (key, headers, JSON fields).
 //! - [`kafka`]: producer (publish + acks), fan-out consumer, topic catalog,
 //!   health probe, embedded mock cluster, client settings.
 //! - [`error`]: [`error::GatewayError`] and its one mapping to `error` frames.
@@ -27,6 +29,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod kafka;

@@ -23,6 +23,8 @@ pub const FANOUT_DELIVERIES: &str = "ferry_fanout_deliveries_total";
 pub const SLOW_CONSUMERS: &str = "ferry_slow_consumer_disconnects_total";
 pub const CLOSES: &str = "ferry_connections_closed_total";
 pub const KAFKA_READY: &str = "ferry_kafka_ready";
+pub const AUTH_FAILURES: &str = "ferry_auth_failures_total";
+pub const FORBIDDEN: &str = "ferry_forbidden_total";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -92,4 +94,12 @@ pub fn slow_consumer() {
 
 pub fn kafka_ready(ready: bool) {
     gauge!(KAFKA_READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn auth_failed(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn forbidden(action: &'static str) {
+    counter!(FORBIDDEN, "action" => action).increment(1);
 }

@@ -322,28 +322,15 @@ async fn real_broker_killed_mid_stream() {
     }
 
     broker("kill");
-    let mut status = 0;
-    for _ in 0..100 {
-        status = gw.get("/readyz").await.0;
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, 503, "/readyz reports the outage");
+    assert_eq!(gw.wait_readyz(503, WAIT).await, 503, "/readyz reports the outage");
     let started = std::time::Instant::now();
     let reply = publisher.publish(&topic, json!({"phase": "down"})).await;
     assert_eq!(reply["code"], "unavailable", "{reply}");
     assert!(started.elapsed() < Duration::from_secs(5), "prompt");
 
     broker("start");
-    for _ in 0..150 {
-        if gw.get("/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(gw.get("/readyz").await.0, 200, "ready again without a restart");
+    let status = gw.wait_readyz(200, Duration::from_secs(60)).await;
+    assert_eq!(status, 200, "ready again without a restart");
     for i in 0..6 {
         // Leaders may take a moment after the restart: retry `unavailable`.
         let mut reply = publisher.publish(&topic, json!({"phase": "after", "i": i})).await;

@@ -204,6 +204,19 @@ impl TestGateway {
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.addr, path).await
     }
+
+    /// Polls `/readyz` until it answers `status`, for at most `wait`;
+    /// returns the last status seen.
+    pub async fn wait_readyz(&self, status: u16, wait: Duration) -> u16 {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let now = self.get("/readyz").await.0;
+            if now == status || tokio::time::Instant::now() > deadline {
+                return now;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for TestGateway {

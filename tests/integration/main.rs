@@ -12,6 +12,7 @@ mod auth;
 mod delivery;
 mod errors;
 mod fanout;
+mod filters;
 mod nodes;
 mod ops;
 mod publish;

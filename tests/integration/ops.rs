@@ -43,27 +43,13 @@ async fn kafka_down_gives_prompt_unavailable_and_readyz_503() {
     let mut client = gw.client().await;
     client.acked(&topic, json!(1)).await;
     kafka.broker_down(1).unwrap();
-    let mut status = 0;
-    for _ in 0..100 {
-        status = gw.get("/readyz").await.0;
-        if status == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 503, "/readyz reports Kafka down");
+    assert_eq!(gw.wait_readyz(503, WAIT).await, 503, "/readyz reports Kafka down");
     let started = std::time::Instant::now();
     let reply = client.publish(&topic, json!(2)).await;
     assert_eq!(reply["code"], "unavailable", "{reply}");
     assert!(reply["retry_after_ms"].as_u64().unwrap() > 0);
     assert!(started.elapsed() < Duration::from_secs(5), "prompt, not a hang");
     kafka.broker_up(1).unwrap();
-    for _ in 0..100 {
-        if gw.get("/readyz").await.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(gw.get("/readyz").await.0, 200);
+    assert_eq!(gw.wait_readyz(200, WAIT).await, 200);
     client.acked(&topic, json!(3)).await;
 }

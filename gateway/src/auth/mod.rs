@@ -154,6 +154,20 @@ pub enum AuthError {
     MissingSubject,
 }
 
+impl AuthError {
+    /// A metric label: one of a few fixed words.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TooLarge(_) => "too_large",
+            Self::Malformed(_) => "malformed",
+            Self::AlgorithmNotAllowed(_) => "algorithm",
+            Self::UnknownKey(_) => "unknown_key",
+            Self::Invalid(_) => "invalid",
+            Self::MissingSubject => "missing_subject",
+        }
+    }
+}
+
 struct StaticKey {
     kid: Option<String>,
     algorithms: Vec<Algorithm>,
@@ -275,6 +289,14 @@ impl Authenticator {
 
     /// Verifies `token` and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let result = self.verify_inner(token).await;
+        if let Err(e) = &result {
+            crate::metrics::auth_failed(e.kind());
+        }
+        result
+    }
+
+    async fn verify_inner(&self, token: &str) -> Result<Principal, AuthError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLarge(self.max_token_bytes));
         }

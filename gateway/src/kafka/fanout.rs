@@ -21,25 +21,27 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
+use crate::filter::RecordView;
 use crate::hub::{Activation, Hub, Subscriber};
 use crate::kafka::retry_blocking;
 use crate::kafka::topics::Topics;
 use crate::metrics;
 
+/// A record's headers as `(name, value)` pairs, borrowed.
+pub fn record_headers<'a>(record: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    record.headers().map(|hs| hs.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default()
+}
+
 /// Turns a Kafka record into its `message` frame, once; the bytes are then
 /// shared by every socket that gets the record.
-pub fn encode_record(record: &BorrowedMessage<'_>) -> Utf8Bytes {
-    let headers: Vec<(&str, Option<&[u8]>)> = record
-        .headers()
-        .map(|hs| hs.iter().map(|h| (h.key, h.value)).collect())
-        .unwrap_or_default();
+pub fn encode_record(record: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8]>)]) -> Utf8Bytes {
     let frame = MessageFrame {
         topic: record.topic(),
         partition: record.partition(),
         offset: record.offset(),
         timestamp: record.timestamp().to_millis(),
         key: record.key(),
-        headers: &headers,
+        headers,
         value: record.payload(),
     };
     Utf8Bytes::from(frame.encode())
@@ -174,8 +176,10 @@ impl Fanout {
 
     /// Encodes `record` once and queues the bytes to every subscriber.
     fn dispatch(&self, record: &BorrowedMessage<'_>) {
-        let bytes = encode_record(record);
-        let delivered = self.hub.dispatch(record.topic(), record.partition(), record.key(), &bytes);
+        let headers = record_headers(record);
+        let view = RecordView::new(record.key(), &headers, record.payload());
+        let encode = || encode_record(record, &headers);
+        let delivered = self.hub.dispatch(record.topic(), record.partition(), &view, encode);
         metrics::fanout_record(delivered);
     }
 

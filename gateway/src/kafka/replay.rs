@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
+use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
-use crate::kafka::fanout::encode_record;
+use crate::kafka::fanout::{encode_record, record_headers};
 use crate::kafka::retry_blocking;
 
 /// Starts replaying subscriptions.
@@ -69,6 +70,7 @@ impl Replays {
         topic: &str,
         partitions: i32,
         from: &StartFrom,
+        filter: Option<Arc<Filter>>,
         out: mpsc::Sender<Utf8Bytes>,
     ) -> Result<Started, GatewayError> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -111,7 +113,7 @@ impl Replays {
         }
         consumer.assign(&list).map_err(|e| GatewayError::Internal(format!("assign: {e}")))?;
         let stop = CancellationToken::new();
-        tokio::spawn(pump(consumer, out, stop.clone(), slot, skip_before));
+        tokio::spawn(pump(consumer, out, stop.clone(), slot, skip_before, filter));
         Ok(Started { handle: ReplayHandle { stop }, starts, gaps })
     }
 }
@@ -195,6 +197,7 @@ async fn pump(
     stop: CancellationToken,
     _slot: OwnedSemaphorePermit,
     skip_before: Option<i64>,
+    filter: Option<Arc<Filter>>,
 ) {
     // Partitions that already reached `skip_before` deliver everything.
     let mut reached: HashSet<i32> = HashSet::new();
@@ -212,7 +215,13 @@ async fn pump(
                     }
                     reached.insert(record.partition());
                 }
-                encode_record(&record)
+                let headers = record_headers(&record);
+                if let Some(filter) = &filter {
+                    if !filter.matches(&RecordView::new(record.key(), &headers, record.payload())) {
+                        continue;
+                    }
+                }
+                encode_record(&record, &headers)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "replay consumer error");

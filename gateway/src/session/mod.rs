@@ -27,10 +27,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::acl::Action;
+use crate::acl::{Action, SubscribeGrantResult};
 use crate::app::AppState;
 use crate::auth::{AuthMode, Principal};
 use crate::error::{request_error_frame, GatewayError};
+use crate::filter::Filter;
 use crate::hub::Subscriber;
 use crate::kafka::replay::ReplayHandle;
 use crate::metrics;
@@ -47,6 +48,16 @@ const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// An in-flight publish: resolves to its request id and reply.
 type PendingReply = Pin<Box<dyn Future<Output = (String, ServerFrame)> + Send>>;
+
+/// One subscription of the socket.
+#[derive(Debug)]
+struct Subscription {
+    /// Its replay, or `None` for a live (hub) subscription.
+    replay: Option<ReplayHandle>,
+    /// The canonical ACL-imposed filter it was granted with; a token refresh
+    /// that changes it ends the subscription.
+    imposed: Option<String>,
+}
 
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +182,8 @@ struct Session {
     replay: mpsc::Sender<Utf8Bytes>,
     /// Queue of the `drop_oldest` / `conflate` subscriptions.
     lossy: Arc<LossyQueue>,
-    /// Topic → its replay, or `None` for a live (hub) subscription.
-    subscriptions: HashMap<String, Option<ReplayHandle>>,
+    /// Topic → the subscription.
+    subscriptions: HashMap<String, Subscription>,
     inflight: FuturesUnordered<PendingReply>,
     /// Ids of the publishes in `inflight`.
     inflight_ids: HashSet<String>,
@@ -387,9 +398,12 @@ impl Session {
     async fn drop_forbidden_subscriptions(&mut self) -> Result<(), End> {
         let forbidden: Vec<String> = self
             .subscriptions
-            .keys()
-            .filter(|topic| !self.allowed(Action::Subscribe, topic))
-            .cloned()
+            .iter()
+            .filter(|(topic, sub)| {
+                !self.allowed(Action::Subscribe, topic)
+                    || self.imposed_canonical(topic) != sub.imposed
+            })
+            .map(|(topic, _)| topic.clone())
             .collect();
         for topic in forbidden {
             self.unsubscribe(&topic);
@@ -399,8 +413,31 @@ impl Session {
         Ok(())
     }
 
+    fn subscribe_grant(&self, topic: &str) -> SubscribeGrantResult {
+        let grant = match &self.principal {
+            Some(p) => self.state.policy().subscribe_grant(p, topic),
+            None => SubscribeGrantResult::Denied,
+        };
+        if grant == SubscribeGrantResult::Denied {
+            metrics::forbidden(Action::Subscribe.as_str());
+        }
+        grant
+    }
+
+    /// The canonical form of the filter the ACL imposes on `topic` now.
+    fn imposed_canonical(&self, topic: &str) -> Option<String> {
+        match self.subscribe_grant(topic) {
+            SubscribeGrantResult::Allowed { imposed: Some(f) } => Some(f.canonical()),
+            _ => None,
+        }
+    }
+
     fn allowed(&self, action: Action, topic: &str) -> bool {
-        self.principal.as_ref().is_some_and(|p| self.state.allows(p, action, topic))
+        let allowed = self.principal.as_ref().is_some_and(|p| self.state.allows(p, action, topic));
+        if !allowed {
+            metrics::forbidden(action.as_str());
+        }
+        allowed
     }
 
     /// Hands the record to Kafka; the reply comes later through `inflight`.
@@ -466,9 +503,26 @@ impl Session {
         request: &Subscribe,
     ) -> Result<(BTreeMap<i32, i64>, Vec<ServerFrame>), GatewayError> {
         let (topic, from) = (request.topic.as_str(), &request.from);
-        if !self.allowed(Action::Subscribe, topic) {
-            return Err(GatewayError::Forbidden(format!("not allowed to subscribe to {topic:?}")));
-        }
+        let imposed = match self.subscribe_grant(topic) {
+            SubscribeGrantResult::Denied => {
+                return Err(GatewayError::Forbidden(format!(
+                    "not allowed to subscribe to {topic:?}"
+                )))
+            }
+            SubscribeGrantResult::Allowed { imposed } => imposed,
+        };
+        let requested = match &request.filter {
+            None => None,
+            Some(wire) => Some(
+                Filter::parse(wire)
+                    .map_err(|e| GatewayError::BadRequest(format!("bad filter: {e}")))?,
+            ),
+        };
+        let filter = match (requested, imposed) {
+            (None, None) => None,
+            (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
+            (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
+        };
         if self.subscriptions.contains_key(topic) {
             return Err(GatewayError::BadRequest(format!(
                 "already subscribed to {topic:?}; unsubscribe first to start elsewhere"
@@ -490,6 +544,7 @@ impl Session {
                     queue: self.fanout.clone(),
                     lossy: self.lossy.clone(),
                     kick: self.kick.clone(),
+                    filter: filter.clone(),
                 };
                 self.state.fanout.subscribe(topic, partitions, subscriber).await?;
                 // Read after the subscription is live: every record at or
@@ -504,19 +559,26 @@ impl Session {
             }
             _ => {
                 let replay = self.replay.clone();
-                let started = self.state.replays.start(topic, partitions, from, replay).await?;
+                let started = self
+                    .state
+                    .replays
+                    .start(topic, partitions, from, filter.clone(), replay)
+                    .await?;
                 (Some(started.handle), started.starts, started.gaps)
             }
         };
-        self.subscriptions.insert(topic.to_owned(), handle);
+        let imposed = self.imposed_canonical(topic);
+        self.subscriptions.insert(topic.to_owned(), Subscription { replay: handle, imposed });
         metrics::subscriptions_changed(1.0);
         Ok((starts, gaps))
     }
 
     fn unsubscribe(&mut self, topic: &str) {
         match self.subscriptions.remove(topic) {
-            Some(None) => self.state.fanout.unsubscribe(topic, self.id),
-            Some(Some(_replay)) => {} // dropping the handle stops the replay
+            Some(Subscription { replay: None, .. }) => {
+                self.state.fanout.unsubscribe(topic, self.id)
+            }
+            Some(Subscription { replay: Some(_), .. }) => {} // dropping it stops the replay
             None => return,
         }
         metrics::subscriptions_changed(-1.0);
