@@ -138,3 +138,14 @@ async fn welcome_announces_protocol_node_and_limits() {
     assert_eq!(w["limits"]["max_inflight_publishes"], 1000);
     assert_eq!(w["limits"]["max_subscriptions"], 100);
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let gw = spawn_gateway().await;
+    let mut client = gw.client().await;
+    let bye = CloseFrame { code: Code::Normal, reason: "bye".into() };
+    client.raw().send(Message::Close(Some(bye))).await.unwrap();
+    assert_eq!(client.closed().await, Some(1000), "a clean close handshake, not 1006");
+}

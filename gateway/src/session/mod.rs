@@ -66,7 +66,9 @@ enum End {
     Close(CloseCode),
     /// The gateway is shutting down: answer in-flight publishes, then 1001.
     Shutdown,
-    /// The client closed or the connection dropped.
+    /// The client sent a close frame: echo it (completing the handshake).
+    ClientClosed,
+    /// The connection dropped.
     ClientGone,
     /// The writer stopped (write failed or timed out).
     WriterGone,
@@ -77,7 +79,8 @@ impl End {
         match self {
             Self::Close(code) => code.reason(),
             Self::Shutdown => CloseCode::GOING_AWAY.reason(),
-            Self::ClientGone => "client_closed",
+            Self::ClientClosed => "client_closed",
+            Self::ClientGone => "connection_lost",
             Self::WriterGone => "write_failed",
         }
     }
@@ -240,7 +243,7 @@ impl Session {
                             Err(End::Close(CloseCode::UNSUPPORTED_DATA))
                         }
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                        Some(Ok(Message::Close(_))) => Err(End::ClientGone),
+                        Some(Ok(Message::Close(_))) => Err(End::ClientClosed),
                     };
                     if let Err(end) = result {
                         return end;
@@ -610,6 +613,12 @@ impl Session {
                     metrics::slow_consumer();
                 }
                 Some(code)
+            }
+            End::ClientClosed => {
+                // The socket queued the echo of the client's close frame
+                // itself; the writer only has to flush it.
+                let _ = self.replies.try_send(Outbound::Finish);
+                None
             }
             End::ClientGone | End::WriterGone => None,
         };

@@ -25,6 +25,9 @@ const MAX_BATCH: usize = 64;
 pub enum Outbound {
     Frame(Utf8Bytes),
     Close(CloseCode),
+    /// The client closed: flush the echo of its close frame (queued by the
+    /// socket itself) and stop.
+    Finish,
 }
 
 /// Writer settings.
@@ -116,6 +119,11 @@ async fn write_batch(
             Outbound::Frame(text) => {
                 sink.feed(Message::Text(text)).await?;
                 written += 1;
+            }
+            Outbound::Finish => {
+                sink.flush().await?;
+                metrics::frames_sent(written);
+                return Ok(Flow::Closed);
             }
             Outbound::Close(code) => {
                 let frame = CloseFrame { code: code.0, reason: code.reason().into() };

@@ -1,0 +1,67 @@
+/**
+ * Ferry client: publish to and subscribe to Kafka topics through a Ferry
+ * gateway over one WebSocket (protocol v1, subprotocol `ferry.v1`).
+ *
+ * @packageDocumentation
+ */
+
+export { FerryClient } from './client.js';
+export type {
+  ConnectionState,
+  DisconnectInfo,
+  FerryClientEvents,
+  FerryClientOptions,
+  LivenessOptions,
+  PublishAck,
+  PublishOptions,
+  ReconnectOptions,
+  RestoredPublishResult,
+  TokenRefreshOptions,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './client.js';
+export { FerryError } from './errors.js';
+export type { FerryErrorDetails } from './errors.js';
+export { mayReconnect } from './codes.js';
+export type { ClientErrorCode, ErrorCode, ProtocolErrorCode } from './codes.js';
+export { backoffDelay } from './backoff.js';
+export type { BackoffOptions } from './backoff.js';
+export {
+  MAX_ID_CHARS,
+  PROTOCOL_VERSION,
+  SUBPROTOCOL,
+  decodeServerFrame,
+  encodeClientFrame,
+  publishFrame,
+  toMessage,
+  topicError,
+} from './frames.js';
+export type {
+  AckFrame,
+  AuthFrame,
+  AuthedFrame,
+  ClientFrame,
+  ErrorFrame,
+  FerryMessage,
+  From,
+  GapFrame,
+  LaggedFrame,
+  Limits,
+  MessageFrame,
+  Overflow,
+  PingFrame,
+  PongFrame,
+  PublishFields,
+  PublishFrame,
+  ServerFrame,
+  SubscribeFrame,
+  SubscribedFrame,
+  UnknownFrame,
+  UnsubscribeFrame,
+  UnsubscribedFrame,
+  WelcomeFrame,
+} from './frames.js';
+export { MemoryStorage } from './queue.js';
+export type { OfflineQueueOptions, OverflowPolicy, QueueStorage, QueuedPublish } from './queue.js';
+export type { FerryStream, StreamOptions, SubscribeOptions, Subscription } from './subscription.js';
+export type { GetToken } from './token.js';

@@ -1,0 +1,245 @@
+/**
+ * Subscriptions: one wire subscription per topic ({@link Channel}), shared by
+ * every local subscriber of that topic ({@link SubscriptionHandle}), and the
+ * async-iterator view of one ({@link createStream}).
+ *
+ * A channel remembers, per partition, the offset after the last record it
+ * delivered. On reconnect it resubscribes `from: { offsets }` those positions
+ * and drops any record below them, so the application sees each record once
+ * and in order per partition.
+ */
+
+import { callSafely } from './emitter.js';
+import { FerryError } from './errors.js';
+import type { FerryMessage, From, MessageFrame, Overflow, SubscribeFrame } from './frames.js';
+import { toMessage } from './frames.js';
+
+/** Options of `subscribe()` and `stream()`; the first four go to the gateway only when set. */
+export interface SubscribeOptions {
+  /** Where to start (default: the gateway's, i.e. `'latest'`). */
+  from?: From;
+  /** Consumer group: share the topic's partitions with other members. */
+  group?: string;
+  /** Gateway-side filter, in its wire form (see the protocol). */
+  filter?: unknown;
+  /** What the gateway does when this socket does not keep up (default `'disconnect'`). */
+  overflow?: Overflow;
+  /** Called when the gateway refuses the subscription; default: the client's `error` event. */
+  onError?: (error: FerryError) => void;
+}
+
+/** A live subscription of one local subscriber. */
+export interface Subscription {
+  readonly topic: string;
+  /** Resolves once the gateway confirmed the subscription; rejects if it refused it. */
+  readonly ready: Promise<void>;
+  /** `false` once unsubscribed or failed. */
+  readonly active: boolean;
+  /** Per partition, the offset after the last record delivered (the resume point). */
+  positions(): Record<string, number>;
+  /** Stops delivery to this subscriber; resolves once the gateway confirmed (or at once when offline). */
+  unsubscribe(): Promise<void>;
+}
+
+type WireOptions = Omit<SubscribeFrame, 'type' | 'id' | 'topic'>;
+
+/** One wire subscription (per topic) and its resume positions. */
+export class Channel {
+  readonly handles = new Set<SubscriptionHandle>();
+  /** Partition -> next offset to deliver. */
+  readonly next = new Map<number, number>();
+  /** Id of the subscribe request in flight, if any. */
+  requestId: string | undefined;
+  /** Whether the gateway confirmed the subscription on the current connection. */
+  live = false;
+  readonly key: string;
+  private readyResolve!: () => void;
+  private readyReject!: (err: FerryError) => void;
+  readonly ready = new Promise<void>((resolve, reject) => {
+    this.readyResolve = resolve;
+    this.readyReject = reject;
+  });
+
+  constructor(
+    readonly topic: string,
+    readonly wire: WireOptions,
+  ) {
+    this.key = JSON.stringify(wire);
+    this.ready.catch(() => undefined);
+  }
+
+  /** Builds the subscribe frame; with `resume`, starts after the delivered records. */
+  frame(id: string, resume: boolean): SubscribeFrame {
+    const frame: SubscribeFrame = { type: 'subscribe', id, topic: this.topic, ...this.wire };
+    if (resume && this.next.size > 0) frame.from = { offsets: this.positions() };
+    return frame;
+  }
+
+  /** Per partition, the next offset to deliver. */
+  positions(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [partition, offset] of this.next) out[partition] = offset;
+    return out;
+  }
+
+  /** The gateway confirmed; `offsets` (if it sent them) seed partitions not seen yet. */
+  confirmed(offsets: Record<string, number> | undefined): void {
+    this.live = true;
+    for (const p in offsets) {
+      const offset = offsets[p];
+      if (typeof offset === 'number' && !this.next.has(Number(p))) this.next.set(Number(p), offset);
+    }
+    this.readyResolve();
+  }
+
+  /** Delivers a record to every subscriber unless it was delivered before. */
+  deliver(frame: MessageFrame): void {
+    const next = this.next.get(frame.partition);
+    if (next !== undefined && frame.offset < next) return;
+    this.next.set(frame.partition, frame.offset + 1);
+    const message = toMessage(frame);
+    for (const handle of [...this.handles]) callSafely(handle.onMessage, message);
+  }
+
+  /**
+   * The subscription is over: with `fallback`, as a failure reported to each
+   * subscriber's `onError` (else to `fallback`); without, as a quiet end.
+   */
+  end(err: FerryError, fallback?: (err: FerryError) => void): void {
+    this.readyReject(err);
+    for (const handle of [...this.handles]) handle.end(err, fallback);
+  }
+}
+
+/** One local subscriber of a {@link Channel}. */
+export class SubscriptionHandle implements Subscription {
+  active = true;
+
+  constructor(
+    readonly channel: Channel,
+    readonly onMessage: (message: FerryMessage) => void,
+    private readonly onError: ((err: FerryError) => void) | undefined,
+    private readonly release: (handle: SubscriptionHandle) => Promise<void>,
+    private readonly onEnd?: (err?: FerryError) => void,
+  ) {}
+
+  get topic(): string {
+    return this.channel.topic;
+  }
+
+  get ready(): Promise<void> {
+    return this.channel.ready;
+  }
+
+  positions(): Record<string, number> {
+    return this.channel.positions();
+  }
+
+  unsubscribe(): Promise<void> {
+    if (!this.active) return Promise.resolve();
+    this.active = false;
+    return this.release(this);
+  }
+
+  /** Ends this subscriber: as a failure (to `onError`, else `fallback`) when `fallback` is given, else quietly. */
+  end(err: FerryError, fallback?: (err: FerryError) => void): void {
+    if (!this.active) return;
+    this.active = false;
+    this.channel.handles.delete(this);
+    if (this.onEnd) this.onEnd(fallback ? err : undefined);
+    else if (fallback) callSafely(this.onError ?? fallback, err);
+  }
+}
+
+/** Options of `stream()`. */
+export interface StreamOptions extends Omit<SubscribeOptions, 'onError'> {
+  /** Aborting it ends the stream (like `close()`). */
+  signal?: AbortSignal;
+  /**
+   * Most records buffered for a consumer that reads slower than they arrive.
+   * Past it the stream fails with a `limit` error rather than grow without
+   * bound. Default 10 000.
+   */
+  bufferSize?: number;
+}
+
+/** Records of a topic as an async iterator. `break` out of `for await`, `close()`, or abort `signal` to stop. */
+export interface FerryStream<T = unknown> extends AsyncIterableIterator<FerryMessage<T>> {
+  readonly subscription: Subscription;
+  /** Ends the stream and unsubscribes; buffered records are discarded. */
+  close(): Promise<void>;
+}
+
+/** Builds a stream over `subscribe(onMessage, onEnd)`; `onEnd` gets an error for a failure, nothing for a quiet end. */
+export function createStream<T>(
+  subscribe: (onMessage: (m: FerryMessage) => void, onEnd: (e?: FerryError) => void) => Subscription,
+  options: StreamOptions,
+): FerryStream<T> {
+  const limit = options.bufferSize ?? 10_000;
+  const buffer: FerryMessage<T>[] = [];
+  let waiting: { resolve: (r: IteratorResult<FerryMessage<T>>) => void; reject: (e: unknown) => void } | undefined;
+  let failure: FerryError | undefined;
+  let ended = false;
+
+  const end = (err?: FerryError): void => {
+    if (ended) return;
+    ended = true;
+    options.signal?.removeEventListener('abort', onAbort);
+    if (err) failure = err;
+    if (waiting) {
+      const w = waiting;
+      waiting = undefined;
+      if (failure) {
+        w.reject(failure);
+        failure = undefined;
+      } else w.resolve({ value: undefined, done: true });
+    }
+  };
+  const onAbort = (): void => void stream.close();
+
+  const subscription = subscribe(
+    (message) => {
+      if (ended) return;
+      if (waiting) {
+        const w = waiting;
+        waiting = undefined;
+        w.resolve({ value: message as FerryMessage<T>, done: false });
+      } else if (buffer.length >= limit) {
+        void subscription.unsubscribe();
+        end(new FerryError('limit', `stream buffer full (${limit} records): read faster or raise bufferSize`));
+      } else buffer.push(message as FerryMessage<T>);
+    },
+    (err) => end(err),
+  );
+
+  const stream: FerryStream<T> = {
+    subscription,
+    next(): Promise<IteratorResult<FerryMessage<T>>> {
+      const value = buffer.shift();
+      if (value) return Promise.resolve({ value, done: false });
+      if (failure) {
+        const err = failure;
+        failure = undefined;
+        return Promise.reject(err);
+      }
+      if (ended) return Promise.resolve({ value: undefined, done: true });
+      return new Promise((resolve, reject) => (waiting = { resolve, reject }));
+    },
+    async return(): Promise<IteratorResult<FerryMessage<T>>> {
+      await stream.close();
+      return { value: undefined, done: true };
+    },
+    async close(): Promise<void> {
+      buffer.length = 0;
+      failure = undefined;
+      end();
+      await subscription.unsubscribe();
+    },
+    [Symbol.asyncIterator]() {
+      return stream;
+    },
+  };
+  if (options.signal?.aborted) void stream.close();
+  else options.signal?.addEventListener('abort', onAbort);
+  return stream;
+}

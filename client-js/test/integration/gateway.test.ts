@@ -1,0 +1,313 @@
+/**
+ * Integration tests against the real gateway binary (`../target/debug/ferry`,
+ * or FERRY_BIN) with its embedded Kafka, started by the tests themselves.
+ * Records are checked from outside the gateway with kcat.
+ *
+ * Features the gateway may not have yet are probed first; a test that needs
+ * one is skipped with the reason (naming the gateway issue) printed. A missing
+ * binary is a failure, not a skip.
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import { WebSocket } from 'ws';
+import { FerryClient, type ConnectionState, type FerryClientOptions, type FerryError, type FerryMessage, type GapFrame } from '../../src/index.js';
+import {
+  OUTPUT_DIR,
+  kcatConsume,
+  kcatProduce,
+  mintToken,
+  startGateway,
+  startProxy,
+  type Gateway,
+} from '../support/gateway.js';
+
+const run = Date.now().toString(36);
+const topic = (name: string): string => `it-${name}-${run}`;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+/** A client on the `ws` package, closed when the test ends, recording states, errors and gaps. */
+function client(t: TestContext, url: string, options: Partial<FerryClientOptions> = {}) {
+  const hub = new FerryClient({ url, WebSocket, reconnect: { initialDelayMs: 50, maxDelayMs: 400 }, ...options });
+  const states: ConnectionState[] = [];
+  const errors: FerryError[] = [];
+  const gaps: GapFrame[] = [];
+  let disconnects = 0;
+  hub.on('state', (s) => states.push(s));
+  hub.on('error', (e) => errors.push(e));
+  hub.on('gap', (g) => gaps.push(g));
+  hub.on('disconnect', () => disconnects++);
+  t.after(() => hub.close());
+  return { hub, states, errors, gaps, disconnects: () => disconnects };
+}
+
+/** Sends raw frames on a fresh socket and collects replies for `ms`. */
+async function rawExchange(url: string, frames: object[], ms = 1500): Promise<Record<string, unknown>[]> {
+  const ws = new WebSocket(url, ['ferry.v1']);
+  const replies: Record<string, unknown>[] = [];
+  ws.on('message', (d: Buffer) => replies.push(JSON.parse(d.toString()) as Record<string, unknown>));
+  await new Promise<void>((resolve, reject) => ws.once('open', () => resolve()).once('error', reject));
+  for (const f of frames) ws.send(JSON.stringify(f));
+  await sleep(ms);
+  ws.close();
+  return replies;
+}
+
+let gateway: Gateway;
+
+before(async () => {
+  gateway = await startGateway({ name: 'integration' });
+});
+after(() => gateway?.stop());
+
+describe('against the real gateway (embedded Kafka)', () => {
+  it('publishes JSON and bytes and resolves with the offset Kafka stored them at', async (t) => {
+    const { hub } = client(t, gateway.url);
+    await hub.connect();
+    const name = topic('publish');
+    const ack = await hub.publish(name, { temp: 21.5, unit: 'C' }, { key: 'dev-42', headers: { trace: 'abc' } });
+    assert.equal(ack.topic, name);
+    const bin = await hub.publish(name, new Uint8Array([0xff, 0x00, 0x01]), { partition: 2 });
+    assert.equal(bin.partition, 2);
+
+    const records = await kcatConsume(gateway.bootstrap, name);
+    const json = records.find((r) => r.partition === ack.partition && r.offset === ack.offset);
+    assert.ok(json, `record at ${ack.partition}/${ack.offset} in ${JSON.stringify(records)}`);
+    assert.equal(json.payload, '{"temp":21.5,"unit":"C"}');
+    assert.equal(json.key, 'dev-42');
+    assert.equal(json.headers.trace, 'abc');
+
+    // Bytes come back as bytes (read from the start with a second client).
+    const { hub: reader } = client(t, gateway.url);
+    const got: FerryMessage[] = [];
+    reader.subscribe(name, (m) => got.push(m), { from: 'earliest' });
+    await reader.connect();
+    await waitFor(() => got.length === 2, 10_000, 'both records');
+    const binary = got.find((m) => m.partition === 2 && m.offset === bin.offset);
+    assert.deepEqual(binary?.value, new Uint8Array([0xff, 0x00, 0x01]));
+  });
+
+  it('rejects with the protocol error code and stays open', async (t) => {
+    const { hub } = client(t, gateway.url);
+    await hub.connect();
+    await assert.rejects(hub.publish('__internal', 1), (e: FerryError) => e.code === 'invalid_topic');
+    // Refused locally: the gateway would close the socket with 1009 (terminal) for a frame this big.
+    const max = hub.limits?.max_frame_bytes ?? 65536;
+    await assert.rejects(hub.publish(topic('big'), 'x'.repeat(max + 10)), (e: FerryError) => e.code === 'too_large');
+    // The gateway's own refusal, with its code: a partition that does not exist.
+    await assert.rejects(hub.publish(topic('errors'), 1, { partition: 999 }), (e: FerryError) => e.code === 'bad_request' && !!e.requestId);
+    assert.equal(hub.state, 'open');
+    assert.ok(await hub.publish(topic('errors'), 1));
+  });
+
+  it('subscribes: records produced by kcat and by another client arrive once, in order per partition', async (t) => {
+    const { hub } = client(t, gateway.url);
+    const name = topic('subscribe');
+    const got: FerryMessage[] = [];
+    const sub = hub.subscribe(name, (m) => got.push(m));
+    await hub.connect();
+    await sub.ready;
+    await kcatProduce(
+      gateway.bootstrap,
+      name,
+      Array.from({ length: 20 }, (_, i) => `k${i}\t{"n":${i}}`),
+      true,
+    );
+    const { hub: other } = client(t, gateway.url);
+    await other.connect();
+    await other.publish(name, { n: 20 }, { key: 'k20' });
+    await waitFor(() => got.length >= 21, 15_000, '21 records');
+    await sleep(200);
+    assert.equal(got.length, 21);
+    assert.deepEqual(
+      got.map((m) => (m.value as { n: number }).n).sort((a, b) => a - b),
+      Array.from({ length: 21 }, (_, i) => i),
+    );
+    assert.ok(got.every((m) => m.key === `k${(m.value as { n: number }).n}`));
+    for (let p = 0; p < 3; p++) {
+      const offsets = got.filter((m) => m.partition === p).map((m) => m.offset);
+      assert.deepEqual(offsets, [...offsets].sort((a, b) => a - b));
+    }
+  });
+
+  it('resumes after the connection drops mid-stream: no gap, no duplicate (counted by offset)', async (t) => {
+    const probe = await rawExchange(gateway.url, [{ type: 'subscribe', id: 'probe', topic: topic('probe-from'), from: 'earliest' }], 800);
+    const reply = probe.find((f) => f.id === 'probe');
+    if (reply?.type !== 'subscribed') {
+      t.skip(`the gateway refuses subscribe \`from\` (issue 4: resume from offsets): ${JSON.stringify(reply)}`);
+      return;
+    }
+    const proxy = await startProxy(gateway.port);
+    t.after(() => proxy.close());
+    const name = topic('resume');
+    const total = 600;
+    const { hub, gaps, disconnects, states } = client(t, proxy.url);
+    const got: FerryMessage[] = [];
+    hub.subscribe(name, (m) => got.push(m));
+    await hub.connect();
+    await waitFor(() => proxy.connections === 1, 5000, 'proxied connection');
+    await sleep(100);
+
+    // A producer on its own (direct) connection, publishing at a steady pace.
+    const { hub: producer } = client(t, gateway.url);
+    await producer.connect();
+    const producing = (async () => {
+      for (let i = 0; i < total; i += 10) {
+        await Promise.all(Array.from({ length: 10 }, (_, j) => producer.publish(name, { i: i + j })));
+        await sleep(10);
+      }
+    })();
+
+    // Cut the socket twice while records flow; the second time the gateway stays unreachable for a while.
+    await waitFor(() => got.length >= 100, 20_000, '100 records before the first cut');
+    proxy.cut();
+    await waitFor(() => hub.state === 'open' && got.length >= 300, 20_000, 'resumed, 300 records');
+    proxy.block(true);
+    proxy.cut();
+    await sleep(500);
+    proxy.block(false);
+    await producing;
+    await waitFor(() => got.length >= total, 30_000, `${total} records`);
+    await sleep(300);
+
+    const byOffset = new Set(got.map((m) => `${m.partition}/${m.offset}`));
+    assert.equal(byOffset.size, got.length, 'no duplicate');
+    assert.equal(got.length, total, 'every record once');
+    assert.deepEqual(
+      got.map((m) => (m.value as { i: number }).i).sort((a, b) => a - b),
+      Array.from({ length: total }, (_, i) => i),
+      'no gap',
+    );
+    const records = await kcatConsume(gateway.bootstrap, name);
+    assert.equal(records.length, total);
+    assert.ok(disconnects() >= 2, `disconnects: ${disconnects()}`);
+    assert.ok(states.filter((s) => s === 'reconnecting').length >= 2);
+    assert.deepEqual(gaps, []);
+  });
+
+  it('flushes the offline queue after reconnect, with original ids and no duplicates in Kafka', async (t) => {
+    const proxy = await startProxy(gateway.port);
+    t.after(() => proxy.close());
+    const name = topic('offline');
+    const { hub } = client(t, proxy.url);
+    await hub.connect();
+    await hub.publish(name, { i: -1 }, { id: `off-${run}-warmup` });
+
+    proxy.block(true);
+    proxy.cut();
+    await waitFor(() => hub.state === 'reconnecting', 5000, 'reconnecting');
+    const pending = Array.from({ length: 50 }, (_, i) => hub.publish(name, { i }, { id: `off-${run}-${i}` }));
+    let settled = 0;
+    for (const p of pending) void p.then(() => settled++, () => settled++);
+    await sleep(400);
+    assert.equal(hub.queued, 50);
+    assert.equal(settled, 0);
+
+    proxy.block(false);
+    const acks = await Promise.all(pending);
+    assert.equal(new Set(acks.map((a) => `${a.partition}/${a.offset}`)).size, 50);
+
+    const records = (await kcatConsume(gateway.bootstrap, name)).filter((r) => r.headers['ferry-id'] !== `off-${run}-warmup`);
+    assert.equal(records.length, 50, 'exactly the 50 queued records, no duplicates');
+    assert.deepEqual(
+      records.map((r) => r.headers['ferry-id']).sort(),
+      Array.from({ length: 50 }, (_, i) => `off-${run}-${i}`).sort(),
+      'sent with their original ids',
+    );
+    assert.deepEqual(
+      records.map((r) => (JSON.parse(r.payload ?? 'null') as { i: number }).i).sort((a, b) => a - b),
+      Array.from({ length: 50 }, (_, i) => i),
+    );
+  });
+});
+
+describe('authentication (gateway with auth.mode = "jwt")', () => {
+  let jwt: Gateway | undefined;
+  let configFile = '';
+  let startError: unknown;
+
+  before(async () => {
+    configFile = join(OUTPUT_DIR, `jwt-${run}.toml`);
+    writeFileSync(
+      configFile,
+      [
+        '[auth]',
+        'mode = "jwt"',
+        'hs_secret = "integration-test-secret-0123456789abcdef"',
+        'leeway_secs = 0',
+        '',
+        '[[acl.rules]]',
+        'publish = ["**"]',
+        'subscribe = ["**"]',
+        '',
+      ].join('\n'),
+    );
+    try {
+      jwt = await startGateway({ name: 'integration-jwt', args: ['--config', configFile], readyTimeoutMs: 30_000 });
+    } catch (err) {
+      startError = err;
+    }
+  });
+  after(() => jwt?.stop());
+
+  it('refreshes the token in-band before it expires, without dropping the connection', async (t) => {
+    let token: string;
+    try {
+      if (!jwt) throw startError;
+      token = await mintToken(configFile, 3);
+    } catch (err) {
+      t.skip(`the gateway cannot run with JWT authentication yet (issue 3): ${String(err).split('\n')[0]}`);
+      return;
+    }
+    const probe = await rawExchange(jwt.url, [{ type: 'auth', id: 'a', token }], 800);
+    if (probe[0]?.type !== 'welcome' || typeof probe[0]?.expires_at !== 'number') {
+      t.skip(`the gateway does not authenticate with an auth frame yet (issue 3): ${JSON.stringify(probe[0])}`);
+      return;
+    }
+
+    let minted = 0;
+    const { hub, errors, disconnects } = client(t, jwt.url, {
+      getToken: async () => {
+        minted++;
+        return mintToken(configFile, 3); // 3 s tokens, no leeway: the client must refresh about every 1.5 s
+      },
+    });
+    const name = topic('auth');
+    const got: FerryMessage[] = [];
+    hub.subscribe(name, (m) => got.push(m));
+    await hub.connect();
+    const expiresAt = hub.welcome?.expires_at ?? 0;
+    assert.ok(expiresAt > Date.now(), 'welcome carries expires_at');
+
+    const acks = [];
+    const until = Date.now() + 7_000; // more than twice a token's lifetime
+    for (let i = 0; Date.now() < until; i++) {
+      acks.push(await hub.publish(name, { i }));
+      await sleep(200);
+    }
+    await waitFor(() => got.length === acks.length, 5000, 'every record delivered');
+    assert.equal(disconnects(), 0, 'never closed (4002 would mean the token expired)');
+    assert.equal(hub.state, 'open');
+    assert.ok(minted >= 4, `getToken() calls: ${minted}`);
+    assert.deepEqual(errors, []);
+  });
+
+  it('refuses a bad static token for good (no reconnect loop)', async (t) => {
+    if (!jwt) {
+      t.skip(`the gateway cannot run with JWT authentication yet (issue 3): ${String(startError).split('\n')[0]}`);
+      return;
+    }
+    const { hub } = client(t, jwt.url, { token: 'not-a-jwt' });
+    await assert.rejects(hub.connect(), (e: FerryError) => e.code === 'unauthorized');
+    assert.equal(hub.state, 'closed');
+  });
+});

@@ -1,0 +1,418 @@
+/** Connection lifecycle, publishes, the offline queue and reconnect, against the fake gateway. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { FerryClient, FerryError, MemoryStorage, type RestoredPublishResult } from '../../src/index.js';
+import { FakeGateway, sleep, waitFor } from '../support/fake-gateway.js';
+import { outcome, setup } from './helpers.js';
+
+describe('connection', () => {
+  it('connects, offers ferry.v1 and reports states and welcome', async (t) => {
+    const { gw, hub, states } = setup(t);
+    const welcomes: string[] = [];
+    hub.on('welcome', (w) => welcomes.push(w.session));
+    assert.equal(hub.state, 'closed');
+    await hub.connect();
+    assert.equal(hub.state, 'open');
+    assert.deepEqual(states, ['connecting', 'open']);
+    assert.deepEqual(gw.last.protocols, ['ferry.v1']);
+    assert.deepEqual(welcomes, ['s1']);
+    assert.equal(hub.limits?.max_inflight_publishes, 1000);
+    await hub.close();
+    assert.equal(hub.state, 'closed');
+    assert.deepEqual(states, ['connecting', 'open', 'closed']);
+  });
+
+  it('needs a WebSocket implementation', () => {
+    const saved = (globalThis as { WebSocket?: unknown }).WebSocket;
+    (globalThis as { WebSocket?: unknown }).WebSocket = undefined;
+    try {
+      assert.throws(() => new FerryClient({ url: 'ws://x' }), /options\.WebSocket/);
+    } finally {
+      (globalThis as { WebSocket?: unknown }).WebSocket = saved;
+    }
+  });
+
+  for (const code of [1001, 1006, 1011, 1012, 1013, 4000, 4001, 4002, 4499]) {
+    it(`reconnects after close code ${code}`, async (t) => {
+      const { gw, hub, states } = setup(t);
+      await hub.connect();
+      const disconnects: number[] = [];
+      hub.on('disconnect', (d) => disconnects.push(d.code));
+      gw.last.close(code);
+      await waitFor(() => gw.connections.length === 2 && hub.state === 'open', 2000, 'reconnect');
+      assert.deepEqual(disconnects, [code]);
+      assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'open']);
+    });
+  }
+
+  for (const code of [1000, 1002, 1003, 1007, 1008, 1009, 4500, 4999]) {
+    it(`never reconnects after terminal close code ${code}`, async (t) => {
+      const { gw, hub, errors } = setup(t);
+      await hub.connect();
+      gw.last.close(code, 'bye');
+      await waitFor(() => hub.state === 'closed');
+      await sleep(40);
+      assert.equal(gw.connections.length, 1);
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0]?.code, 'closed');
+      assert.equal(errors[0]?.closeCode, code);
+      // A publish now rejects at once.
+      const r = await outcome(hub.publish('t', 1));
+      assert.ok(!r.ok && r.error.code === 'closed');
+    });
+  }
+
+  it('retries with backoff while the gateway is down, then connects', async (t) => {
+    const { gw, hub, states } = setup(t);
+    gw.refuse = true;
+    const connected = hub.connect();
+    await sleep(60);
+    assert.equal(hub.state, 'reconnecting');
+    assert.deepEqual(states, ['connecting', 'reconnecting']);
+    gw.refuse = false;
+    await connected;
+    assert.equal(hub.state, 'open');
+  });
+
+  it('gives up after reconnect.maxAttempts and rejects connect()', async (t) => {
+    const { gw, hub, errors } = setup(t, {}, { reconnect: { initialDelayMs: 1, maxDelayMs: 2, maxAttempts: 3 } });
+    gw.refuse = true;
+    const r = await outcome(hub.connect());
+    assert.ok(!r.ok);
+    assert.equal(r.error.code, 'connection_lost');
+    assert.equal(hub.state, 'closed');
+    assert.equal(errors.at(-1)?.code, 'connection_lost');
+  });
+
+  it('does not reconnect with reconnect: false', async (t) => {
+    const { gw, hub } = setup(t, {}, { reconnect: false });
+    await hub.connect();
+    gw.last.close(1006);
+    await waitFor(() => hub.state === 'closed');
+    assert.equal(gw.connections.length, 1);
+  });
+
+  it('gives up on a connection that sends no welcome in time', async (t) => {
+    const { gw, hub } = setup(t, {}, { connectTimeoutMs: 30 });
+    gw.autoWelcome = false;
+    void hub.connect();
+    await waitFor(() => gw.connections.length >= 2, 2000, 'second attempt');
+    gw.autoWelcome = true;
+    await waitFor(() => hub.state === 'open', 2000, 'open');
+  });
+
+  it('detects a dead connection by missing pongs and reconnects', async (t) => {
+    const { gw, hub } = setup(t, {}, { liveness: { pingIntervalMs: 20, pongTimeoutMs: 30 } });
+    await hub.connect();
+    await waitFor(() => gw.last.of('ping').length >= 1, 1000, 'a ping');
+    gw.last.silent = true; // the link is dead: nothing comes back
+    await waitFor(() => gw.connections.length === 2 && hub.state === 'open', 2000, 'reconnect after silence');
+    assert.ok(gw.connections[0]?.closed);
+  });
+
+  it('keeps a quiet but live connection (pongs answer pings)', async (t) => {
+    const { gw, hub } = setup(t, {}, { liveness: { pingIntervalMs: 10, pongTimeoutMs: 20 } });
+    await hub.connect();
+    await sleep(120);
+    assert.equal(gw.connections.length, 1);
+    assert.ok(gw.last.of('ping').length >= 3);
+  });
+
+  it('does not ping while traffic flows', async (t) => {
+    const { gw, hub } = setup(t, {}, { liveness: { pingIntervalMs: 200, pongTimeoutMs: 200 } });
+    await hub.connect();
+    hub.subscribe('busy', () => undefined);
+    const timer = setInterval(() => gw.produce('busy', 1), 10);
+    await sleep(700);
+    clearInterval(timer);
+    assert.equal(gw.last.of('ping').length, 0);
+  });
+
+  it('measures a ping round trip', async (t) => {
+    const { hub } = setup(t);
+    await hub.connect();
+    const rtt = await hub.ping();
+    assert.ok(rtt >= 0 && rtt < 1000);
+  });
+
+  it('reports gateway errors without id on the error event', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    await hub.connect();
+    gw.last.send({ type: 'error', code: 'internal', message: 'oops' });
+    await waitFor(() => errors.length === 1);
+    assert.equal(errors[0]?.code, 'internal');
+    assert.equal(hub.state, 'open');
+  });
+
+  it('can connect again after close()', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    await hub.close();
+    await hub.connect();
+    assert.equal(hub.state, 'open');
+    assert.equal(gw.connections.length, 2);
+    assert.ok(await hub.publish('t', 1));
+  });
+});
+
+describe('publish', () => {
+  it('resolves with the ack once stored, as JSON, bytes, key, headers and partition', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const ack = await hub.publish('telemetry', { temp: 21.5 }, { key: 'dev-1', headers: { h: 'v' } });
+    assert.equal(ack.topic, 'telemetry');
+    assert.equal(typeof ack.partition, 'number');
+    assert.equal(ack.offset, 0);
+    const bin = await hub.publish('bin', new Uint8Array([0xff, 0, 1]), { key: new Uint8Array([0xc3, 0x28]), partition: 2 });
+    assert.deepEqual(bin, { topic: 'bin', partition: 2, offset: 0 });
+    const frames = gw.last.of('publish');
+    assert.deepEqual(frames[0]?.value, { temp: 21.5 });
+    assert.equal(frames[1]?.value_b64, '/wAB');
+    assert.equal(frames[1]?.key_b64, 'wyg=');
+    const [rec] = gw.records('bin');
+    assert.deepEqual(rec?.value, new Uint8Array([0xff, 0, 1]));
+  });
+
+  it('rejects with a typed FerryError carrying the gateway code', async (t) => {
+    const { hub } = setup(t, { unknownTopics: ['nope'] });
+    await hub.connect();
+    const r = await outcome(hub.publish('nope', 1));
+    assert.ok(!r.ok);
+    assert.ok(r.error instanceof FerryError);
+    assert.equal(r.error.code, 'unknown_topic');
+    assert.ok(r.error.requestId);
+    assert.equal(hub.state, 'open');
+  });
+
+  it('refuses an invalid topic locally, sending nothing', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const r = await outcome(hub.publish('a b', 1));
+    assert.ok(!r.ok && r.error.code === 'invalid_topic');
+    await sleep(5);
+    assert.equal(gw.last.of('publish').length, 0);
+  });
+
+  it('refuses a frame over max_frame_bytes locally instead of getting closed with 1009', async (t) => {
+    const { gw, hub } = setup(t, { limits: { max_frame_bytes: 200 } });
+    await hub.connect();
+    const r = await outcome(hub.publish('t', 'x'.repeat(500)));
+    assert.ok(!r.ok && r.error.code === 'too_large');
+    assert.ok(await hub.publish('t', 'small'));
+    assert.equal(gw.last.of('publish').length, 1);
+    assert.equal(hub.state, 'open');
+  });
+
+  it('keeps at most max_inflight_publishes unacked', async (t) => {
+    const { gw, hub } = setup(t, { limits: { max_inflight_publishes: 3 }, ackDelayMs: 5 });
+    await hub.connect();
+    let peak = 0;
+    const timer = setInterval(() => {
+      const conn = gw.last;
+      peak = Math.max(peak, conn.of('publish').length - conn.acksSent);
+    }, 1);
+    const acks = await Promise.all(Array.from({ length: 20 }, (_, i) => hub.publish('t', i)));
+    clearInterval(timer);
+    assert.equal(acks.length, 20);
+    assert.equal(peak, 3, `peak in flight ${peak}`);
+    assert.equal(gw.records('t').length, 20);
+  });
+
+  it('paces publishes to limits.publish_rate / publish_burst', async (t) => {
+    const { gw, hub } = setup(t, { limits: { publish_rate: 100, publish_burst: 5 } });
+    await hub.connect();
+    const started = Date.now();
+    const pending = Array.from({ length: 15 }, (_, i) => hub.publish('t', i));
+    await sleep(20);
+    assert.ok(gw.last.of('publish').length <= 7, `burst: ${gw.last.of('publish').length}`);
+    await Promise.all(pending);
+    // 5 at once, then 10 more at 100/s: at least ~100 ms.
+    assert.ok(Date.now() - started >= 90, `took ${Date.now() - started} ms`);
+  });
+
+  it('sends a rate_limited publish again after retry_after_ms (same id, settled once)', async (t) => {
+    const { gw, hub } = setup(t);
+    let refused = 0;
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'publish' || refused > 0) return false;
+      refused++;
+      conn.send({ type: 'error', id: f.id, code: 'rate_limited', message: 'slow down', retry_after_ms: 20 });
+      return true;
+    };
+    await hub.connect();
+    const ack = await hub.publish('t', 1);
+    const ids = gw.last.of('publish').map((f) => f.id);
+    assert.equal(ids.length, 2);
+    assert.equal(ids[0], ids[1]);
+    assert.equal(ack.offset, 0);
+  });
+
+  it('uses a caller-chosen id, and refuses an invalid one', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    await hub.publish('t', 1, { id: 'order-42' });
+    assert.equal(gw.last.of('publish')[0]?.id, 'order-42');
+    const r = await outcome(hub.publish('t', 1, { id: 'x'.repeat(65) }));
+    assert.ok(!r.ok && r.error.code === 'bad_request');
+  });
+
+  it('settles each promise exactly once, ignoring repeated replies', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const p = hub.publish('t', 1);
+    const ack = await p;
+    const id = gw.last.of('publish')[0]?.id as string;
+    gw.last.send({ type: 'ack', id, topic: 't', partition: 0, offset: 99 });
+    gw.last.send({ type: 'error', id, code: 'internal', message: 'late' });
+    await sleep(10);
+    assert.equal(ack.offset, 0);
+    assert.equal(await p, ack);
+  });
+});
+
+describe('offline queue', () => {
+  it('queues publishes made before connecting and sends them on connect', async (t) => {
+    const { gw, hub } = setup(t);
+    const pending = [hub.publish('t', 'a'), hub.publish('t', 'b')];
+    assert.equal(hub.queued, 2);
+    await hub.connect();
+    const acks = await Promise.all(pending);
+    assert.equal(acks.length, 2);
+    assert.equal(hub.queued, 0);
+    assert.equal(gw.records('t').length, 2);
+  });
+
+  it('queues while disconnected and flushes on reconnect with original ids and no duplicates', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    gw.refuse = true;
+    gw.last.close(1006);
+    await waitFor(() => hub.state === 'reconnecting');
+    const pending = Array.from({ length: 10 }, (_, i) => hub.publish('t', { i }));
+    await sleep(30);
+    assert.equal(hub.queued, 10);
+    gw.refuse = false;
+    const acks = await Promise.all(pending);
+    assert.equal(new Set(acks.map((a) => `${a.partition}/${a.offset}`)).size, 10);
+    const records = gw.records('t');
+    assert.equal(records.length, 10);
+    assert.deepEqual(
+      records.map((r) => JSON.parse(Buffer.from(r.value).toString()) as { i: number }).sort((a, b) => a.i - b.i),
+      Array.from({ length: 10 }, (_, i) => ({ i })),
+    );
+  });
+
+  it('resends publishes in flight at a disconnect with the same id (stored once)', async (t) => {
+    const { gw, hub } = setup(t, { ackDelayMs: 50 });
+    await hub.connect();
+    const p = hub.publish('t', 'x');
+    await waitFor(() => gw.records('t').length === 1); // stored, ack not yet sent
+    gw.last.close(1012);
+    const ack = await p;
+    const ids = gw.connections.flatMap((c) => c.of('publish').map((f) => f.id));
+    assert.equal(ids.length, 2);
+    assert.equal(ids[0], ids[1]);
+    assert.equal(gw.records('t').length, 1);
+    assert.equal(ack.offset, 0);
+  });
+
+  it('rejects in-flight publishes with connection_lost when resendInFlight is false', async (t) => {
+    const { gw, hub } = setup(t, { ackDelayMs: 50 }, { resendInFlight: false });
+    await hub.connect();
+    const p = outcome(hub.publish('t', 'x'));
+    await waitFor(() => gw.records('t').length === 1);
+    gw.last.close(1012);
+    const r = await p;
+    assert.ok(!r.ok && r.error.code === 'connection_lost');
+  });
+
+  it('overflow reject-new: the new publish rejects with queue_full', async (t) => {
+    const { hub } = setup(t, {}, { offlineQueue: { maxSize: 2 } });
+    const a = outcome(hub.publish('t', 1));
+    const b = outcome(hub.publish('t', 2));
+    const c = await outcome(hub.publish('t', 3));
+    assert.ok(!c.ok && c.error.code === 'queue_full');
+    await hub.connect();
+    assert.ok((await a).ok && (await b).ok);
+  });
+
+  it('overflow drop-oldest: the oldest queued publish rejects with queue_full', async (t) => {
+    const { gw, hub } = setup(t, {}, { offlineQueue: { maxSize: 2, overflow: 'drop-oldest' } });
+    const a = outcome(hub.publish('t', 1));
+    const b = outcome(hub.publish('t', 2));
+    const c = outcome(hub.publish('t', 3));
+    const ra = await a;
+    assert.ok(!ra.ok && ra.error.code === 'queue_full');
+    await hub.connect();
+    assert.ok((await b).ok && (await c).ok);
+    assert.equal(gw.records('t').length, 2);
+  });
+
+  it('offlineQueue: false rejects publishes at once while not connected', async (t) => {
+    const { hub } = setup(t, {}, { offlineQueue: false });
+    const r = await outcome(hub.publish('t', 1));
+    assert.ok(!r.ok && r.error.code === 'unavailable');
+  });
+
+  it('close() rejects every unacked publish with closed', async (t) => {
+    const { hub } = setup(t);
+    const pending = [outcome(hub.publish('t', 1)), outcome(hub.publish('t', 2))];
+    await hub.close();
+    for (const r of await Promise.all(pending)) assert.ok(!r.ok && r.error.code === 'closed');
+  });
+
+  it('a terminal close rejects queued and in-flight publishes once', async (t) => {
+    const { gw, hub } = setup(t, { ackDelayMs: 100 });
+    await hub.connect();
+    const p = outcome(hub.publish('t', 1));
+    await waitFor(() => gw.last.of('publish').length === 1);
+    gw.last.close(4500, 'policy');
+    const r = await p;
+    assert.ok(!r.ok && r.error.code === 'closed' && r.error.closeCode === 4500);
+  });
+
+  it('mirrors the queue to a storage adapter and deletes entries once settled', async (t) => {
+    const storage = new MemoryStorage();
+    const { hub } = setup(t, {}, { offlineQueue: { storage } });
+    await waitFor(() => true);
+    const p = hub.publish('t', { a: 1 });
+    await sleep(5);
+    assert.equal(storage.entries.size, 1);
+    const entry = [...storage.entries.values()][0];
+    assert.match(entry?.frame ?? '', /"type":"publish"/);
+    await hub.connect();
+    await p;
+    await sleep(5);
+    assert.equal(storage.entries.size, 0);
+  });
+
+  it('sends publishes restored from storage with their original ids and reports them', async (t) => {
+    const storage = new MemoryStorage();
+    // A previous page queued two publishes and went away.
+    const gw = new FakeGateway();
+    const old = new FerryClient({ url: 'ws://fake', WebSocket: gw.WebSocket, offlineQueue: { storage } });
+    void old.publish('t', 'one').catch(() => undefined);
+    void old.publish('t', 'two').catch(() => undefined);
+    await sleep(5);
+    const ids = [...storage.entries.keys()];
+    assert.equal(ids.length, 2);
+
+    const hub = new FerryClient({ url: 'ws://fake', WebSocket: gw.WebSocket, offlineQueue: { storage }, liveness: false });
+    t.after(() => hub.close());
+    const restored: RestoredPublishResult[] = [];
+    hub.on('restoredPublish', (r) => restored.push(r));
+    await hub.connect();
+    await waitFor(() => restored.length === 2);
+    assert.deepEqual(
+      restored.map((r) => r.id),
+      ids,
+    );
+    assert.ok(restored.every((r) => r.ack && r.topic === 't'));
+    assert.deepEqual(
+      gw.last.of('publish').map((f) => f.id),
+      ids,
+    );
+    await sleep(5);
+    assert.equal(storage.entries.size, 0);
+  });
+});

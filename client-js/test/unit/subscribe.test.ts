@@ -1,0 +1,334 @@
+/** Subscriptions, resume without gap or duplicate, gap notices and streams, against the fake gateway. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { FerryError, type FerryMessage, type GapFrame } from '../../src/index.js';
+import { sleep, waitFor } from '../support/fake-gateway.js';
+import { outcome, setup } from './helpers.js';
+
+const key = (m: FerryMessage): string => `${m.partition}/${m.offset}`;
+
+describe('subscribe', () => {
+  it('delivers records produced after the subscription went live', async (t) => {
+    const { gw, hub } = setup(t);
+    const got: FerryMessage[] = [];
+    const sub = hub.subscribe('dash', (m) => got.push(m));
+    await hub.connect();
+    await sub.ready;
+    gw.produce('dash', { temp: 20 }, { key: new TextEncoder().encode('k'), headers: { h: 'v' } });
+    gw.produce('dash', new Uint8Array([0xff, 0xfe]));
+    await waitFor(() => got.length === 2);
+    assert.deepEqual(got[0]?.value, { temp: 20 });
+    assert.equal(got[0]?.key, 'k');
+    assert.deepEqual(got[0]?.headers, { h: 'v' });
+    assert.deepEqual(got[1]?.value, new Uint8Array([0xff, 0xfe]));
+    // Positions: past the delivered records, and the start offsets of the untouched partition.
+    assert.equal(Object.keys(sub.positions()).length, 3);
+  });
+
+  it('sends only topic for a plain subscription (works with today\'s gateway)', async (t) => {
+    const { gw, hub } = setup(t, { supportsFrom: false });
+    await hub.connect();
+    const sub = hub.subscribe('dash', () => undefined);
+    await sub.ready;
+    assert.deepEqual(Object.keys(gw.last.of('subscribe')[0] ?? {}).sort(), ['id', 'topic', 'type']);
+  });
+
+  it('passes from/group/filter/overflow only when given', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    await hub.subscribe('a', () => undefined, { from: 'earliest', group: 'g1' }).ready;
+    await hub.subscribe('b', () => undefined, { overflow: 'conflate', filter: { key: { prefix: 'EUR' } } }).ready;
+    const [frame, second] = gw.last.of('subscribe');
+    assert.equal(frame?.from, 'earliest');
+    assert.equal(frame?.group, 'g1');
+    assert.ok(!('filter' in (frame ?? {})) && !('overflow' in (frame ?? {})));
+    assert.equal(second?.overflow, 'conflate');
+    assert.deepEqual(second?.filter, { key: { prefix: 'EUR' } });
+  });
+
+  it('shares one wire subscription between subscribers of a topic; the last unsubscribe ends it', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const a: FerryMessage[] = [];
+    const b: FerryMessage[] = [];
+    const subA = hub.subscribe('t', (m) => a.push(m));
+    const subB = hub.subscribe('t', (m) => b.push(m));
+    await subA.ready;
+    assert.equal(gw.last.of('subscribe').length, 1);
+    gw.produce('t', 1);
+    await waitFor(() => a.length === 1 && b.length === 1);
+    await subA.unsubscribe();
+    assert.equal(gw.last.of('unsubscribe').length, 0);
+    gw.produce('t', 2);
+    await waitFor(() => b.length === 2);
+    assert.equal(a.length, 1);
+    await subB.unsubscribe();
+    assert.equal(gw.last.of('unsubscribe').length, 1);
+    assert.equal(subB.active, false);
+    gw.produce('t', 3);
+    await sleep(10);
+    assert.equal(b.length, 2);
+  });
+
+  it('refuses a second subscriber with other options, and an invalid topic', (t) => {
+    const { hub } = setup(t);
+    hub.subscribe('t', () => undefined);
+    assert.throws(
+      () => hub.subscribe('t', () => undefined, { from: 'earliest' }),
+      (e) => e instanceof FerryError && e.code === 'bad_request',
+    );
+    assert.throws(
+      () => hub.subscribe('__x', () => undefined),
+      (e) => e instanceof FerryError && e.code === 'invalid_topic',
+    );
+  });
+
+  it('reports a refused subscription to onError and rejects ready', async (t) => {
+    const { hub, errors } = setup(t, { unknownTopics: ['gone'] });
+    await hub.connect();
+    const seen: FerryError[] = [];
+    const sub = hub.subscribe('gone', () => undefined, { onError: (e) => seen.push(e) });
+    const r = await outcome(sub.ready);
+    assert.ok(!r.ok && r.error.code === 'unknown_topic');
+    assert.equal(seen[0]?.code, 'unknown_topic');
+    assert.equal(sub.active, false);
+    assert.equal(errors.length, 0);
+    // Without onError it goes to the error event.
+    const sub2 = hub.subscribe('gone', () => undefined);
+    await outcome(sub2.ready);
+    assert.equal(errors[0]?.code, 'unknown_topic');
+  });
+
+  it('resubscribes after reconnect from the offsets after the last delivered record: no gap, no duplicate', async (t) => {
+    const { gw, hub } = setup(t);
+    const got: FerryMessage[] = [];
+    hub.subscribe('s', (m) => got.push(m));
+    await hub.connect();
+    await waitFor(() => gw.last.subs.has('s'));
+    for (let i = 0; i < 30; i++) gw.produce('s', { i });
+    await waitFor(() => got.length === 30);
+    // The gateway drops the socket mid-stream; records keep coming while the client is away.
+    gw.refuse = true;
+    gw.last.close(1006);
+    for (let i = 30; i < 60; i++) gw.produce('s', { i });
+    await sleep(20);
+    gw.refuse = false;
+    await waitFor(() => hub.state === 'open' && gw.connections.length === 2);
+    for (let i = 60; i < 90; i++) gw.produce('s', { i });
+    await waitFor(() => got.length >= 90);
+    await sleep(10);
+    assert.equal(got.length, 90);
+    assert.equal(new Set(got.map(key)).size, 90, 'no duplicate');
+    const values = got.map((m) => (m.value as { i: number }).i).sort((a, b) => a - b);
+    assert.deepEqual(values, Array.from({ length: 90 }, (_, i) => i), 'no gap');
+    // Per partition, offsets arrive in order.
+    for (let p = 0; p < 3; p++) {
+      const offsets = got.filter((m) => m.partition === p).map((m) => m.offset);
+      assert.deepEqual(offsets, [...offsets].sort((a, b) => a - b));
+    }
+    const resume = gw.last.of('subscribe')[0]?.from as { offsets: Record<string, number> };
+    assert.deepEqual(resume, { offsets: { '0': 10, '1': 10, '2': 10 } });
+  });
+
+  it('resumes partitions that had no record yet from their start offsets (no gap there either)', async (t) => {
+    const { gw, hub } = setup(t);
+    const got: FerryMessage[] = [];
+    hub.subscribe('s', (m) => got.push(m));
+    await hub.connect();
+    await waitFor(() => gw.last.subs.has('s'));
+    gw.produce('s', 'p0', { partition: 0 });
+    await waitFor(() => got.length === 1);
+    gw.refuse = true;
+    gw.last.close(1006);
+    gw.produce('s', 'p1-while-away', { partition: 1 });
+    gw.refuse = false;
+    await waitFor(() => got.length === 2, 2000, 'record of an untouched partition');
+    assert.deepEqual(gw.last.of('subscribe')[0]?.from, { offsets: { '0': 1, '1': 0, '2': 0 } });
+  });
+
+  it('ends a subscription the gateway ended (unsubscribed without id, e.g. forbidden after a refresh)', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    const ended: FerryError[] = [];
+    const sub = hub.subscribe('tenant.acme.dash', () => undefined, { onError: (e) => ended.push(e) });
+    const other = hub.subscribe('other', () => undefined);
+    await hub.connect();
+    await sub.ready;
+    gw.last.send({ type: 'unsubscribed', topic: 'tenant.acme.dash', reason: 'forbidden' });
+    await waitFor(() => ended.length === 1);
+    assert.equal(ended[0]?.code, 'forbidden');
+    assert.equal(sub.active, false);
+    assert.equal(other.active, true);
+    assert.equal(errors.length, 0);
+    // Not resubscribed after a reconnect.
+    gw.last.close(1001);
+    await waitFor(() => gw.connections.length === 2 && gw.last.of('subscribe').length === 1);
+    await sleep(10);
+    assert.deepEqual(
+      gw.last.of('subscribe').map((f) => f.topic),
+      ['other'],
+    );
+  });
+
+  it('drops records it already delivered when the gateway replays them', async (t) => {
+    const { gw, hub } = setup(t);
+    const got: FerryMessage[] = [];
+    hub.subscribe('s', (m) => got.push(m), { from: 'earliest' });
+    await hub.connect();
+    for (let i = 0; i < 6; i++) gw.produce('s', i);
+    await waitFor(() => got.length === 6);
+    // Replay everything on the same connection, as a gateway that resumes too early would.
+    gw.last.subs.set('s', { next: [0, 0, 0] });
+    gw.last.flush('s');
+    gw.produce('s', 6);
+    await waitFor(() => got.length === 7);
+    await sleep(10);
+    assert.equal(got.length, 7);
+  });
+
+  it("falls back to a live subscription and emits a gap when the gateway refuses `from` (today's gateway)", async (t) => {
+    const { gw, hub } = setup(t, { supportsFrom: false });
+    const got: FerryMessage[] = [];
+    const gaps: GapFrame[] = [];
+    hub.on('gap', (g) => gaps.push(g));
+    hub.subscribe('s', (m) => got.push(m));
+    await hub.connect();
+    await waitFor(() => gw.last.subs.has('s'));
+    gw.produce('s', 1);
+    await waitFor(() => got.length === 1);
+    gw.last.close(1001);
+    await waitFor(() => gw.connections.length === 2 && gw.last.subs.has('s'), 2000, 'plain resubscribe');
+    assert.equal(gaps.length, 1);
+    assert.equal(gaps[0]?.reason, 'resume_refused');
+    assert.equal(gaps[0]?.topic, 's');
+    const subs = gw.last.of('subscribe');
+    assert.ok(subs[0]?.from, 'first tried to resume');
+    assert.ok(!subs[1]?.from, 'then subscribed plain');
+    gw.produce('s', 2);
+    await waitFor(() => got.length === 2);
+  });
+
+  it('forwards lagged notices (drop_oldest / conflate) as an event', async (t) => {
+    const { gw, hub } = setup(t);
+    const lagged: { topic: string; dropped: number }[] = [];
+    hub.on('lagged', (l) => lagged.push(l));
+    await hub.connect();
+    gw.last.send({ type: 'lagged', topic: 'ticks', dropped: 118 });
+    await waitFor(() => lagged.length === 1);
+    assert.equal(lagged[0]?.dropped, 118);
+  });
+
+  it('forwards gap notices as an event and moves the resume point', async (t) => {
+    const { gw, hub } = setup(t);
+    const gaps: GapFrame[] = [];
+    hub.on('gap', (g) => gaps.push(g));
+    const sub = hub.subscribe('s', () => undefined);
+    await hub.connect();
+    await sub.ready;
+    gw.last.send({ type: 'gap', topic: 's', partition: 1, requested: 0, resumed_at: 40, reason: 'retention' });
+    await waitFor(() => gaps.length === 1);
+    assert.equal(gaps[0]?.reason, 'retention');
+    assert.equal(sub.positions()['1'], 40);
+  });
+
+  it('seeds resume positions from `subscribed.partitions`, so a resume lists every partition', async (t) => {
+    const { gw, hub } = setup(t);
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe' || f.from) return false;
+      conn.subs.set(f.topic as string, { next: [5, 7, 0] });
+      conn.send({ type: 'subscribed', id: f.id, topic: f.topic, partitions: { '0': 5, '1': 7, '2': 0 } });
+      return true;
+    };
+    const sub = hub.subscribe('s', () => undefined);
+    await hub.connect();
+    await sub.ready;
+    assert.deepEqual(sub.positions(), { '0': 5, '1': 7, '2': 0 });
+    gw.last.close(1001);
+    await waitFor(() => gw.connections.length === 2 && gw.last.of('subscribe').length === 1);
+    assert.deepEqual(gw.last.of('subscribe')[0]?.from, { offsets: { '0': 5, '1': 7, '2': 0 } });
+  });
+
+  it('retries a subscription the gateway could not serve yet (unavailable, retry_after_ms)', async (t) => {
+    const { gw, hub } = setup(t);
+    let refused = 0;
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe' || refused > 0) return false;
+      refused++;
+      conn.send({ type: 'error', id: f.id, code: 'unavailable', message: 'later', retry_after_ms: 10 });
+      return true;
+    };
+    await hub.connect();
+    const sub = hub.subscribe('s', () => undefined);
+    await sub.ready;
+    assert.equal(refused, 1);
+    assert.equal(gw.last.of('subscribe').length, 2);
+    assert.ok(sub.active);
+  });
+});
+
+describe('stream', () => {
+  it('iterates records with for await and unsubscribes on break', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const stream = hub.stream<{ i: number }>('s');
+    await stream.subscription.ready;
+    for (let i = 0; i < 5; i++) gw.produce('s', { i });
+    const seen: number[] = [];
+    for await (const m of stream) {
+      seen.push((m.value as { i: number }).i);
+      if (seen.length === 3) break;
+    }
+    assert.equal(seen.length, 3);
+    await waitFor(() => gw.last.of('unsubscribe').length === 1);
+    assert.equal(stream.subscription.active, false);
+  });
+
+  it('stops on close() and on an aborted signal', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const stream = hub.stream('a');
+    setTimeout(() => void stream.close(), 10);
+    const r1 = await stream.next();
+    assert.equal(r1.done, true);
+
+    const ctl = new AbortController();
+    const s2 = hub.stream('b', { signal: ctl.signal });
+    await s2.subscription.ready;
+    gw.produce('b', 1);
+    const first = await s2.next();
+    assert.equal(first.done, false);
+    ctl.abort();
+    assert.equal((await s2.next()).done, true);
+  });
+
+  it('ends when the client is closed', async (t) => {
+    const { hub } = setup(t);
+    await hub.connect();
+    const stream = hub.stream('a');
+    const next = stream.next();
+    await hub.close();
+    assert.equal((await next).done, true);
+  });
+
+  it('fails with limit when the consumer falls behind bufferSize', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const stream = hub.stream('a', { bufferSize: 3 });
+    await stream.subscription.ready;
+    for (let i = 0; i < 5; i++) gw.produce('a', i);
+    await sleep(20);
+    const results = [];
+    for (let i = 0; i < 3; i++) results.push(await stream.next());
+    assert.ok(results.every((r) => !r.done));
+    const r = await outcome(stream.next());
+    assert.ok(!r.ok && r.error.code === 'limit');
+    assert.equal((await stream.next()).done, true);
+  });
+
+  it('throws the subscription error from the iterator', async (t) => {
+    const { hub } = setup(t, { unknownTopics: ['gone'] });
+    await hub.connect();
+    const stream = hub.stream('gone');
+    const r = await outcome(stream.next());
+    assert.ok(!r.ok && r.error.code === 'unknown_topic');
+  });
+});
