@@ -53,3 +53,36 @@ async fn kafka_down_gives_prompt_unavailable_and_readyz_503() {
     assert_eq!(gw.wait_readyz(200, WAIT).await, 200);
     client.acked(&topic, json!(3)).await;
 }
+
+/// Embedded Kafka only (request fault injection): a record Kafka keeps
+/// refusing with a retriable error is answered `timeout` (outcome unknown)
+/// within `kafka.message_timeout_ms`, and the socket goes on.
+#[tokio::test]
+async fn undeliverable_publish_is_answered_timeout_within_the_message_timeout() {
+    let gw = spawn_gateway_with(|c| c.kafka.message_timeout_ms = 2_000).await;
+    let Some(kafka) = gw.embedded.clone() else {
+        eprintln!("note: request fault injection needs the embedded Kafka");
+        return;
+    };
+    let topic = unique_topic("timeout");
+    let mut client = gw.client().await;
+    client.acked(&topic, json!("warm-up")).await;
+    kafka.fail_produce_requests(10_000);
+    let started = std::time::Instant::now();
+    let reply = client.publish(&topic, json!("stuck")).await;
+    assert_eq!(reply["code"], "timeout", "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(10), "within the message timeout");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_the_idle_timeout() {
+    let gw = spawn_gateway_with(|c| {
+        c.websocket.ping_interval_ms = 200;
+        c.websocket.idle_timeout_ms = 600;
+    })
+    .await;
+    let mut client = gw.client().await;
+    // Not reading means not answering the gateway's pings either.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(client.closed().await, Some(4001));
+}

@@ -12,6 +12,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka_sys as rdsys;
 
+/// Kafka's API key of the Produce request.
+const PRODUCE_API_KEY: i16 = 0;
+
 /// A running mock cluster; stopped when dropped.
 pub struct EmbeddedKafka {
     cluster: *mut rdsys::rd_kafka_mock_cluster_t,
@@ -80,6 +83,21 @@ impl EmbeddedKafka {
             rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
         };
         check(err)
+    }
+
+    /// Makes the next `count` produce requests fail with the retriable
+    /// `NOT_ENOUGH_REPLICAS` (fault injection: deliveries then time out).
+    pub fn fail_produce_requests(&self, count: usize) {
+        let errors = vec![rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; count];
+        // SAFETY: live cluster; `errors` outlives the call, which copies it.
+        unsafe {
+            rdsys::rd_kafka_mock_push_request_errors_array(
+                self.cluster,
+                PRODUCE_API_KEY,
+                errors.len(),
+                errors.as_ptr(),
+            )
+        };
     }
 
     /// Takes a broker down (for fault-injection tests).
