@@ -323,7 +323,9 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   /**
    * Subscribes to a topic; `onMessage` gets each record once, in offset
    * order per partition, across reconnects. Subscribers of the same topic
-   * share one gateway subscription and must use the same options.
+   * share one gateway subscription and must use the same options. With
+   * `group`, it gets its share of the records, at least once; with
+   * `ack: 'client'`, call {@link commit} for each processed record.
    *
    * @throws FerryError `invalid_topic`, or `bad_request` for a second subscriber with other options.
    */
@@ -338,8 +340,8 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     onEnd?: (err?: FerryError) => void,
   ): SubscriptionHandle {
     checkTopic(topic);
-    const { from, group, filter, overflow } = options;
-    const wire = JSON.parse(JSON.stringify({ from, group, filter, overflow })) as Channel['wire'];
+    const { from, group, ack, filter, overflow } = options;
+    const wire = JSON.parse(JSON.stringify({ from, group, ack, filter, overflow })) as Channel['wire'];
     let channel = this.channels.get(topic);
     if (channel && channel.key !== JSON.stringify(wire)) {
       throw new FerryError('bad_request', `already subscribed to "${topic}" with other options`);
@@ -361,6 +363,15 @@ export class FerryClient extends Emitter<FerryClientEvents> {
    */
   stream<T = unknown>(topic: string, options: StreamOptions = {}): FerryStream<T> {
     return createStream<T>((onMessage, onEnd) => this.addSubscriber(topic, onMessage, options, onEnd), options);
+  }
+
+  /**
+   * Marks a record of an `ack: 'client'` group subscription processed: sends
+   * `commit` (no reply; a refusal comes as an `error` event). Not connected,
+   * it does nothing: a record whose connection is gone is redelivered.
+   */
+  commit({ topic, partition, offset }: Pick<FerryMessage, 'topic' | 'partition' | 'offset'>): void {
+    if (this.connected) this.send({ type: 'commit', topic, partition, offset });
   }
 
   /** Round trip to the gateway, in ms. Rejects when not connected. */

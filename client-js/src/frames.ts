@@ -3,9 +3,9 @@
  * object per WebSocket message.
  *
  * The client only encodes client frames and decodes server frames; both
- * shapes are typed here. Optional future fields (`from`, `group`, `filter`,
- * `overflow`, `auth`) are only put on the wire when the caller uses them, so
- * a gateway that does not know them yet still serves plain use.
+ * shapes are typed here. Optional fields (`from`, `group`, `ack`, `filter`,
+ * `overflow`, `auth`, `commit`) are only put on the wire when the caller uses
+ * them, so a gateway that does not know them yet still serves plain use.
  */
 
 import { fromBase64, toBase64 } from './base64.js';
@@ -52,13 +52,24 @@ export interface PublishFrame {
  */
 export type Overflow = 'disconnect' | 'drop_oldest' | 'conflate';
 
+/**
+ * When a shared-group record counts as processed (its offset may be committed):
+ * - `'auto'` (the default): once the gateway wrote it to the socket;
+ * - `'client'`: once the client sent `commit` for it.
+ */
+export type AckMode = 'auto' | 'client';
+
 /** `subscribe`: receive records of a topic. Options beyond `topic` are sent only when set. */
 export interface SubscribeFrame {
   type: 'subscribe';
   id: string;
   topic: string;
+  /** With `group`, only `'latest'` or `'earliest'` (where a new group starts). */
   from?: From;
+  /** Shared group (1–200 of `[A-Za-z0-9._-]`): each record goes to one socket of the group. */
   group?: string;
+  /** Only with `group`. */
+  ack?: AckMode;
   filter?: unknown;
   overflow?: Overflow;
 }
@@ -83,8 +94,20 @@ export interface AuthFrame {
   token: string;
 }
 
+/**
+ * `commit`: a record of an `ack: "client"` group subscription is processed.
+ * Without `id` there is no reply unless it fails (an `error` without id).
+ */
+export interface CommitFrame {
+  type: 'commit';
+  id?: string;
+  topic: string;
+  partition: number;
+  offset: number;
+}
+
 /** Every frame the client sends. */
-export type ClientFrame = PublishFrame | SubscribeFrame | UnsubscribeFrame | PingFrame | AuthFrame;
+export type ClientFrame = PublishFrame | SubscribeFrame | UnsubscribeFrame | PingFrame | AuthFrame | CommitFrame;
 
 /** Encodes a client frame as JSON text. Absent (undefined) fields are left out. */
 export function encodeClientFrame(frame: ClientFrame): string {
@@ -213,7 +236,7 @@ export interface SubscribedFrame {
   type: 'subscribed';
   id: string;
   topic: string;
-  /** Partition -> the offset delivery starts at (absent on gateways before resume support). */
+  /** Partition -> the offset delivery starts at (absent for a group, and on gateways before resume support). */
   partitions?: Record<string, number>;
 }
 
@@ -223,6 +246,15 @@ export interface UnsubscribedFrame {
   id?: string;
   topic: string;
   reason?: string;
+}
+
+/** Reply to a `commit` that had an `id`. */
+export interface CommittedFrame {
+  type: 'committed';
+  id: string;
+  topic: string;
+  partition: number;
+  offset: number;
 }
 
 /** Reply to `ping`. */
@@ -300,6 +332,7 @@ export type ServerFrame =
   | AckFrame
   | SubscribedFrame
   | UnsubscribedFrame
+  | CommittedFrame
   | PongFrame
   | AuthedFrame
   | ErrorFrame

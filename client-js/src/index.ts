@@ -38,9 +38,12 @@ export {
 } from './frames.js';
 export type {
   AckFrame,
+  AckMode,
   AuthFrame,
   AuthedFrame,
   ClientFrame,
+  CommitFrame,
+  CommittedFrame,
   ErrorFrame,
   FerryMessage,
   From,

@@ -6,20 +6,28 @@
  * A channel remembers, per partition, the offset after the last record it
  * delivered. On reconnect it resubscribes `from: { offsets }` those positions
  * and drops any record below them, so the application sees each record once
- * and in order per partition.
+ * and in order per partition. A group channel keeps no positions: the group's
+ * committed offsets are its resume point, and records may come again.
  */
 
 import { callSafely } from './emitter.js';
 import { FerryError } from './errors.js';
-import type { FerryMessage, From, MessageFrame, Overflow, SubscribeFrame } from './frames.js';
+import type { AckMode, FerryMessage, From, MessageFrame, Overflow, SubscribeFrame } from './frames.js';
 import { toMessage } from './frames.js';
 
-/** Options of `subscribe()` and `stream()`; the first four go to the gateway only when set. */
+/** Options of `subscribe()` and `stream()`; all but `onError` go to the gateway only when set. */
 export interface SubscribeOptions {
-  /** Where to start (default: the gateway's, i.e. `'latest'`). */
+  /** Where to start (default: the gateway's, i.e. `'latest'`); with `group`, where a new group starts (`'latest'` or `'earliest'` only). */
   from?: From;
-  /** Consumer group: share the topic's partitions with other members. */
+  /**
+   * Shared group (1–200 of `[A-Za-z0-9._-]`): each record goes to one socket
+   * among all sockets subscribed with this group, on every gateway node.
+   * At least once: a record may be delivered again (after a reconnect, or
+   * when a member left without processing it).
+   */
   group?: string;
+  /** With `group`: `'client'` commits a record only after `client.commit(message)`; default `'auto'` (once sent). */
+  ack?: AckMode;
   /** Gateway-side filter, in its wire form (see the protocol). */
   filter?: unknown;
   /** What the gateway does when this socket does not keep up (default `'disconnect'`). */
@@ -35,7 +43,7 @@ export interface Subscription {
   readonly ready: Promise<void>;
   /** `false` once unsubscribed or failed. */
   readonly active: boolean;
-  /** Per partition, the offset after the last record delivered (the resume point). */
+  /** Per partition, the offset after the last record delivered (the resume point); empty for a group. */
   positions(): Record<string, number>;
   /** Stops delivery to this subscriber; resolves once the gateway confirmed (or at once when offline). */
   unsubscribe(): Promise<void>;
@@ -92,11 +100,13 @@ export class Channel {
     this.readyResolve();
   }
 
-  /** Delivers a record to every subscriber unless it was delivered before. */
+  /** Delivers a record to every subscriber unless it was delivered before (a group's records always: at least once). */
   deliver(frame: MessageFrame): void {
-    const next = this.next.get(frame.partition);
-    if (next !== undefined && frame.offset < next) return;
-    this.next.set(frame.partition, frame.offset + 1);
+    if (!this.wire.group) {
+      const next = this.next.get(frame.partition);
+      if (next !== undefined && frame.offset < next) return;
+      this.next.set(frame.partition, frame.offset + 1);
+    }
     const message = toMessage(frame);
     for (const handle of [...this.handles]) callSafely(handle.onMessage, message);
   }

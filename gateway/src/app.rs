@@ -30,6 +30,7 @@ use crate::hub::Hub;
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
 use crate::kafka::fanout::Fanout;
+use crate::kafka::groups::Groups;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replays;
@@ -46,6 +47,7 @@ pub struct AppState {
     pub topics: Arc<Topics>,
     pub fanout: Arc<Fanout>,
     pub replays: Replays,
+    pub groups: Groups,
     pub health: Arc<Health>,
     pub auth: Authenticator,
     /// The ACL, swapped whole on reload; read under a short lock.
@@ -221,7 +223,8 @@ impl App {
             publisher: Publisher::new(producer.clone(), health.clone()),
             topics,
             fanout,
-            replays: Replays::new(settings, config.limits.max_replays, timeout),
+            replays: Replays::new(settings.clone(), config.limits.max_replays, timeout),
+            groups: Groups::new(settings, config.kafka.group_prefix.clone(), timeout),
             health,
             auth,
             policy: RwLock::new(Arc::new(policy)),

@@ -65,6 +65,9 @@ pub struct KafkaConfig {
     pub metadata_timeout_ms: u64,
     /// How often subscribed topics are checked for new partitions.
     pub partition_refresh_ms: u64,
+    /// Prefix of the Kafka consumer group a shared-group subscription joins
+    /// (`group` "workers" → consumer group `ferry.workers`).
+    pub group_prefix: String,
     /// Raw librdkafka settings applied to every Kafka client of the gateway
     /// (e.g. `"security.protocol" = "SASL_SSL"`). They win over Ferry's own.
     pub librdkafka: BTreeMap<String, String>,
@@ -145,6 +148,7 @@ impl Default for KafkaConfig {
             message_timeout_ms: 30_000,
             metadata_timeout_ms: 5_000,
             partition_refresh_ms: 5_000,
+            group_prefix: "ferry.".into(),
             librdkafka: BTreeMap::new(),
         }
     }

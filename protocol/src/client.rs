@@ -30,6 +30,9 @@ pub enum ClientFrame<'a> {
     Ping { id: String },
     /// Authenticate (first time) or refresh the credentials of the socket.
     Auth { id: Option<String>, token: String },
+    /// A shared-group record with `ack: "client"` is processed: its offset
+    /// may be committed.
+    Commit { id: Option<String>, topic: String, partition: i32, offset: i64 },
 }
 
 impl ClientFrame<'_> {
@@ -39,7 +42,7 @@ impl ClientFrame<'_> {
             Self::Publish(p) => &p.id,
             Self::Subscribe(s) => &s.id,
             Self::Unsubscribe { id, .. } | Self::Ping { id } => id,
-            Self::Auth { id, .. } => id.as_deref().unwrap_or_default(),
+            Self::Auth { id, .. } | Self::Commit { id, .. } => id.as_deref().unwrap_or_default(),
         }
     }
 }
@@ -54,6 +57,20 @@ pub struct Subscribe {
     pub overflow: Overflow,
     /// Server-side filter, in its wire form; the gateway compiles it.
     pub filter: Option<serde_json::Value>,
+    /// Join this shared group: each record goes to one member socket.
+    pub group: Option<String>,
+    /// When a group record counts as processed.
+    pub ack: AckMode,
+}
+
+/// When a shared-group record's offset is committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AckMode {
+    /// Once the frame is written to the socket.
+    #[default]
+    Auto,
+    /// Once the client sends `commit` for it.
+    Client,
 }
 
 /// The policy of a live subscription whose socket does not keep up.
@@ -209,6 +226,9 @@ struct RawFrame<'a> {
     from: Option<serde_json::Value>,
     overflow: Option<String>,
     filter: Option<serde_json::Value>,
+    group: Option<String>,
+    ack: Option<String>,
+    offset: Option<i64>,
 }
 
 /// `"value": null` is the JSON value `null`, not a missing value.
@@ -244,6 +264,9 @@ impl<'a> RawFrame<'a> {
         if self.kind == "auth" {
             return self.into_auth();
         }
+        if self.kind == "commit" {
+            return self.into_commit();
+        }
         let id = match self.id.as_deref() {
             None => return Err(RequestError::bad_request(None, "missing field `id`")),
             Some(id) if !valid_id(id) => {
@@ -257,7 +280,8 @@ impl<'a> RawFrame<'a> {
         let kind = self.kind.as_ref();
         let allowed: &[&str] = match kind {
             "publish" => &["topic", "value", "value_b64", "key", "key_b64", "headers", "partition"],
-            "subscribe" => &["topic", "from", "overflow", "filter"],
+            "subscribe" => &["topic", "from", "overflow", "filter", "group", "ack"],
+            "commit" => &["topic", "partition", "offset"],
             "unsubscribe" => &["topic"],
             "ping" => &[],
             other => {
@@ -296,7 +320,39 @@ impl<'a> RawFrame<'a> {
                         .map_err(|why| RequestError::bad_request(Some(&id), why))?,
                 };
                 let filter = self.filter.clone();
-                Ok(ClientFrame::Subscribe(Subscribe { id, topic, from, overflow, filter }))
+                let bad = |why: String| RequestError::bad_request(Some(&id), why);
+                let ack = match (self.ack.as_deref(), &self.group) {
+                    (None, _) => AckMode::Auto,
+                    (Some(_), None) => return Err(bad("`ack` needs `group`".into())),
+                    (Some("auto"), Some(_)) => AckMode::Auto,
+                    (Some("client"), Some(_)) => AckMode::Client,
+                    (Some(other), Some(_)) => {
+                        return Err(bad(format!(
+                            "unknown ack {other:?}: use \"auto\" or \"client\""
+                        )))
+                    }
+                };
+                if let Some(group) = &self.group {
+                    let valid = !group.is_empty()
+                        && group.len() <= 200
+                        && group.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                    if !valid {
+                        return Err(bad("`group` must be 1 to 200 of [A-Za-z0-9._-]".into()));
+                    }
+                    if !matches!(from, StartFrom::Latest | StartFrom::Earliest) {
+                        return Err(bad("a group starts from its committed offsets; `from` may only be \"latest\" or \"earliest\" (for a new group)".into()));
+                    }
+                }
+                let group = self.group.clone();
+                Ok(ClientFrame::Subscribe(Subscribe {
+                    id,
+                    topic,
+                    from,
+                    overflow,
+                    filter,
+                    group,
+                    ack,
+                }))
             }
             "unsubscribe" => Ok(ClientFrame::Unsubscribe { id, topic }),
             _ => self.into_publish(id, topic),
@@ -316,6 +372,9 @@ impl<'a> RawFrame<'a> {
             ("from", self.from.is_some()),
             ("overflow", self.overflow.is_some()),
             ("filter", self.filter.is_some()),
+            ("group", self.group.is_some()),
+            ("ack", self.ack.is_some()),
+            ("offset", self.offset.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -344,6 +403,35 @@ impl<'a> RawFrame<'a> {
             Some(token) if !token.is_empty() => Ok(ClientFrame::Auth { id, token }),
             _ => Err(RequestError::bad_request(id.as_deref(), "missing field `token`")),
         }
+    }
+
+    /// `commit` is sent often; like `auth` its `id` is optional (no reply
+    /// without one, unless it fails).
+    fn into_commit(self) -> Result<ClientFrame<'a>, RequestError> {
+        let id = self.id.clone().filter(|id| valid_id(id));
+        let bad = |why: &str| Err(RequestError::bad_request(id.as_deref(), why));
+        if self.id.as_deref().is_some_and(|i| !valid_id(i)) {
+            return bad("`id` must be 1 to 64 characters");
+        }
+        if let Some(field) =
+            self.present_fields().find(|f| !["topic", "partition", "offset"].contains(f))
+        {
+            return Err(RequestError::bad_request(
+                id.as_deref(),
+                format!("field `{field}` is not allowed in a commit frame"),
+            ));
+        }
+        let (Some(topic), Some(partition), Some(offset)) =
+            (self.topic, self.partition, self.offset)
+        else {
+            return bad("a commit needs `topic`, `partition` and `offset`");
+        };
+        if partition < 0 || offset < 0 {
+            return bad("`partition` and `offset` must not be negative");
+        }
+        validate_topic(&topic)
+            .map_err(|why| RequestError::new(id.clone(), ErrorCode::InvalidTopic, why))?;
+        Ok(ClientFrame::Commit { id, topic, partition, offset })
     }
 
     fn into_publish(self, id: String, topic: String) -> Result<ClientFrame<'a>, RequestError> {

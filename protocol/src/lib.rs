@@ -19,7 +19,7 @@ pub mod server;
 pub mod topic;
 
 pub use client::{
-    decode_client_frame, ClientFrame, Overflow, Payload, Publish, RequestError, StartFrom,
+    decode_client_frame, AckMode, ClientFrame, Overflow, Payload, Publish, RequestError, StartFrom,
     Subscribe,
 };
 pub use codes::{CloseCode, ErrorCode};

@@ -89,6 +89,8 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A `commit` (with an `id`) was recorded.
+    Committed { id: String, topic: String, partition: i32, offset: i64 },
     /// Reply to `ping`.
     Pong { id: String },
     /// A request failed; the socket stays open.

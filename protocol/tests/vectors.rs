@@ -4,7 +4,7 @@
 use base64::Engine as _;
 use ferry_protocol::server::Message;
 use ferry_protocol::{
-    decode_client_frame, ClientFrame, MessageFrame, Overflow, ServerFrame, StartFrom,
+    decode_client_frame, AckMode, ClientFrame, MessageFrame, Overflow, ServerFrame, StartFrom,
 };
 use serde_json::{json, Value};
 
@@ -42,8 +42,15 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
             if let Some(filter) = &sub.filter {
                 v["filter"] = filter.clone();
             }
+            if let Some(group) = &sub.group {
+                v["group"] = json!(group);
+                v["ack"] = json!(if sub.ack == AckMode::Client { "client" } else { "auto" });
+            }
             v
         }
+        ClientFrame::Commit { id, topic, partition, offset } => json!({
+            "type": "commit", "id": id, "topic": topic, "partition": partition, "offset": offset,
+        }),
         ClientFrame::Unsubscribe { id, topic } => {
             json!({"type": "unsubscribe", "id": id, "topic": topic})
         }
@@ -131,6 +138,7 @@ fn server_frames_round_trip() {
         "message",
         "gap",
         "lagged",
+        "committed",
     ];
     assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
 }

@@ -13,6 +13,7 @@ mod delivery;
 mod errors;
 mod fanout;
 mod filters;
+mod groups;
 mod nodes;
 mod ops;
 mod publish;

@@ -194,6 +194,53 @@ describe('against the real gateway (embedded Kafka)', () => {
     assert.deepEqual(gaps, []);
   });
 
+  it('shares a topic in a group: each record reaches one member; with ack "client", records a member left uncommitted go to the other', async (t) => {
+    const name = topic('group');
+    const group = `it-workers-${run}`;
+    const place = (m: FerryMessage): string => `${m.partition}/${m.offset}`;
+    const options = { group, ack: 'client', from: 'earliest' } as const;
+    const { hub: diligent, errors } = client(t, gateway.url);
+    const { hub: lazy } = client(t, gateway.url);
+    const done: FerryMessage[] = [];
+    const left: FerryMessage[] = [];
+    const first = diligent.subscribe(name, (m) => {
+      done.push(m);
+      diligent.commit(m); // processed: commit it
+    }, options);
+    await diligent.connect();
+    const refused = await first.ready.then(() => undefined, (e: FerryError) => e);
+    if (refused?.code === 'bad_request') {
+      t.skip(`the gateway refuses shared-group subscriptions (group/ack): ${refused.message}`);
+      return;
+    }
+    assert.equal(refused, undefined);
+    await lazy.connect();
+    await lazy.subscribe(name, (m) => left.push(m), options).ready; // never commits
+
+    await kcatProduce(gateway.bootstrap, name, Array.from({ length: 20 }, (_, i) => `{"n":${i}}`));
+    await waitFor(() => new Set([...done, ...left].map(place)).size === 20, 30_000, '20 records between the two members');
+    await sleep(300);
+    // Exactly one member got each record, once.
+    const mine = new Set(done.map(place));
+    assert.equal(mine.size, done.length, 'no duplicate at the committing member');
+    assert.equal(new Set(left.map(place)).size, left.length, 'no duplicate at the lazy member');
+    assert.ok(left.every((m) => !mine.has(place(m))), 'no record at both members');
+    assert.equal(done.length + left.length, 20);
+    assert.ok(done.length > 0 && left.length > 0, `both got a share: ${done.length} / ${left.length}`);
+
+    // The lazy member leaves without committing: its records are redelivered to the other.
+    await lazy.close();
+    await waitFor(() => new Set(done.map(place)).size === 20, 30_000, 'every record at the committing member');
+    assert.ok(left.every((m) => done.some((d) => place(d) === place(m))), 'got what the lazy member left');
+    assert.deepEqual(
+      [...new Set(done.map((m) => (m.value as { n: number }).n))].sort((a, b) => a - b),
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    // A commit may race with the rewind (its record was handed out again): the gateway then refuses it.
+    assert.ok(errors.every((e) => e.code === 'bad_request'), errors.map((e) => e.message).join('; '));
+    assert.equal(diligent.state, 'open');
+  });
+
   it('flushes the offline queue after reconnect, with original ids and no duplicates in Kafka', async (t) => {
     const proxy = await startProxy(gateway.port);
     t.after(() => proxy.close());

@@ -7,14 +7,14 @@
  * sends in a unit test is validated by the same rules as the real gateway.
  */
 
-import type { From, Overflow } from '../../src/index.js';
+import type { AckMode, From, Overflow } from '../../src/index.js';
 
 const MAX_ID_CHARS = 64;
-const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'partition', 'token', 'from', 'overflow', 'filter'];
+const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'partition', 'token', 'from', 'overflow', 'filter', 'group', 'ack', 'offset'];
 const OVERFLOW = ['disconnect', 'drop_oldest', 'conflate'];
 const ALLOWED: Record<string, string[]> = {
   publish: ['topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'partition'],
-  subscribe: ['topic', 'from', 'overflow', 'filter'],
+  subscribe: ['topic', 'from', 'overflow', 'filter', 'group', 'ack'],
   unsubscribe: ['topic'],
   ping: [],
 };
@@ -30,7 +30,8 @@ export type DecodedClientFrame =
       headers: Record<string, string>;
       partition: number | null;
     }
-  | { type: 'subscribe'; id: string; topic: string; from: From; overflow?: Overflow; filter?: unknown }
+  | { type: 'subscribe'; id: string; topic: string; from: From; overflow?: Overflow; filter?: unknown; group?: string; ack?: AckMode }
+  | { type: 'commit'; id: string | null; topic: string; partition: number; offset: number }
   | { type: 'unsubscribe'; id: string; topic: string }
   | { type: 'ping'; id: string }
   | { type: 'auth'; id: string | null; token: string };
@@ -165,7 +166,7 @@ export function decodeClientFrame(text: string): DecodeResult {
   const unknown = Object.keys(f).find((k) => !FIELDS.includes(k));
   if (unknown !== undefined) return fail('bad_request', echo, `invalid frame: unknown field \`${unknown}\``);
   if (typeof f.type !== 'string') return fail('bad_request', echo, 'invalid frame: missing field `type`');
-  for (const k of ['id', 'topic', 'value_b64', 'key', 'key_b64', 'token', 'overflow']) {
+  for (const k of ['id', 'topic', 'value_b64', 'key', 'key_b64', 'token', 'overflow', 'group', 'ack']) {
     if (k in f && f[k] !== null && typeof f[k] !== 'string') return fail('bad_request', echo, `invalid frame: \`${k}\` is not a string`);
   }
   if ('headers' in f && f.headers !== null) {
@@ -180,6 +181,10 @@ export function decodeClientFrame(text: string): DecodeResult {
       return fail('bad_request', echo, 'invalid frame: `partition` is not an i32');
     }
   }
+  if ('offset' in f && f.offset !== null) {
+    const o = f.offset;
+    if (typeof o !== 'number' || !Number.isSafeInteger(o)) return fail('bad_request', echo, 'invalid frame: `offset` is not an i64');
+  }
 
   // Validation after parsing.
   const present = (k: string): boolean => (k === 'value' ? k in f : f[k] !== undefined && f[k] !== null);
@@ -191,6 +196,21 @@ export function decodeClientFrame(text: string): DecodeResult {
     if (extra !== undefined) return fail('bad_request', authId, `field \`${extra}\` is not allowed in an auth frame`);
     if (typeof f.token !== 'string' || f.token === '') return fail('bad_request', authId, 'missing field `token`');
     return { ok: true, frame: { type: 'auth', id: authId, token: f.token } };
+  }
+  if (f.type === 'commit') {
+    // Like auth, the id is optional (no reply without one, unless it fails).
+    if (present('id') && !validId(f.id)) return fail('bad_request', null, '`id` must be 1 to 64 characters');
+    const commitId = present('id') ? (f.id as string) : null;
+    const extra = FIELDS.slice(2).find((k) => present(k) && !['topic', 'partition', 'offset'].includes(k));
+    if (extra !== undefined) return fail('bad_request', commitId, `field \`${extra}\` is not allowed in a commit frame`);
+    if (!present('topic') || !present('partition') || !present('offset')) {
+      return fail('bad_request', commitId, 'a commit needs `topic`, `partition` and `offset`');
+    }
+    const [topic, partition, offset] = [f.topic as string, f.partition as number, f.offset as number];
+    if (partition < 0 || offset < 0) return fail('bad_request', commitId, '`partition` and `offset` must not be negative');
+    const problem = topicProblem(topic);
+    if (problem !== undefined) return fail('invalid_topic', commitId, problem);
+    return { ok: true, frame: { type: 'commit', id: commitId, topic, partition, offset } };
   }
   if (!present('id')) return fail('bad_request', null, 'missing field `id`');
   if (!validId(f.id)) return fail('bad_request', null, '`id` must be 1 to 64 characters');
@@ -209,9 +229,23 @@ export function decodeClientFrame(text: string): DecodeResult {
     if (why !== undefined) return fail('bad_request', id, why);
     const overflow = present('overflow') ? (f.overflow as string) : 'disconnect';
     if (!OVERFLOW.includes(overflow)) return fail('bad_request', id, `unknown overflow ${JSON.stringify(overflow)}`);
+    const group = present('group') ? (f.group as string) : undefined;
+    const ack = present('ack') ? (f.ack as string) : undefined;
+    if (ack !== undefined && group === undefined) return fail('bad_request', id, '`ack` needs `group`');
+    if (ack !== undefined && ack !== 'auto' && ack !== 'client') return fail('bad_request', id, `unknown ack ${JSON.stringify(ack)}: use "auto" or "client"`);
+    if (group !== undefined) {
+      if (!/^[A-Za-z0-9._-]{1,200}$/.test(group)) return fail('bad_request', id, '`group` must be 1 to 200 of [A-Za-z0-9._-]');
+      if (present('from') && f.from !== 'latest' && f.from !== 'earliest') {
+        return fail('bad_request', id, 'a group starts from its committed offsets; `from` may only be "latest" or "earliest" (for a new group)');
+      }
+    }
     const frame: DecodedClientFrame = { type: 'subscribe', id, topic, from: present('from') ? (normalizeFrom(f.from) as From) : 'latest' };
     if (overflow !== 'disconnect') frame.overflow = overflow as Overflow;
     if (present('filter')) frame.filter = f.filter;
+    if (group !== undefined) {
+      frame.group = group;
+      frame.ack = ack ?? 'auto';
+    }
     return { ok: true, frame };
   }
   if (f.type === 'unsubscribe') return { ok: true, frame: { type: 'unsubscribe', id, topic } };

@@ -3,10 +3,12 @@
  * unit tests of reconnect, resume, offline queue, token and liveness logic.
  *
  * Every client frame is validated with the gateway's rules (`codec.ts`);
- * the announced extensions (`auth`, subscribe `from`/`group`/`filter`/
- * `overflow`, `ferry-id` de-duplication) are served only when enabled, so a
- * test can play today's gateway or tomorrow's. Events are delivered
- * asynchronously, like a real socket.
+ * the extensions (`auth`, subscribe `from`, `ferry-id` de-duplication) are
+ * served only when enabled, so a test can play an older gateway or a newer
+ * one. A `group` subscription is served like a plain one on this socket
+ * (no other members), without `subscribed.partitions`; `commit` frames are
+ * checked and recorded in `commits`. Events are delivered asynchronously,
+ * like a real socket.
  */
 import type { WebSocketConstructor, WebSocketLike } from '../../src/index.js';
 import { decodeClientFrame } from './codec.js';
@@ -65,6 +67,8 @@ function encodeMessage(r: FakeRecord): Json {
 interface Sub {
   /** Next offset to send, per partition. */
   next: number[];
+  /** Ack mode of a group subscription. */
+  ack?: 'auto' | 'client';
 }
 
 /** One accepted socket, seen from the gateway. */
@@ -79,6 +83,8 @@ export class FakeConnection {
   expiresAt: number | undefined;
   /** Tokens presented in `auth` frames, in order. */
   readonly tokens: string[] = [];
+  /** Accepted `commit` frames, in order. */
+  readonly commits: { topic: string; partition: number; offset: number }[] = [];
   private expiryTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
@@ -130,17 +136,11 @@ export class FakeConnection {
     if (g.intercept?.(this, raw)) return;
     const opts = g.options;
     const supportsFrom = opts.supportsFrom ?? true;
-    let checked = text;
     const from = raw.from;
-    if (raw.type === 'subscribe') {
-      // `group` is announced but not in the protocol crate yet: the fake accepts it.
-      const { group: _g, ...rest } = raw;
-      if (!supportsFrom && from !== undefined) {
-        return this.send({ type: 'error', id: raw.id, code: 'bad_request', message: 'invalid frame: unknown field `from`' });
-      }
-      checked = JSON.stringify(rest);
+    if (raw.type === 'subscribe' && !supportsFrom && from !== undefined) {
+      return this.send({ type: 'error', id: raw.id, code: 'bad_request', message: 'invalid frame: unknown field `from`' });
     }
-    const decoded = decodeClientFrame(checked);
+    const decoded = decodeClientFrame(text);
     if (!decoded.ok) {
       const { id, code, message } = decoded.error;
       return this.send(id === null ? { type: 'error', code, message } : { type: 'error', id, code, message });
@@ -179,10 +179,22 @@ export class FakeConnection {
           }
           return end;
         });
-        this.subs.set(frame.topic, { next });
+        this.subs.set(frame.topic, frame.ack ? { next, ack: frame.ack } : { next });
         const partitions = Object.fromEntries(next.map((o, p) => [String(p), o]));
-        this.send({ type: 'subscribed', id: frame.id, topic: frame.topic, ...(supportsFrom ? { partitions } : {}) });
+        this.send({ type: 'subscribed', id: frame.id, topic: frame.topic, ...(supportsFrom && !frame.group ? { partitions } : {}) });
         this.flush(frame.topic);
+        return;
+      }
+      case 'commit': {
+        const { id, topic, partition, offset } = frame;
+        const sub = this.subs.get(topic);
+        const sent = sub && partition < sub.next.length && offset < (sub.next[partition] ?? 0);
+        if (sub?.ack !== 'client' || !sent) {
+          const message = sub?.ack ? `offset ${offset} of partition ${partition} is not awaiting a commit from this socket` : `no group subscription to "${topic}" on this socket`;
+          return this.send({ type: 'error', ...(id === null ? {} : { id }), code: 'bad_request', message });
+        }
+        this.commits.push({ topic, partition, offset });
+        if (id !== null) this.send({ type: 'committed', id, topic, partition, offset });
         return;
       }
       case 'unsubscribe':

@@ -50,6 +50,10 @@ const bytes = (b64: string): Uint8Array => new Uint8Array(Buffer.from(b64, 'base
 /** Re-encodes a decoded frame with the client's encoder, as an application would publish it. */
 function clientEncode(frame: DecodedClientFrame, valueAsJson: boolean): string {
   if (frame.type === 'auth') return encodeClientFrame({ type: 'auth', ...(frame.id === null ? {} : { id: frame.id }), token: frame.token });
+  if (frame.type === 'commit') {
+    const { id, topic, partition, offset } = frame;
+    return encodeClientFrame({ type: 'commit', ...(id === null ? {} : { id }), topic, partition, offset });
+  }
   if (frame.type !== 'publish') return encodeClientFrame(frame);
   const raw = bytes(frame.value_b64);
   const value: unknown = valueAsJson ? JSON.parse(Buffer.from(raw).toString('utf8')) : raw;
@@ -226,5 +230,28 @@ describe('publishFrame', () => {
     const big = new Uint8Array(200_000).map((_, i) => i % 256);
     const frame = publishFrame('a', 't', big);
     assert.deepEqual(bytes(frame.value_b64 as string), big);
+  });
+});
+
+describe('codec (the gateway rules) for groups and commit, beyond the vectors', () => {
+  const refused = (frame: object): { code: string; id: string | null } => {
+    const r = decodeClientFrame(JSON.stringify(frame));
+    assert.ok(!r.ok, `accepted ${JSON.stringify(frame)}`);
+    return { code: r.error.code, id: r.error.id };
+  };
+  it('checks commit like auth: optional id, only topic/partition/offset, topic rules', () => {
+    assert.deepEqual(refused({ type: 'commit', id: 'c', topic: 't', partition: 0, offset: 1, group: 'g' }), { code: 'bad_request', id: 'c' });
+    assert.deepEqual(refused({ type: 'commit', id: '', topic: 't', partition: 0, offset: 1 }), { code: 'bad_request', id: null });
+    assert.deepEqual(refused({ type: 'commit', topic: 't', partition: -1, offset: 1 }), { code: 'bad_request', id: null });
+    assert.deepEqual(refused({ type: 'commit', id: 'c', topic: '__t', partition: 0, offset: 1 }), { code: 'invalid_topic', id: 'c' });
+    assert.deepEqual(refused({ type: 'commit', topic: 't', partition: 0, offset: 1.5 }), { code: 'bad_request', id: null });
+  });
+  it('allows group/ack only on subscribe, offset only on commit', () => {
+    assert.deepEqual(refused({ type: 'subscribe', id: 's', topic: 't', group: 'g', from: { timestamp: 5 } }), { code: 'bad_request', id: 's' });
+    assert.deepEqual(refused({ type: 'subscribe', id: 's', topic: 't', group: 'x'.repeat(201) }), { code: 'bad_request', id: 's' });
+    assert.deepEqual(refused({ type: 'publish', id: 'p', topic: 't', value: 1, group: 'g' }), { code: 'bad_request', id: 'p' });
+    assert.deepEqual(refused({ type: 'ping', id: 'p', offset: 1 }), { code: 'bad_request', id: 'p' });
+    const ok = decodeClientFrame(JSON.stringify({ type: 'subscribe', id: 's', topic: 't', group: 'x'.repeat(200), ack: 'auto', from: 'latest' }));
+    assert.ok(ok.ok && ok.frame.type === 'subscribe' && ok.frame.ack === 'auto');
   });
 });

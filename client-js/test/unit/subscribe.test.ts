@@ -38,12 +38,15 @@ describe('subscribe', () => {
     await hub.connect();
     await hub.subscribe('a', () => undefined, { from: 'earliest', group: 'g1' }).ready;
     await hub.subscribe('b', () => undefined, { overflow: 'conflate', filter: { key: { prefix: 'EUR' } } }).ready;
-    const [frame, second] = gw.last.of('subscribe');
+    await hub.subscribe('c', () => undefined, { group: 'g2', ack: 'client' }).ready;
+    const [frame, second, third] = gw.last.of('subscribe');
     assert.equal(frame?.from, 'earliest');
     assert.equal(frame?.group, 'g1');
-    assert.ok(!('filter' in (frame ?? {})) && !('overflow' in (frame ?? {})));
+    assert.ok(!('filter' in (frame ?? {})) && !('overflow' in (frame ?? {})) && !('ack' in (frame ?? {})));
     assert.equal(second?.overflow, 'conflate');
     assert.deepEqual(second?.filter, { key: { prefix: 'EUR' } });
+    assert.ok(!('group' in (second ?? {})) && !('ack' in (second ?? {})));
+    assert.deepEqual(third, { type: 'subscribe', id: third?.id, topic: 'c', group: 'g2', ack: 'client' });
   });
 
   it('shares one wire subscription between subscribers of a topic; the last unsubscribe ends it', async (t) => {
@@ -262,6 +265,80 @@ describe('subscribe', () => {
     assert.equal(refused, 1);
     assert.equal(gw.last.of('subscribe').length, 2);
     assert.ok(sub.active);
+  });
+});
+
+describe('group subscriptions', () => {
+  it('resubscribes after reconnect with the same group, ack and from, never from offsets; redelivered records come again', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    const got: FerryMessage[] = [];
+    const sub = hub.subscribe('jobs', (m) => got.push(m), { group: 'workers', ack: 'client', from: 'earliest' });
+    await hub.connect();
+    await sub.ready;
+    for (let i = 0; i < 6; i++) gw.produce('jobs', { i });
+    await waitFor(() => got.length === 6);
+    assert.deepEqual(sub.positions(), {}, 'no resume positions for a group');
+    // Nothing was committed: the group starts over from its committed offsets (here: the beginning).
+    gw.last.close(1001);
+    await waitFor(() => gw.connections.length === 2 && got.length === 12, 2000, 'redelivery after reconnect');
+    const [again] = gw.last.of('subscribe');
+    assert.deepEqual(again, { type: 'subscribe', id: again?.id, topic: 'jobs', from: 'earliest', group: 'workers', ack: 'client' });
+    assert.deepEqual(got.slice(6).map(key).sort(), got.slice(0, 6).map(key).sort(), 'the same records again (at least once)');
+    // Replayed on the same connection too: a group does not drop records below a position.
+    gw.last.subs.set('jobs', { next: [0, 0, 0], ack: 'client' });
+    gw.last.flush('jobs');
+    await waitFor(() => got.length === 18);
+    assert.deepEqual(errors, []);
+  });
+
+  it('commit() sends a commit without id for a record; a refused commit is an error event', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    const got: FerryMessage[] = [];
+    const sub = hub.subscribe('jobs', (m) => {
+      got.push(m);
+      hub.commit(m);
+    }, { group: 'workers', ack: 'client' });
+    await hub.connect();
+    await sub.ready;
+    for (let i = 0; i < 4; i++) gw.produce('jobs', { i });
+    await waitFor(() => gw.last.commits.length === 4, 2000, 'four commits');
+    assert.deepEqual(gw.last.commits.map((c) => `${c.partition}/${c.offset}`).sort(), got.map(key).sort());
+    const [first] = gw.last.of('commit');
+    assert.deepEqual(first, { type: 'commit', topic: 'jobs', partition: got[0]?.partition, offset: got[0]?.offset });
+    assert.equal(errors.length, 0);
+    // The gateway refuses a commit for a record this socket was not given: an `error` event.
+    hub.commit({ topic: 'jobs', partition: 0, offset: 999 });
+    await waitFor(() => errors.length === 1);
+    assert.equal(errors[0]?.code, 'bad_request');
+    assert.equal(hub.state, 'open');
+  });
+
+  it('commit() does nothing while not connected (the record is redelivered)', async (t) => {
+    const { gw, hub } = setup(t);
+    hub.commit({ topic: 'jobs', partition: 0, offset: 1 });
+    await hub.connect();
+    gw.refuse = true;
+    gw.last.close(1006);
+    await waitFor(() => hub.state === 'reconnecting');
+    hub.commit({ topic: 'jobs', partition: 0, offset: 1 });
+    gw.refuse = false;
+    await waitFor(() => hub.state === 'open');
+    await sleep(10);
+    assert.equal(gw.connections.flatMap((c) => c.of('commit')).length, 0);
+  });
+
+  it('works with stream(): commit each record after processing it', async (t) => {
+    const { gw, hub } = setup(t);
+    await hub.connect();
+    const stream = hub.stream<{ i: number }>('jobs', { group: 'workers', ack: 'client' });
+    await stream.subscription.ready;
+    for (let i = 0; i < 3; i++) gw.produce('jobs', { i });
+    let n = 0;
+    for await (const m of stream) {
+      hub.commit(m);
+      if (++n === 3) break;
+    }
+    await waitFor(() => gw.last.commits.length === 3);
   });
 });
 

@@ -98,6 +98,28 @@ impl ClientSettings {
         self.finish(config)
     }
 
+    /// A shared-group subscription's consumer: a real consumer group member
+    /// that stores offsets only for processed records and auto-commits them.
+    pub fn group_consumer(&self, group_id: &str, reset: &str) -> ClientConfig {
+        let mut config = self.base("group");
+        config
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", reset)
+            .set("queued.max.messages.kbytes", "4096")
+            .set("heartbeat.interval.ms", "1000")
+            // A crashed node's partitions move on after this long. The mock
+            // also waits it out (minus 1 s) on every rebalance, so keep it short.
+            .set("session.timeout.ms", if self.embedded { "3000" } else { "10000" });
+        if self.embedded {
+            config.set("fetch.wait.max.ms", "5");
+        }
+        self.finish(config)
+    }
+
     /// The admin client that creates topics on a real cluster.
     pub fn admin(&self) -> ClientConfig {
         self.finish(self.base("admin"))

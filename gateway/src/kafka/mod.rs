@@ -7,6 +7,8 @@
 //! - [`producer`]: the publish path, from a decoded frame to a delivery result.
 //! - [`fanout`]: the node's consumer, assigning the partitions of subscribed
 //!   topics and handing each record, encoded once, to the [`crate::hub`].
+//! - [`groups`]: shared-group subscriptions on real Kafka consumer groups,
+//!   at least once.
 //! - [`replay`]: subscriptions from `earliest`, offsets or a timestamp, each
 //!   with a consumer of its own.
 //! - [`health`]: whether Kafka answers, for `/readyz` and for fast
@@ -15,6 +17,7 @@
 pub mod client_config;
 pub mod embedded;
 pub mod fanout;
+pub mod groups;
 pub mod health;
 pub mod producer;
 pub mod replay;

@@ -33,6 +33,7 @@ use crate::auth::{AuthMode, Principal};
 use crate::error::{request_error_frame, GatewayError};
 use crate::filter::Filter;
 use crate::hub::Subscriber;
+use crate::kafka::groups::{GroupDelivery, Member};
 use crate::kafka::replay::ReplayHandle;
 use crate::metrics;
 use limits::{SubjectGuard, TokenBucket};
@@ -52,8 +53,10 @@ type PendingReply = Pin<Box<dyn Future<Output = (String, ServerFrame)> + Send>>;
 /// One subscription of the socket.
 #[derive(Debug)]
 struct Subscription {
-    /// Its replay, or `None` for a live (hub) subscription.
+    /// Its replay, or `None` for a live (hub) or group subscription.
     replay: Option<ReplayHandle>,
+    /// The shared group it is a member of.
+    group: Option<String>,
     /// The canonical ACL-imposed filter it was granted with; a token refresh
     /// that changes it ends the subscription.
     imposed: Option<String>,
@@ -123,6 +126,7 @@ pub async fn run(
     let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
     let (replay, replay_rx) = mpsc::channel(limits.replay_queue);
+    let (group, group_rx) = mpsc::channel(limits.replay_queue);
     let lossy = Arc::new(LossyQueue::new(limits.outbound_queue));
     let ws = &state.config.websocket;
     let writer_config =
@@ -132,6 +136,7 @@ pub async fn run(
         replies_rx,
         fanout_rx,
         replay_rx,
+        group_rx,
         lossy.clone(),
         writer_config,
     ));
@@ -152,6 +157,7 @@ pub async fn run(
         kick: CancellationToken::new(),
         give_up: CancellationToken::new(),
         replay,
+        group,
         lossy,
         subscriptions: HashMap::new(),
         inflight: FuturesUnordered::new(),
@@ -183,6 +189,8 @@ struct Session {
     give_up: CancellationToken,
     /// Replayed records for this socket (see [`crate::kafka::replay`]).
     replay: mpsc::Sender<Utf8Bytes>,
+    /// Shared-group records for this socket (see [`crate::kafka::groups`]).
+    group: mpsc::Sender<GroupDelivery>,
     /// Queue of the `drop_oldest` / `conflate` subscriptions.
     lossy: Arc<LossyQueue>,
     /// Topic → the subscription.
@@ -342,6 +350,22 @@ impl Session {
                 ServerFrame::Unsubscribed { id: Some(id), topic, reason: None }
             }
             ClientFrame::Ping { id } => ServerFrame::Pong { id },
+            ClientFrame::Commit { id, topic, partition, offset } => {
+                let group = self.subscriptions.get(&topic).and_then(|s| s.group.clone());
+                let result = match group {
+                    None => Err(GatewayError::BadRequest(format!(
+                        "no group subscription to {topic:?} on this socket"
+                    ))),
+                    Some(group) => {
+                        self.state.groups.commit(&group, &topic, self.id, partition, offset)
+                    }
+                };
+                match (result, id) {
+                    (Ok(()), None) => return Ok(()),
+                    (Ok(()), Some(id)) => ServerFrame::Committed { id, topic, partition, offset },
+                    (Err(e), id) => e.to_frame(id.as_deref()),
+                }
+            }
             ClientFrame::Auth { .. } => unreachable!("handled above"),
         };
         self.send(reply).await
@@ -538,8 +562,23 @@ impl Session {
             )));
         }
         let partitions = self.state.topics.partitions(topic).await?;
-        let (handle, starts, gaps) = match from {
-            StartFrom::Latest => {
+        let (handle, starts, gaps) = match (&request.group, from) {
+            (Some(group), _) => {
+                if !self.allowed(Action::Group, group) {
+                    return Err(GatewayError::Forbidden(format!(
+                        "not allowed to join group {group:?}"
+                    )));
+                }
+                let member = Member {
+                    session: self.id,
+                    ack: request.ack,
+                    queue: self.group.clone(),
+                    filter: filter.clone(),
+                };
+                self.state.groups.join(group, topic, from, member).await?;
+                (None, BTreeMap::new(), Vec::new())
+            }
+            (None, StartFrom::Latest) => {
                 let subscriber = Subscriber {
                     session: self.id,
                     topic: topic.into(),
@@ -560,7 +599,7 @@ impl Session {
                     }
                 }
             }
-            _ => {
+            (None, _) => {
                 let replay = self.replay.clone();
                 let started = self
                     .state
@@ -571,13 +610,18 @@ impl Session {
             }
         };
         let imposed = self.imposed_canonical(topic);
-        self.subscriptions.insert(topic.to_owned(), Subscription { replay: handle, imposed });
+        let group = request.group.clone();
+        self.subscriptions
+            .insert(topic.to_owned(), Subscription { replay: handle, group, imposed });
         metrics::subscriptions_changed(1.0);
         Ok((starts, gaps))
     }
 
     fn unsubscribe(&mut self, topic: &str) {
         match self.subscriptions.remove(topic) {
+            Some(Subscription { group: Some(group), .. }) => {
+                self.state.groups.leave(&group, topic, self.id)
+            }
             Some(Subscription { replay: None, .. }) => {
                 self.state.fanout.unsubscribe(topic, self.id)
             }

@@ -14,6 +14,7 @@ use futures::stream::SplitSink;
 use futures::SinkExt;
 use tokio::sync::mpsc;
 
+use crate::kafka::groups::GroupDelivery;
 use crate::metrics;
 use crate::session::lossy::LossyQueue;
 
@@ -24,6 +25,8 @@ const MAX_BATCH: usize = 64;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Utf8Bytes),
+    /// A shared-group record; its `done` fires once flushed.
+    Group(GroupDelivery),
     Close(CloseCode),
     /// The client closed: flush the echo of its close frame (queued by the
     /// socket itself) and stop.
@@ -44,6 +47,7 @@ pub async fn run(
     mut replies: mpsc::Receiver<Outbound>,
     mut fanout: mpsc::Receiver<Utf8Bytes>,
     mut replay: mpsc::Receiver<Utf8Bytes>,
+    mut group: mpsc::Receiver<GroupDelivery>,
     lossy: Arc<LossyQueue>,
     config: WriterConfig,
 ) {
@@ -58,6 +62,7 @@ pub async fn run(
             },
             Some(frame) = fanout.recv() => Outbound::Frame(frame),
             Some(frame) = replay.recv() => Outbound::Frame(frame),
+            Some(delivery) = group.recv() => Outbound::Group(delivery),
             () = lossy.ready() => {
                 let frames = lossy.drain(MAX_BATCH);
                 let write = async {
@@ -84,7 +89,13 @@ pub async fn run(
                 continue;
             }
         };
-        let write = write_batch(&mut sink, first, &mut replies, &mut fanout, &mut replay);
+        let queues = Queues {
+            replies: &mut replies,
+            fanout: &mut fanout,
+            replay: &mut replay,
+            group: &mut group,
+        };
+        let write = write_batch(&mut sink, first, queues);
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(Flow::Continue)) => {}
             Ok(Ok(Flow::Closed)) => break,
@@ -105,19 +116,43 @@ enum Flow {
     Closed,
 }
 
+/// The queues a batch takes more frames from, in priority order.
+struct Queues<'a> {
+    replies: &'a mut mpsc::Receiver<Outbound>,
+    fanout: &'a mut mpsc::Receiver<Utf8Bytes>,
+    replay: &'a mut mpsc::Receiver<Utf8Bytes>,
+    group: &'a mut mpsc::Receiver<GroupDelivery>,
+}
+
+impl Queues<'_> {
+    fn next(&mut self) -> Option<Outbound> {
+        self.replies.try_recv().ok().or_else(|| {
+            let frame = self.fanout.try_recv().or_else(|_| self.replay.try_recv());
+            frame
+                .ok()
+                .map(Outbound::Frame)
+                .or_else(|| self.group.try_recv().ok().map(Outbound::Group))
+        })
+    }
+}
+
 async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     first: Outbound,
-    replies: &mut mpsc::Receiver<Outbound>,
-    fanout: &mut mpsc::Receiver<Utf8Bytes>,
-    replay: &mut mpsc::Receiver<Utf8Bytes>,
+    mut queues: Queues<'_>,
 ) -> Result<Flow, axum::Error> {
     let mut next = Some(first);
     let mut written = 0u64;
+    let mut done = Vec::new();
     while let Some(outbound) = next.take() {
         match outbound {
             Outbound::Frame(text) => {
                 sink.feed(Message::Text(text)).await?;
+                written += 1;
+            }
+            Outbound::Group(delivery) => {
+                sink.feed(Message::Text(delivery.frame)).await?;
+                done.extend(delivery.done);
                 written += 1;
             }
             Outbound::Finish => {
@@ -133,12 +168,14 @@ async fn write_batch(
             }
         }
         if written < MAX_BATCH as u64 {
-            next = replies.try_recv().ok().or_else(|| {
-                fanout.try_recv().or_else(|_| replay.try_recv()).ok().map(Outbound::Frame)
-            });
+            next = queues.next();
         }
     }
     sink.flush().await?;
     metrics::frames_sent(written);
+    // Written and flushed: `ack: "auto"` group records are processed.
+    for d in done {
+        d.complete();
+    }
     Ok(Flow::Continue)
 }
