@@ -1,0 +1,121 @@
+//! fan-out latency: 10,000 records/s produced (open loop, the raw producer
+//! with the gateway's settings) to a topic 100 sockets subscribe to;
+//! produce→socket latency against the raw consumer's produce→consume
+//! latency at the same rate, on the same Kafka. Rounds alternate;
+//! medians are reported.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{paced_step, raw_produce_consume, Fleet, Sink, Step};
+use crate::report::Row;
+use crate::stats::{fmt_ms, median};
+use crate::{progress, Ctx, Outcome};
+
+const RATE: f64 = 10_000.0;
+const SOCKETS: usize = 100;
+
+pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
+    let rounds = ctx.pick(3, 1);
+    let duration = Duration::from_secs(ctx.pick(4, 2));
+    let mut gateway = ctx.gateway(50_000)?;
+    let kafka = ctx.kafka(&gateway);
+    let connector = ctx.connector(&gateway);
+    let (raw_topic, topic) = (ctx.topic("latency-raw"), ctx.topic("latency"));
+    ctx.create_topic(&connector, &raw_topic).await?;
+    ctx.create_topic(&connector, &topic).await?;
+    let mut fleet = Fleet::new(connector.clone(), &topic);
+    let sink = Sink::Kafka { producer: kafka.producer()?, topic: topic.clone() };
+
+    let (mut raw, mut ferry): (Vec<Step>, Vec<Step>) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let r = raw_produce_consume(ctx, &kafka, &raw_topic, RATE, duration).await?;
+        progress(format_args!(
+            "fan-out latency round {round}: raw consumer {} ({}/{} records)",
+            r.latency.text(),
+            r.received,
+            r.expected
+        ));
+        raw.push(r);
+        fleet.fill(SOCKETS).await?;
+        let f = paced_step(
+            Some(gateway.pid()),
+            &sink,
+            &fleet.recorder,
+            RATE,
+            duration,
+            fleet.alive() as u64,
+            ctx.opts.value_bytes,
+            Duration::from_secs(5),
+        )
+        .await;
+        progress(format_args!(
+            "fan-out latency round {round}: gateway {} ({}/{} deliveries)",
+            f.latency.text(),
+            f.received,
+            f.expected
+        ));
+        ferry.push(f);
+        gateway.check_alive()?;
+    }
+    fleet.close();
+    gateway.stop(Duration::from_secs(10));
+
+    let m = |steps: &[Step], f: fn(&Step) -> f64| median(&steps.iter().map(f).collect::<Vec<_>>());
+    let (f50, f99) = (m(&ferry, |s| s.latency.p50_ms), m(&ferry, |s| s.latency.p99_ms));
+    let (b50, b99) = (m(&raw, |s| s.latency.p50_ms), m(&raw, |s| s.latency.p99_ms));
+    let (f999, fmax) = (m(&ferry, |s| s.latency.p999_ms), m(&ferry, |s| s.latency.max_ms));
+    let (b999, bmax) = (m(&raw, |s| s.latency.p999_ms), m(&raw, |s| s.latency.max_ms));
+    let complete = ferry.iter().all(Step::complete);
+    let rows = vec![
+        Row::new(
+            "fan-out latency",
+            "10k rec/s to 100 sockets: produce→socket p50 (ms)",
+            Some(f50),
+            fmt_ms(f50),
+        )
+        .baseline(Some(b50), format!("{} (raw consumer)", fmt_ms(b50)))
+        .delta_ms(),
+        Row::new(
+            "fan-out latency",
+            "… p99 (ms)",
+            Some(f99),
+            format!("{}{}", fmt_ms(f99), if complete { "" } else { " (records missing)" }),
+        )
+        .baseline(Some(b99), format!("{} (raw consumer)", fmt_ms(b99)))
+        .delta_ms()
+        .goal("≤ +2 ms", complete && f99 <= b99 + 2.0),
+        Row::new(
+            "fan-out latency",
+            "… p99.9 / max (ms)",
+            Some(f999),
+            format!("{} / {}", fmt_ms(f999), fmt_ms(fmax)),
+        )
+        .baseline(Some(b999), format!("{} / {} (raw consumer)", fmt_ms(b999), fmt_ms(bmax)))
+        .delta_ms(),
+        Row::new(
+            "fan-out latency",
+            "deliveries/s",
+            Some(m(&ferry, |s| s.per_second)),
+            crate::util::thousands(m(&ferry, |s| s.per_second)),
+        )
+        .baseline(
+            Some(m(&raw, |s| s.per_second)),
+            format!(
+                "{} (raw consumer, records/s)",
+                crate::util::thousands(m(&raw, |s| s.per_second))
+            ),
+        ),
+    ];
+    Ok(Outcome {
+        rows,
+        detail: serde_json::json!({
+            "rate": RATE,
+            "sockets": SOCKETS,
+            "round_seconds": duration.as_secs_f64(),
+            "raw_consumer": raw,
+            "gateway": ferry,
+        }),
+    })
+}
