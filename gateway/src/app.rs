@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
@@ -277,7 +278,12 @@ impl App {
         }
         let addr = self.local_addr;
         tracing::info!(node = %state.node_id, "listening on http://{addr} (WebSocket: ws://{addr}/ws)");
-        let server = axum::serve(self.listener, http::router(state.clone()))
+        // Frames are small and latency matters: no Nagle delay on sockets
+        // (the writer batches queued frames into one write itself).
+        let listener = self.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, http::router(state.clone()))
             .with_graceful_shutdown(state.shutdown.clone().cancelled_owned());
         let server = tokio::spawn(async move {
             if let Err(e) = server.await {

@@ -10,7 +10,7 @@
 //! last-unsubscribe and a new first-subscribe of the same topic cannot
 //! interleave their assign/unassign calls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -59,8 +59,9 @@ pub type Activation = Arc<OnceCell<Result<(), GatewayError>>>;
 struct TopicEntry {
     groups: Vec<Group>,
     activation: Activation,
-    /// Partitions the node's consumer has assigned for this topic.
-    assigned: Vec<i32>,
+    /// Partitions the node's consumer has assigned for this topic, with the
+    /// offset each was assigned at.
+    starts: BTreeMap<i32, i64>,
 }
 
 /// The node's subscription table.
@@ -101,8 +102,8 @@ impl Hub {
         entry.remove(session);
         if entry.groups.is_empty() {
             let entry = topics.remove(topic).expect("entry exists");
-            if !entry.assigned.is_empty() {
-                release(&entry.assigned);
+            if !entry.starts.is_empty() {
+                release(&entry.starts.keys().copied().collect::<Vec<_>>());
             }
         }
     }
@@ -115,14 +116,14 @@ impl Hub {
         &self,
         topic: &str,
         activation: &Activation,
-        partitions: Vec<i32>,
-        assign: impl FnOnce(&[i32]) -> Result<(), GatewayError>,
+        starts: BTreeMap<i32, i64>,
+        assign: impl FnOnce(&BTreeMap<i32, i64>) -> Result<(), GatewayError>,
     ) -> Result<bool, GatewayError> {
         let mut topics = self.topics.write().expect("hub lock");
         match topics.get_mut(topic) {
             Some(entry) if Arc::ptr_eq(&entry.activation, activation) => {
-                assign(&partitions)?;
-                entry.assigned = partitions;
+                assign(&starts)?;
+                entry.starts = starts;
                 Ok(true)
             }
             _ => Ok(false),
@@ -150,15 +151,24 @@ impl Hub {
         let Some(entry) = topics.get_mut(topic) else {
             return Ok(());
         };
-        if entry.assigned.is_empty() {
+        if entry.starts.is_empty() {
             return Ok(()); // still activating; activation assigns everything
         }
-        let new: Vec<i32> = (0..partition_count).filter(|p| !entry.assigned.contains(p)).collect();
+        let new: Vec<i32> =
+            (0..partition_count).filter(|p| !entry.starts.contains_key(p)).collect();
         if !new.is_empty() {
             assign(&new)?;
-            entry.assigned.extend(new);
+            // New partitions are read from their beginning.
+            entry.starts.extend(new.into_iter().map(|p| (p, 0)));
         }
         Ok(())
+    }
+
+    /// The offsets `topic`'s partitions were assigned at (empty while the
+    /// topic is not live on this node).
+    pub fn assigned_starts(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let topics = self.topics.read().expect("hub lock");
+        topics.get(topic).map(|e| e.starts.clone()).unwrap_or_default()
     }
 
     /// Topics with their assigned partition count, for the partition check.
@@ -166,8 +176,8 @@ impl Hub {
         let topics = self.topics.read().expect("hub lock");
         topics
             .iter()
-            .filter(|(_, e)| !e.assigned.is_empty())
-            .map(|(t, e)| (t.clone(), e.assigned.len()))
+            .filter(|(_, e)| !e.starts.is_empty())
+            .map(|(t, e)| (t.clone(), e.starts.len()))
             .collect()
     }
 
@@ -282,7 +292,9 @@ mod tests {
         let (b, _rb) = subscriber(2, 1);
         let activation = hub.join("t", a);
         hub.join("t", b);
-        assert!(hub.activate("t", &activation, vec![0, 1, 2], |_| Ok(())).unwrap());
+        let starts = BTreeMap::from([(0, 5), (1, 0), (2, 7)]);
+        assert!(hub.activate("t", &activation, starts, |_| Ok(())).unwrap());
+        assert_eq!(hub.assigned_starts("t"), BTreeMap::from([(0, 5), (1, 0), (2, 7)]));
         let mut released = Vec::new();
         hub.leave("t", 1, |p| released.extend_from_slice(p));
         assert!(released.is_empty());
@@ -297,7 +309,8 @@ mod tests {
         let (a, _ra) = subscriber(1, 1);
         let activation = hub.join("t", a);
         hub.leave("t", 1, |_| panic!("nothing assigned yet"));
-        let assigned = hub.activate("t", &activation, vec![0], |_| panic!("must not assign"));
+        let assigned =
+            hub.activate("t", &activation, BTreeMap::from([(0, 0)]), |_| panic!("must not assign"));
         assert!(!assigned.unwrap());
     }
 }

@@ -129,12 +129,12 @@ impl Fanout {
         .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
         .map_err(|e| GatewayError::Unavailable(format!("reading end offsets failed: {e}")))?;
 
-        let ids = starts.iter().map(|(p, _)| *p).collect();
+        let starts: BTreeMap<i32, i64> = starts.into_iter().collect();
         // Assigning is a quick local call into librdkafka, done under the
         // hub lock so it cannot interleave with the topic's unassignment.
-        self.hub.activate(topic, activation, ids, |_| {
+        self.hub.activate(topic, activation, starts.clone(), |starts| {
             let mut list = TopicPartitionList::new();
-            for &(p, high) in &starts {
+            for (&p, &high) in starts {
                 list.add_partition_offset(topic, p, Offset::Offset(high))
                     .map_err(|e| GatewayError::Internal(e.to_string()))?;
             }
@@ -183,27 +183,23 @@ impl Fanout {
         metrics::fanout_record(delivered);
     }
 
-    /// The current end offset of each of `partitions` partitions of `topic`:
-    /// where a `latest` subscription made now starts.
-    pub async fn end_offsets(
-        &self,
-        topic: &str,
-        partitions: i32,
-    ) -> Result<BTreeMap<i32, i64>, GatewayError> {
-        let consumer = self.consumer.clone();
-        let (name, timeout) = (topic.to_owned(), self.timeout);
-        tokio::task::spawn_blocking(move || {
-            retry_blocking(timeout, || {
-                (0..partitions)
-                    .map(|p| {
-                        consumer.fetch_watermarks(&name, p, timeout).map(|(_, high)| (p, high))
-                    })
-                    .collect::<Result<BTreeMap<_, _>, _>>()
-            })
-        })
-        .await
-        .map_err(|e| GatewayError::Internal(format!("watermark task: {e}")))?
-        .map_err(|e| GatewayError::Unavailable(format!("reading end offsets failed: {e}")))
+    /// Where a `latest` subscription of `topic` made now starts, per
+    /// partition: the consumer's position (the next record it will hand to
+    /// the hub), or the offset the partition was assigned at if nothing was
+    /// consumed since. Every record from there on reaches a subscriber that
+    /// joined before this call. Local, no Kafka request.
+    pub fn live_starts(&self, topic: &str) -> BTreeMap<i32, i64> {
+        let mut starts = self.hub.assigned_starts(topic);
+        if let Ok(positions) = self.consumer.position() {
+            for element in positions.elements_for_topic(topic) {
+                if let (Offset::Offset(position), Some(start)) =
+                    (element.offset(), starts.get_mut(&element.partition()))
+                {
+                    *start = (*start).max(position);
+                }
+            }
+        }
+        starts
     }
 
     /// Picks up partitions added to subscribed topics, from their start.

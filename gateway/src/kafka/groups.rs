@@ -30,10 +30,12 @@ use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::fanout::{encode_record, record_headers};
 
-/// A group record on its way to a socket; `done` marks it processed
-/// (`ack: "auto"`) once the writer has flushed it.
+/// A record that flows at its socket's pace (a replay's, or a shared
+/// group's): the sender waits for room rather than dropping it. `done`
+/// marks a group record processed (`ack: "auto"`) once the writer has
+/// flushed it.
 #[derive(Debug)]
-pub struct GroupDelivery {
+pub struct PacedFrame {
     pub frame: Utf8Bytes,
     pub done: Option<Done>,
 }
@@ -60,7 +62,7 @@ impl Done {
 pub struct Member {
     pub session: u64,
     pub ack: AckMode,
-    pub queue: mpsc::Sender<GroupDelivery>,
+    pub queue: mpsc::Sender<PacedFrame>,
     pub filter: Option<Arc<Filter>>,
 }
 
@@ -339,7 +341,7 @@ async fn pump(shared: Arc<Shared>) {
             partition,
             offset,
         });
-        let delivery = GroupDelivery { frame: encode_record(&record, &headers), done };
+        let delivery = PacedFrame { frame: encode_record(&record, &headers), done };
         tokio::select! {
             _ = shared.stop.cancelled() => break,
             // A full member queue pauses this group's consumption; it never

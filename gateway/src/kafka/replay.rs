@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{ServerFrame, StartFrom};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message as _;
@@ -23,6 +22,7 @@ use crate::error::GatewayError;
 use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::fanout::{encode_record, record_headers};
+use crate::kafka::groups::PacedFrame;
 use crate::kafka::retry_blocking;
 
 /// Starts replaying subscriptions.
@@ -71,7 +71,7 @@ impl Replays {
         partitions: i32,
         from: &StartFrom,
         filter: Option<Arc<Filter>>,
-        out: mpsc::Sender<Utf8Bytes>,
+        out: mpsc::Sender<PacedFrame>,
     ) -> Result<Started, GatewayError> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return Err(GatewayError::Limit(format!(
@@ -193,7 +193,7 @@ fn gap(topic: &str, partition: i32, requested: i64, resumed_at: i64, reason: &st
 /// Moves records from the consumer to the socket until stopped.
 async fn pump(
     consumer: Arc<StreamConsumer>,
-    out: mpsc::Sender<Utf8Bytes>,
+    out: mpsc::Sender<PacedFrame>,
     stop: CancellationToken,
     _slot: OwnedSemaphorePermit,
     skip_before: Option<i64>,
@@ -231,7 +231,7 @@ async fn pump(
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            sent = out.send(bytes) => if sent.is_err() { return },
+            sent = out.send(PacedFrame { frame: bytes, done: None }) => if sent.is_err() { return },
         }
     }
 }

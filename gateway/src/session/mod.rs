@@ -33,7 +33,7 @@ use crate::auth::{AuthMode, Principal};
 use crate::error::{request_error_frame, GatewayError};
 use crate::filter::Filter;
 use crate::hub::Subscriber;
-use crate::kafka::groups::{GroupDelivery, Member};
+use crate::kafka::groups::{Member, PacedFrame};
 use crate::kafka::replay::ReplayHandle;
 use crate::metrics;
 use limits::{SubjectGuard, TokenBucket};
@@ -125,8 +125,7 @@ pub async fn run(
     let (sink, stream) = socket.split();
     let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (fanout, fanout_rx) = mpsc::channel(limits.outbound_queue);
-    let (replay, replay_rx) = mpsc::channel(limits.replay_queue);
-    let (group, group_rx) = mpsc::channel(limits.replay_queue);
+    let (paced, paced_rx) = mpsc::channel(limits.replay_queue);
     let lossy = Arc::new(LossyQueue::new(limits.outbound_queue));
     let ws = &state.config.websocket;
     let writer_config =
@@ -135,8 +134,7 @@ pub async fn run(
         sink,
         replies_rx,
         fanout_rx,
-        replay_rx,
-        group_rx,
+        paced_rx,
         lossy.clone(),
         writer_config,
     ));
@@ -156,8 +154,7 @@ pub async fn run(
         fanout,
         kick: CancellationToken::new(),
         give_up: CancellationToken::new(),
-        replay,
-        group,
+        paced,
         lossy,
         subscriptions: HashMap::new(),
         inflight: FuturesUnordered::new(),
@@ -187,10 +184,9 @@ struct Session {
     /// Cancelled when the shutdown grace runs out: in-flight publishes are
     /// then answered with `timeout`.
     give_up: CancellationToken,
-    /// Replayed records for this socket (see [`crate::kafka::replay`]).
-    replay: mpsc::Sender<Utf8Bytes>,
-    /// Shared-group records for this socket (see [`crate::kafka::groups`]).
-    group: mpsc::Sender<GroupDelivery>,
+    /// Replayed and shared-group records for this socket (see
+    /// [`crate::kafka::replay`], [`crate::kafka::groups`]).
+    paced: mpsc::Sender<PacedFrame>,
     /// Queue of the `drop_oldest` / `conflate` subscriptions.
     lossy: Arc<LossyQueue>,
     /// Topic → the subscription.
@@ -212,7 +208,10 @@ impl Session {
         let idle_timer = tokio::time::sleep(idle);
         let auth_timer = tokio::time::sleep(self.state.config.auth.auth_timeout());
         let expiry_timer = tokio::time::sleep_until(self.expiry());
-        tokio::pin!(idle_timer, auth_timer, expiry_timer);
+        // Made once, not on every turn of the loop.
+        let kicked = self.kick.clone().cancelled_owned();
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        tokio::pin!(idle_timer, auth_timer, expiry_timer, kicked, shutdown);
         let mut armed_for = self.expires_at();
         loop {
             if self.expires_at() != armed_for {
@@ -221,8 +220,8 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = self.kick.cancelled() => return End::Close(CloseCode::SLOW_CONSUMER),
-                _ = self.state.shutdown.cancelled() => return End::Shutdown,
+                () = &mut kicked => return End::Close(CloseCode::SLOW_CONSUMER),
+                () = &mut shutdown => return End::Shutdown,
                 Some((id, reply)) = self.inflight.next(), if !self.inflight.is_empty() => {
                     self.inflight_ids.remove(&id);
                     if let Err(end) = self.send(reply).await {
@@ -572,7 +571,7 @@ impl Session {
                 let member = Member {
                     session: self.id,
                     ack: request.ack,
-                    queue: self.group.clone(),
+                    queue: self.paced.clone(),
                     filter: filter.clone(),
                 };
                 self.state.groups.join(group, topic, from, member).await?;
@@ -591,16 +590,10 @@ impl Session {
                 self.state.fanout.subscribe(topic, partitions, subscriber).await?;
                 // Read after the subscription is live: every record at or
                 // past these offsets will arrive.
-                match self.state.fanout.end_offsets(topic, partitions).await {
-                    Ok(starts) => (None, starts, Vec::new()),
-                    Err(e) => {
-                        self.state.fanout.unsubscribe(topic, self.id);
-                        return Err(e);
-                    }
-                }
+                (None, self.state.fanout.live_starts(topic), Vec::new())
             }
             (None, _) => {
-                let replay = self.replay.clone();
+                let replay = self.paced.clone();
                 let started = self
                     .state
                     .replays

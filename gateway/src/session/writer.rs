@@ -14,7 +14,7 @@ use futures::stream::SplitSink;
 use futures::SinkExt;
 use tokio::sync::mpsc;
 
-use crate::kafka::groups::GroupDelivery;
+use crate::kafka::groups::PacedFrame;
 use crate::metrics;
 use crate::session::lossy::LossyQueue;
 
@@ -25,8 +25,8 @@ const MAX_BATCH: usize = 64;
 #[derive(Debug)]
 pub enum Outbound {
     Frame(Utf8Bytes),
-    /// A shared-group record; its `done` fires once flushed.
-    Group(GroupDelivery),
+    /// A replayed or shared-group record; its `done` fires once flushed.
+    Paced(PacedFrame),
     Close(CloseCode),
     /// The client closed: flush the echo of its close frame (queued by the
     /// socket itself) and stop.
@@ -46,8 +46,7 @@ pub async fn run(
     mut sink: SplitSink<WebSocket, Message>,
     mut replies: mpsc::Receiver<Outbound>,
     mut fanout: mpsc::Receiver<Utf8Bytes>,
-    mut replay: mpsc::Receiver<Utf8Bytes>,
-    mut group: mpsc::Receiver<GroupDelivery>,
+    mut paced: mpsc::Receiver<PacedFrame>,
     lossy: Arc<LossyQueue>,
     config: WriterConfig,
 ) {
@@ -61,8 +60,7 @@ pub async fn run(
                 None => break,
             },
             Some(frame) = fanout.recv() => Outbound::Frame(frame),
-            Some(frame) = replay.recv() => Outbound::Frame(frame),
-            Some(delivery) = group.recv() => Outbound::Group(delivery),
+            Some(delivery) = paced.recv() => Outbound::Paced(delivery),
             () = lossy.ready() => {
                 let frames = lossy.drain(MAX_BATCH);
                 let write = async {
@@ -89,12 +87,10 @@ pub async fn run(
                 continue;
             }
         };
-        let queues = Queues {
-            replies: &mut replies,
-            fanout: &mut fanout,
-            replay: &mut replay,
-            group: &mut group,
-        };
+        // Let the producers of a burst queue the rest of it, so that it goes
+        // out in one write rather than one per frame.
+        tokio::task::yield_now().await;
+        let queues = Queues { replies: &mut replies, fanout: &mut fanout, paced: &mut paced };
         let write = write_batch(&mut sink, first, queues);
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(Flow::Continue)) => {}
@@ -120,18 +116,14 @@ enum Flow {
 struct Queues<'a> {
     replies: &'a mut mpsc::Receiver<Outbound>,
     fanout: &'a mut mpsc::Receiver<Utf8Bytes>,
-    replay: &'a mut mpsc::Receiver<Utf8Bytes>,
-    group: &'a mut mpsc::Receiver<GroupDelivery>,
+    paced: &'a mut mpsc::Receiver<PacedFrame>,
 }
 
 impl Queues<'_> {
     fn next(&mut self) -> Option<Outbound> {
         self.replies.try_recv().ok().or_else(|| {
-            let frame = self.fanout.try_recv().or_else(|_| self.replay.try_recv());
-            frame
-                .ok()
-                .map(Outbound::Frame)
-                .or_else(|| self.group.try_recv().ok().map(Outbound::Group))
+            let frame = self.fanout.try_recv().ok().map(Outbound::Frame);
+            frame.or_else(|| self.paced.try_recv().ok().map(Outbound::Paced))
         })
     }
 }
@@ -150,7 +142,7 @@ async fn write_batch(
                 sink.feed(Message::Text(text)).await?;
                 written += 1;
             }
-            Outbound::Group(delivery) => {
+            Outbound::Paced(delivery) => {
                 sink.feed(Message::Text(delivery.frame)).await?;
                 done.extend(delivery.done);
                 written += 1;
