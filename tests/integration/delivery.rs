@@ -229,18 +229,26 @@ async fn live_subscription_survives_a_broker_outage_without_loss_or_duplicates()
     gw.kafka().create_topic(&topic, 3).await;
     let mut client = gw.client().await;
     client.subscribed(&topic).await;
+    // A replaying (from-offsets) subscriber rides through the outage too.
+    let mut replaying = gw.client().await;
+    let reply = replaying
+        .request(json!({"type":"subscribe","topic":topic,"from":{"offsets":{"0":0,"1":0,"2":0}}}))
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
     let mut expected: HashSet<(i32, i64)> =
         produce_n(&gw.bootstrap, &topic, "before", 6).await.into_iter().collect();
     kafka.broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     kafka.broker_up(1).unwrap();
     expected.extend(produce_n(&gw.bootstrap, &topic, "after", 6).await);
-    let mut seen = HashSet::new();
-    while seen.len() < expected.len() {
-        assert!(seen.insert(place(&client.next_message().await)), "no duplicate");
+    for subscriber in [&mut client, &mut replaying] {
+        let mut seen = HashSet::new();
+        while seen.len() < expected.len() {
+            assert!(seen.insert(place(&subscriber.next_message().await)), "no duplicate");
+        }
+        assert_eq!(seen, expected);
+        assert!(subscriber.message_within(Duration::from_millis(500)).await.is_none());
     }
-    assert_eq!(seen, expected);
-    assert!(client.message_within(Duration::from_millis(500)).await.is_none());
 }
 
 /// Kafka unreachable from the start: the gateway stays up, says so on

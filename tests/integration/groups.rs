@@ -127,3 +127,57 @@ async fn unprocessed_records_of_a_departed_member_go_to_another() {
         diligent.request(json!({"type":"commit","topic":topic,"partition":0,"offset":999})).await;
     assert_eq!(reply["code"], "bad_request", "{reply}");
 }
+
+/// When the last member on a node leaves with records it never committed,
+/// the node leaves the Kafka group and a member on another node gets them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_nodes_unprocessed_records_go_to_another_node() {
+    let kafka = TestKafka::start().await;
+    let topic = unique_topic("handover");
+    let group = unique_topic("crew");
+    kafka.create_topic(&topic, 2).await;
+    let config = |c: &mut ferry_gateway::Config| {
+        c.kafka.brokers = Some(kafka.bootstrap());
+        if kafka.is_embedded() {
+            c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
+        }
+    };
+    let node_a = spawn_gateway_with(config).await;
+    let mut lazy = node_a.client().await;
+    join(&mut lazy, &topic, &group, "client").await;
+
+    const N: i64 = 10;
+    let producer = producer(&kafka.bootstrap());
+    for i in 0..N {
+        produce(
+            &producer,
+            &topic,
+            Some((i % 2) as i32),
+            None,
+            format!("{{\"t\":{i}}}").as_bytes(),
+            &[],
+        )
+        .await;
+    }
+    // Node a's only member gets everything and commits nothing.
+    let mut got = 0;
+    while got < N {
+        lazy.next_message().await;
+        got += 1;
+    }
+    let node_b = spawn_gateway_with(config).await;
+    let mut diligent = node_b.client().await;
+    join(&mut diligent, &topic, &group, "client").await;
+    drop(lazy);
+
+    let mut done = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done.len() < N as usize && tokio::time::Instant::now() < deadline {
+        if let Some(m) = diligent.message_within(Duration::from_millis(200)).await {
+            let (p, o) = place(&m);
+            diligent.send(json!({"type":"commit","topic":topic,"partition":p,"offset":o})).await;
+            done.insert((p, o));
+        }
+    }
+    assert_eq!(done.len(), N as usize, "node b processed every record node a left behind");
+}
