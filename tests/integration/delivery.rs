@@ -107,15 +107,8 @@ async fn resume_on_another_node_without_gap_or_duplicate() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("resume");
     kafka.create_topic(&topic, 3).await;
-    let config = |c: &mut ferry_gateway::Config| {
-        c.kafka.brokers = Some(kafka.bootstrap());
-        c.kafka.auto_create_topics = Some(false);
-        if kafka.is_embedded() {
-            c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
-        }
-    };
-    let node_a = spawn_gateway_with(config).await;
-    let node_b = spawn_gateway_with(config).await;
+    let node_a = kafka.spawn_node().await;
+    let node_b = kafka.spawn_node().await;
 
     let mut client = node_a.client().await;
     let reply = client.subscribe(&topic).await;

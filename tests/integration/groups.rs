@@ -28,14 +28,8 @@ async fn each_record_reaches_exactly_one_member_across_two_nodes() {
     let topic = unique_topic("jobs");
     let group = unique_topic("workers");
     kafka.create_topic(&topic, 4).await;
-    let config = |c: &mut ferry_gateway::Config| {
-        c.kafka.brokers = Some(kafka.bootstrap());
-        if kafka.is_embedded() {
-            c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
-        }
-    };
-    let node_a = spawn_gateway_with(config).await;
-    let node_b = spawn_gateway_with(config).await;
+    let node_a = kafka.spawn_node().await;
+    let node_b = kafka.spawn_node().await;
     let mut members = vec![node_a.client().await, node_a.client().await, node_b.client().await];
     for member in &mut members {
         join(member, &topic, &group, "auto").await;
@@ -136,13 +130,7 @@ async fn a_departed_nodes_unprocessed_records_go_to_another_node() {
     let topic = unique_topic("handover");
     let group = unique_topic("crew");
     kafka.create_topic(&topic, 2).await;
-    let config = |c: &mut ferry_gateway::Config| {
-        c.kafka.brokers = Some(kafka.bootstrap());
-        if kafka.is_embedded() {
-            c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
-        }
-    };
-    let node_a = spawn_gateway_with(config).await;
+    let node_a = kafka.spawn_node().await;
     let mut lazy = node_a.client().await;
     join(&mut lazy, &topic, &group, "client").await;
 
@@ -165,7 +153,7 @@ async fn a_departed_nodes_unprocessed_records_go_to_another_node() {
         lazy.next_message().await;
         got += 1;
     }
-    let node_b = spawn_gateway_with(config).await;
+    let node_b = kafka.spawn_node().await;
     let mut diligent = node_b.client().await;
     join(&mut diligent, &topic, &group, "client").await;
     drop(lazy);

@@ -98,6 +98,20 @@ impl TestKafka {
     }
 }
 
+impl TestKafka {
+    /// Points an in-process gateway at this Kafka (one of several nodes).
+    pub async fn spawn_node(&self) -> TestGateway {
+        spawn_gateway_with(|c| {
+            c.kafka.brokers = Some(self.bootstrap());
+            if self.is_embedded() {
+                // The mock broker answers fetches only when this wait expires.
+                c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
+            }
+        })
+        .await
+    }
+}
+
 async fn assert_kafka_answers(bootstrap: &str) {
     let bootstrap = bootstrap.to_owned();
     let result = tokio::task::spawn_blocking(move || {
