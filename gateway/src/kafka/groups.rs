@@ -57,6 +57,18 @@ impl Done {
     }
 }
 
+/// Who gets a record.
+enum Pick {
+    Member(Member),
+    /// Every member's filter excludes it.
+    Unwanted,
+    /// No member is left.
+    Nobody,
+}
+
+/// Pending-record owner for records no member wanted (sessions start at 1).
+const NO_SESSION: u64 = 0;
+
 /// One socket in a group.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -284,19 +296,28 @@ impl Shared {
     /// The member that gets the next record (round-robin among those whose
     /// filter it matches, preferring ones with room), registered as pending
     /// under the same lock so that `leave` always sees it.
-    fn pick(&self, view: &RecordView<'_>, partition: i32, offset: i64) -> Option<Member> {
+    fn pick(&self, view: &RecordView<'_>, partition: i32, offset: i64) -> Pick {
         let mut state = self.state.lock().expect("group lock");
         let count = state.members.len();
+        if count == 0 {
+            return Pick::Nobody;
+        }
         let wanting: Vec<usize> = (0..count)
             .map(|i| (state.next + i) % count)
             .filter(|&i| state.members[i].filter.as_ref().is_none_or(|f| f.matches(view)))
             .collect();
-        let index =
-            *wanting.iter().find(|&&i| state.members[i].queue.capacity() > 0).or(wanting.first())?;
+        let chosen =
+            wanting.iter().find(|&&i| state.members[i].queue.capacity() > 0).or(wanting.first());
+        let Some(&index) = chosen else {
+            // Filtered out for every member: processed, but the commit
+            // position still waits for older pending records.
+            state.pending.entry(partition).or_default().insert(offset, NO_SESSION);
+            return Pick::Unwanted;
+        };
         state.next = index + 1;
         let member = state.members[index].clone();
         state.pending.entry(partition).or_default().insert(offset, member.session);
-        Some(member)
+        Pick::Member(member)
     }
 
     /// A record that could not be handed to its member goes out again.
@@ -330,10 +351,15 @@ async fn pump(shared: Arc<Shared>) {
         let headers = record_headers(&record);
         let view = RecordView::new(record.key(), &headers, record.payload());
         let (partition, offset) = (record.partition(), record.offset());
-        let Some(member) = shared.pick(&view, partition, offset) else {
-            // No member wants it (filters): it counts as processed.
-            let _ = shared.consumer.store_offset(&shared.topic, partition, offset + 1);
-            continue;
+        let member = match shared.pick(&view, partition, offset) {
+            Pick::Member(member) => member,
+            Pick::Unwanted => {
+                shared.processed(NO_SESSION, partition, offset);
+                continue;
+            }
+            // The last member left: stop without marking anything
+            // processed, so the next owner gets this record.
+            Pick::Nobody => break,
         };
         let done = (member.ack == AckMode::Auto).then(|| Done {
             shared: Arc::downgrade(&shared),
