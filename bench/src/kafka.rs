@@ -1,11 +1,12 @@
-//! The raw baselines' Kafka clients, configured exactly like the gateway's
-//! (`gateway/src/kafka/client_config.rs`), plus the same `--librdkafka`
-//! overrides the gateway gets.
+//! The raw baselines' Kafka clients, built from the gateway's own client
+//! settings (`gateway/src/kafka/client_config.rs`) with the same
+//! `--librdkafka` overrides the gateway gets.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use ferry_gateway::config::KafkaConfig;
+use ferry_gateway::kafka::client_config::ClientSettings;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
@@ -23,50 +24,26 @@ pub(crate) struct KafkaSpec {
 }
 
 impl KafkaSpec {
-    fn base(&self, role: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("client.id", format!("ferry-bench-{role}"))
-            .set("allow.auto.create.topics", "false")
-            .set_log_level(RDKafkaLogLevel::Warning);
-        config
-    }
-
-    fn finish(&self, mut config: ClientConfig) -> ClientConfig {
-        for (k, v) in &self.librdkafka {
-            config.set(k, v);
-        }
-        config
+    /// The gateway's own client settings for this Kafka, so that the
+    /// baselines use exactly what the gateway uses.
+    fn settings(&self) -> ClientSettings {
+        let config = KafkaConfig {
+            brokers: (!self.embedded).then(|| self.bootstrap.clone()),
+            librdkafka: self.librdkafka.iter().cloned().collect(),
+            ..KafkaConfig::default()
+        };
+        ClientSettings::new(&config, self.bootstrap.clone())
     }
 
     /// The gateway's producer settings: idempotent, `acks=all`, `linger.ms=2`.
     pub(crate) fn producer(&self) -> Result<FutureProducer> {
-        let mut config = self.base("producer");
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "2")
-            .set("queue.buffering.max.messages", "100000")
-            .set("queue.buffering.max.kbytes", "262144");
-        self.finish(config).create().context("creating the raw producer")
+        self.settings().producer().create().context("creating the raw producer")
     }
 
     /// The gateway's fan-out consumer settings (manual assignment, nothing
     /// committed, `fetch.wait.max.ms=5` on the embedded Kafka).
     pub(crate) fn consumer(&self) -> Result<StreamConsumer> {
-        let mut config = self.base("consumer");
-        config
-            .set("group.id", "ferry-bench-unused")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("auto.offset.reset", "earliest");
-        if self.embedded {
-            config.set("fetch.wait.max.ms", "5");
-        }
-        self.finish(config).create().context("creating the raw consumer")
+        self.settings().consumer().create().context("creating the raw consumer")
     }
 }
 
