@@ -26,24 +26,24 @@ pub(crate) struct KafkaSpec {
 impl KafkaSpec {
     /// The gateway's own client settings for this Kafka, so that the
     /// baselines use exactly what the gateway uses.
-    fn settings(&self) -> ClientSettings {
+    fn settings(&self) -> Result<ClientSettings> {
         let config = KafkaConfig {
             brokers: (!self.embedded).then(|| self.bootstrap.clone()),
             librdkafka: self.librdkafka.iter().cloned().collect(),
             ..KafkaConfig::default()
         };
-        ClientSettings::new(&config, self.bootstrap.clone())
+        ClientSettings::new(&config, self.bootstrap.clone()).map_err(|e| anyhow!(e.join("; ")))
     }
 
     /// The gateway's producer settings: idempotent, `acks=all`, `linger.ms=2`.
     pub(crate) fn producer(&self) -> Result<FutureProducer> {
-        self.settings().producer().create().context("creating the raw producer")
+        self.settings()?.producer().create().context("creating the raw producer")
     }
 
     /// The gateway's fan-out consumer settings (manual assignment, nothing
     /// committed, `fetch.wait.max.ms=5` on the embedded Kafka).
     pub(crate) fn consumer(&self) -> Result<StreamConsumer> {
-        self.settings().consumer().create().context("creating the raw consumer")
+        self.settings()?.consumer().create().context("creating the raw consumer")
     }
 }
 

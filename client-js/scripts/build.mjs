@@ -17,8 +17,17 @@ import { build } from 'esbuild';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = join(root, 'dist');
-/** Budget for the minified + gzipped classic-script bundle, in bytes. */
-const BUDGET = 8 * 1024;
+/**
+ * Budget for the minified + gzipped classic-script bundle, in bytes. Raised
+ * from 8 KB to 9.5 KB for the hardening of issue 13 (about 1.2 KB gzip):
+ * operation timeouts, capability checks, the `online` reconnect, a stopping
+ * `unauthorized`, checked `commit` replies, error sources, and the split of
+ * the client into parts (connection, routing, authentication, requests).
+ * Raised to 11.5 KB for the HTTP transport of issue 12 (`transport: 'sse' |
+ * 'auto'`: Server-Sent Events reader with resume and liveness, batched HTTP
+ * publish; about 2.1 KB gzip).
+ */
+const BUDGET = 11.5 * 1024;
 
 rmSync(dist, { recursive: true, force: true });
 

@@ -2,20 +2,24 @@
  * {@link FerryClient}: one WebSocket to a Ferry gateway, kept alive.
  *
  * Life of a connection: open the socket (offering subprotocol `ferry.v1`),
- * send `auth` if a token is configured, wait for `welcome`, then resubscribe
- * every subscription from its resume point and send the queued publishes.
- * When the socket drops with a "may reconnect" code (or the liveness check
- * finds it dead), the client waits a backoff delay with full jitter and
- * starts over; on a terminal code it closes for good.
+ * send `auth` if a token is configured ({@link Auth}), wait for `welcome`
+ * (and check its protocol version), then resubscribe every subscription
+ * from its resume point ({@link Router}) and send the queued publishes
+ * ({@link Publisher}). When the socket drops with a "may reconnect" code
+ * (or the liveness check or a request timeout finds it dead), the client
+ * waits a backoff delay with full jitter and starts over, at once when the
+ * browser says it is back `online`; on a terminal code it closes for good.
  */
 
-import { backoffBounds, backoffDelay, type BackoffBounds, type BackoffOptions } from './backoff.js';
-import { mayReconnect } from './codes.js';
+import { Auth } from './auth.js';
+import { backoffBounds, backoffDelay, type BackoffBounds } from './backoff.js';
+import { CLIENT_GAVE_UP, mayReconnect } from './codes.js';
 import { Emitter } from './emitter.js';
 import { FerryError } from './errors.js';
 import {
+  PROTOCOL_VERSION,
   SUBPROTOCOL,
-  checkTopic,
+  V1_CAPABILITIES,
   decodeServerFrame,
   encodeClientFrame,
   publishFrame,
@@ -23,139 +27,28 @@ import {
   type ClientFrame,
   type ErrorFrame,
   type FerryMessage,
-  type GapFrame,
-  type LaggedFrame,
   type Limits,
-  type PublishFields,
   type ServerFrame,
   type WelcomeFrame,
 } from './frames.js';
-import { Publisher, errorOf, type PublishAck, type RestoredPublishResult } from './publisher.js';
-import type { OfflineQueueOptions } from './queue.js';
-import {
-  Channel,
-  SubscriptionHandle,
-  createStream,
-  type FerryStream,
-  type StreamOptions,
-  type SubscribeOptions,
-  type Subscription,
-} from './subscription.js';
-import { TokenSource, refreshDelay, type GetToken } from './token.js';
+import { HttpTransport, type FetchLike } from './http-transport.js';
+import type { Link } from './link.js';
+import type {
+  ConnectionState,
+  FerryClientEvents,
+  FerryClientOptions,
+  PublishOptions,
+  Transport,
+  WebSocketConstructor,
+  WebSocketLike,
+} from './options.js';
+import { Publisher, errorOf, type PublishAck } from './publisher.js';
+import { Requests } from './requests.js';
+import { Router } from './router.js';
+import { createStream, type FerryStream, type StreamOptions, type SubscribeOptions, type Subscription } from './subscription.js';
 
-/** Declares a callback parameter bivariantly, so DOM's and `ws`'s handler types both fit. */
-type Handler<E> = { bivarianceHack(event: E): void }['bivarianceHack'];
-
-/** The part of the WebSocket API the client uses; the browser's `WebSocket` and the `ws` package both fit. */
-export interface WebSocketLike {
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-  onopen: Handler<unknown> | null;
-  onmessage: Handler<{ data: unknown }> | null;
-  onclose: Handler<{ code: number; reason: string }> | null;
-  onerror: Handler<unknown> | null;
-}
-
-/** A WebSocket constructor such as `globalThis.WebSocket` or `import { WebSocket } from 'ws'`. */
-export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
-
-/**
- * - `connecting`: first connection after `connect()`;
- * - `open`: `welcome` received, requests flow;
- * - `reconnecting`: the connection was lost (or never made); waiting to retry or retrying;
- * - `closed`: not connected and not trying (before `connect()`, after `close()` or a terminal close code).
- */
-export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
-
-/** Reconnect behaviour: full-jitter exponential backoff between attempts. */
-export interface ReconnectOptions extends BackoffOptions {
-  /** Reconnect at all. Default `true`. */
-  enabled?: boolean;
-  /** Consecutive failed attempts before giving up (state `closed`). Default unlimited. */
-  maxAttempts?: number;
-}
-
-/** Dead-connection detection. */
-export interface LivenessOptions {
-  /** Send a `ping` this often, in ms. Default 20 000. */
-  pingIntervalMs?: number;
-  /** Drop the connection when nothing at all arrives this long after a ping, in ms. Default 10 000. */
-  pongTimeoutMs?: number;
-}
-
-/** Token refresh behaviour (with `getToken`). */
-export interface TokenRefreshOptions extends BackoffOptions {
-  /** Refresh this long before `expires_at`, in ms (at mid-life for shorter tokens). Default 30 000. */
-  marginMs?: number;
-  /** Attempts of one refresh before it fails with an `error` event. Default 5. */
-  maxAttempts?: number;
-}
-
-/** Options of {@link FerryClient}. */
-export interface FerryClientOptions {
-  /** Gateway WebSocket URL, e.g. `wss://hub.example.com/ws`. */
-  url: string;
-  /** A static token, sent in an `auth` frame on every connection. */
-  token?: string;
-  /** Returns a fresh token; called on connect (when the last one is near expiry) and before expiry. */
-  getToken?: GetToken;
-  /** WebSocket implementation; default `globalThis.WebSocket`. In Node 20 pass the `ws` package's. */
-  WebSocket?: WebSocketConstructor;
-  /** Reconnect bounds, or `false` to never reconnect. */
-  reconnect?: ReconnectOptions | false;
-  /** Offline queue bounds, policy and storage, or `false` to reject publishes at once while not connected. */
-  offlineQueue?: OfflineQueueOptions | false;
-  /** Liveness check, or `false` to disable it. */
-  liveness?: LivenessOptions | false;
-  /** Token refresh timing and retries. */
-  tokenRefresh?: TokenRefreshOptions;
-  /** Give up on a connection attempt without `welcome` after this long, in ms. Default 10 000. */
-  connectTimeoutMs?: number;
-  /**
-   * Resend, with the same id, publishes that were in flight when the
-   * connection dropped (their outcome is unknown). Default `true`: no
-   * publish is lost, and a gateway that de-duplicates by id stores it once.
-   * With `false` they reject with `connection_lost` instead.
-   */
-  resendInFlight?: boolean;
-}
-
-/** Options of one publish. */
-export interface PublishOptions extends PublishFields {
-  /** Request id (1–64 chars), for de-duplication across app restarts; default a unique generated id. */
-  id?: string;
-}
-
-export type { PublishAck, RestoredPublishResult };
-
-/** Why the connection went away. */
-export interface DisconnectInfo {
-  code: number;
-  reason: string;
-  /** Whether the client will try again. */
-  willReconnect: boolean;
-}
-
-/** Events of {@link FerryClient}, with their listener arguments. */
-export interface FerryClientEvents {
-  [event: string]: unknown[];
-  /** The connection state changed. */
-  state: [state: ConnectionState, previous: ConnectionState];
-  /** Something failed that no promise or `onError` reports: gateway errors without id, token and storage failures, terminal closes. */
-  error: [error: FerryError];
-  /** The gateway reports skipped records, or a resume was impossible (`reason: "resume_refused"`). */
-  gap: [notice: GapFrame];
-  /** A `drop_oldest` / `conflate` subscription dropped records while this socket was behind. */
-  lagged: [notice: LaggedFrame];
-  /** A connection is ready; its limits and session. */
-  welcome: [welcome: WelcomeFrame];
-  /** The connection was lost or closed. */
-  disconnect: [info: DisconnectInfo];
-  /** A publish restored from storage settled. */
-  restoredPublish: [result: RestoredPublishResult];
-}
-
-type Reply = ServerFrame | undefined;
+export type * from './options.js';
+export type { PublishAck, RestoredPublishResult } from './publisher.js';
 
 /** A connection that stayed open this long resets the backoff. */
 const STABLE_MS = 5_000;
@@ -165,6 +58,9 @@ function randomPrefix(): string {
   globalThis.crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(36).padStart(2, '0')).join('');
 }
+
+/** The browser's `online` event source, when there is one. */
+type OnlineTarget = { addEventListener(type: 'online', fn: () => void): void; removeEventListener(type: 'online', fn: () => void): void };
 
 /**
  * A Ferry hub connection.
@@ -179,72 +75,104 @@ function randomPrefix(): string {
 export class FerryClient extends Emitter<FerryClientEvents> {
   /** Current connection state. */
   state: ConnectionState = 'closed';
-  /** The last `welcome` (session, node, limits), once connected. */
+  /** The last `welcome` (session, node, limits, capabilities), once connected. */
   welcome: WelcomeFrame | undefined;
 
   private readonly url: string;
-  private readonly WS: WebSocketConstructor;
+  private readonly WS: WebSocketConstructor | undefined;
+  private readonly transportOption: Transport;
+  private readonly fetch: FetchLike | undefined;
+  /** `'auto'` gave up on WebSockets. */
+  private fellBack = false;
   private readonly reconnectBounds: BackoffBounds;
   private readonly reconnectEnabled: boolean;
   private readonly maxAttempts: number;
   private readonly queueOffline: boolean;
   private readonly pingIntervalMs: number;
   private readonly pongTimeoutMs: number;
-  private readonly refreshBounds: BackoffBounds;
-  private readonly refreshMarginMs: number;
-  private readonly refreshAttempts: number;
   private readonly connectTimeoutMs: number;
-  private readonly tokens: TokenSource;
+  private readonly link: Link;
+  private readonly requests = new Requests();
+  private readonly auth: Auth;
+  private readonly router: Router;
   private readonly publisher: Publisher;
-  private readonly requests = new Map<string, (reply: Reply) => void>();
-  private readonly channels = new Map<string, Channel>();
   private readonly idPrefix = randomPrefix();
   private idCounter = 0;
 
   private ws: WebSocketLike | undefined;
   private connected = false;
+  private capabilities: ReadonlySet<string> = new Set();
   private openedAt = 0;
   private attempt = 0;
-  /** Whether this connection refused `from` on a resume (an older gateway). */
-  private resumeRefused = false;
   /** Why the client last ended (`close()` or a terminal close); cleared by `connect()`. */
   private ended: FerryError | undefined;
   private connTimers: ReturnType<typeof setTimeout>[] = [];
   private pingTimer: ReturnType<typeof setInterval> | undefined;
   private pongTimer: ReturnType<typeof setTimeout> | undefined;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private lastHeard = 0;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
-  private authPending: { id: string; settle: (reply: Reply) => void } | undefined;
-  private refreshing: Promise<void> | undefined;
-  private refreshSettle: ((err?: FerryError) => void) | undefined;
+  private readonly onOnline = (): void => this.retryNow();
 
   constructor(options: FerryClientOptions) {
     super();
     this.url = options.url;
-    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
-    if (!WS) throw new TypeError('no WebSocket: pass options.WebSocket (e.g. from the "ws" package)');
-    this.WS = WS;
+    this.transportOption = options.transport ?? 'websocket';
+    this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    this.fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
+    if (!this.WS && this.transportOption === 'websocket') {
+      throw new TypeError('no WebSocket: pass options.WebSocket (e.g. from the "ws" package)');
+    }
+    if (!this.fetch && this.transportOption !== 'websocket') throw new TypeError('no fetch: pass options.fetch');
+    this.fellBack = this.transportOption === 'auto' && !this.WS;
     const reconnect = options.reconnect === false ? { enabled: false } : (options.reconnect ?? {});
     this.reconnectBounds = backoffBounds(reconnect);
     this.reconnectEnabled = reconnect.enabled ?? true;
     this.maxAttempts = reconnect.maxAttempts ?? Infinity;
     this.queueOffline = options.offlineQueue !== false;
+    const liveness = options.liveness === false ? { pingIntervalMs: 0 } : (options.liveness ?? {});
+    this.pingIntervalMs = liveness.pingIntervalMs ?? 20_000;
+    this.pongTimeoutMs = liveness.pongTimeoutMs ?? 10_000;
+    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
+    const timeoutMs = options.timeoutMs ?? 10_000;
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the link's getter reads the client's live state
+    const client = this;
+    this.link = {
+      get connected() {
+        return client.connected;
+      },
+      has: (capability) => this.capabilities.has(capability),
+      requests: this.requests,
+      timeoutMs,
+      nextId: () => this.nextId(),
+      send: (frame) => this.send(frame),
+      request: (frame) => this.request(frame),
+      later: (fn, ms) => this.later(fn, ms),
+      error: (err) => this.emit('error', err),
+      gap: (notice) => this.emit('gap', notice),
+      abandon: (reason) => this.ws && this.drop(this.ws, reason),
+      stop: (err) => this.stop(err),
+    };
+    const refresh = options.tokenRefresh ?? {};
+    this.auth = new Auth(this.link, options.token, options.getToken, {
+      bounds: backoffBounds(refresh, { initialDelayMs: 1_000 }),
+      marginMs: refresh.marginMs ?? 30_000,
+      attempts: refresh.maxAttempts ?? 5,
+    });
+    this.router = new Router(this.link);
     this.publisher = new Publisher(
       options.offlineQueue || {},
       options.resendInFlight ?? true,
+      options.publishTimeoutMs ?? 60_000,
       (id) => id.startsWith(this.idPrefix),
       (err) => this.emit('error', err),
       (result) => this.emit('restoredPublish', result),
     );
-    const liveness = options.liveness === false ? { pingIntervalMs: 0 } : (options.liveness ?? {});
-    this.pingIntervalMs = liveness.pingIntervalMs ?? 20_000;
-    this.pongTimeoutMs = liveness.pongTimeoutMs ?? 10_000;
-    const refresh = options.tokenRefresh ?? {};
-    this.refreshBounds = backoffBounds(refresh, { initialDelayMs: 1_000 });
-    this.refreshMarginMs = refresh.marginMs ?? 30_000;
-    this.refreshAttempts = refresh.maxAttempts ?? 5;
-    this.connectTimeoutMs = options.connectTimeoutMs ?? 10_000;
-    this.tokens = new TokenSource(options.token, options.getToken);
+  }
+
+  /** The transport in use: `'websocket'`, or `'sse'` (Server-Sent Events and HTTP publish). */
+  get transport(): 'websocket' | 'sse' {
+    return this.transportOption === 'sse' || this.fellBack ? 'sse' : 'websocket';
   }
 
   /** Publishes waiting to be sent (offline queue and in-flight window overflow). */
@@ -266,6 +194,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     if (this.state === 'closed') {
       this.attempt = 0;
       this.ended = undefined;
+      (globalThis as Partial<OnlineTarget>).addEventListener?.('online', this.onOnline);
       this.setState('connecting');
       this.openSocket();
     }
@@ -303,8 +232,10 @@ export class FerryClient extends Emitter<FerryClientEvents> {
    *
    * While not connected the publish waits in the offline queue and is sent
    * on reconnect with the same id. Rejects with a {@link FerryError}: the
-   * gateway's code (`unknown_topic`, `too_large`, `unavailable`, ...) or the
-   * client's (`queue_full`, `closed`, `invalid_topic` checked locally, ...).
+   * gateway's code (`unknown_topic`, `too_large`, `unavailable`, ...,
+   * `source: 'gateway'`) or the client's (`queue_full`, `closed`,
+   * `not_connected`, `timeout`, `invalid_topic` checked locally, ...,
+   * `source: 'client'`).
    */
   publish(topic: string, value: unknown, options: PublishOptions = {}): Promise<PublishAck> {
     // Whatever the checks throw becomes the rejection.
@@ -314,7 +245,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
       const frame = encodeClientFrame(publishFrame(id, topic, value, options));
       if (this.ended) throw new FerryError('closed', 'the client is closed', { requestId: id });
       if (!this.connected && !this.queueOffline) {
-        throw new FerryError('unavailable', 'not connected (offline queue disabled)', { requestId: id });
+        throw new FerryError('not_connected', 'not connected (offline queue disabled)', { requestId: id });
       }
       resolve(this.publisher.add(id, topic, frame));
     });
@@ -330,30 +261,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
    * @throws FerryError `invalid_topic`, or `bad_request` for a second subscriber with other options.
    */
   subscribe<T = unknown>(topic: string, onMessage: (message: FerryMessage<T>) => void, options: SubscribeOptions = {}): Subscription {
-    return this.addSubscriber(topic, onMessage as (m: FerryMessage) => void, options);
-  }
-
-  private addSubscriber(
-    topic: string,
-    onMessage: (message: FerryMessage) => void,
-    options: SubscribeOptions,
-    onEnd?: (err?: FerryError) => void,
-  ): SubscriptionHandle {
-    checkTopic(topic);
-    const { from, group, ack, filter, overflow } = options;
-    const wire = JSON.parse(JSON.stringify({ from, group, ack, filter, overflow })) as Channel['wire'];
-    let channel = this.channels.get(topic);
-    if (channel && channel.key !== JSON.stringify(wire)) {
-      throw new FerryError('bad_request', `already subscribed to "${topic}" with other options`);
-    }
-    if (!channel) {
-      channel = new Channel(topic, wire);
-      this.channels.set(topic, channel);
-      if (this.connected) this.sendSubscribe(channel);
-    }
-    const handle = new SubscriptionHandle(channel, onMessage, options.onError, (h) => this.release(h), onEnd);
-    channel.handles.add(handle);
-    return handle;
+    return this.router.add(topic, onMessage as (m: FerryMessage) => void, options);
   }
 
   /**
@@ -362,19 +270,35 @@ export class FerryClient extends Emitter<FerryClientEvents> {
    * `stream.close()` or `options.signal`.
    */
   stream<T = unknown>(topic: string, options: StreamOptions = {}): FerryStream<T> {
-    return createStream<T>((onMessage, onEnd) => this.addSubscriber(topic, onMessage, options, onEnd), options);
+    return createStream<T>((onMessage, onEnd) => this.router.add(topic, onMessage, options, onEnd), options);
   }
 
   /**
-   * Marks a record of an `ack: 'client'` group subscription processed: sends
-   * `commit` (no reply; a refusal comes as an `error` event). Not connected,
-   * it does nothing: a record whose connection is gone is redelivered.
+   * Marks a record of an `ack: 'client'` group subscription processed:
+   * sends `commit` and resolves on the gateway's `committed`. Rejects with
+   * the gateway's error (e.g. an offset not awaiting this socket's commit),
+   * `not_connected` (the record will be delivered again anyway),
+   * `unsupported` (a gateway without `commit`) or `timeout`. Not awaiting
+   * it is fine.
    */
-  commit({ topic, partition, offset }: Pick<FerryMessage, 'topic' | 'partition' | 'offset'>): void {
-    if (this.connected) this.send({ type: 'commit', topic, partition, offset });
+  commit({ topic, partition, offset }: Pick<FerryMessage, 'topic' | 'partition' | 'offset'>): Promise<void> {
+    const committed = new Promise<void>((resolve) => {
+      if (!this.connected) throw new FerryError('not_connected', 'not connected: the record will be delivered again');
+      if (!this.capabilities.has('commit')) throw new FerryError('unsupported', 'the gateway does not announce "commit"');
+      resolve(
+        this.request({ type: 'commit', id: this.nextId(), topic, partition, offset }).then((reply) => {
+          const r = reply as Partial<Record<string, unknown>>;
+          if (r.type !== 'committed' || r.topic !== topic || r.partition !== partition || r.offset !== offset) {
+            throw new FerryError('protocol', `unexpected reply to commit: ${JSON.stringify(reply)}`);
+          }
+        }),
+      );
+    });
+    committed.catch(() => undefined);
+    return committed;
   }
 
-  /** Round trip to the gateway, in ms. Rejects when not connected. */
+  /** Round trip to the gateway, in ms. Rejects when not connected, or with `timeout`. */
   ping(): Promise<number> {
     const started = Date.now();
     return this.request({ type: 'ping', id: this.nextId() }).then(() => Date.now() - started);
@@ -384,19 +308,11 @@ export class FerryClient extends Emitter<FerryClientEvents> {
    * Gets a fresh token from `getToken()` and presents it on the open
    * connection. Concurrent calls (and the automatic refresh before expiry)
    * share one refresh. A failure is retried with backoff; the last one
-   * rejects and is reported on the `error` event.
+   * rejects and is reported on the `error` event. A `getToken()` that
+   * throws `FerryError('unauthorized')` ends the client.
    */
   refreshToken(): Promise<void> {
-    if (!this.tokens.refreshable) return Promise.reject(new FerryError('token', 'no getToken() configured'));
-    this.refreshing ??= new Promise<void>((resolve, reject) => {
-      this.refreshSettle = (err) => {
-        this.refreshing = this.refreshSettle = undefined;
-        if (err) reject(err);
-        else resolve();
-      };
-      this.refreshAttempt(0);
-    });
-    return this.refreshing;
+    return this.auth.refresh();
   }
 
   // ---------------------------------------------------------------- connection
@@ -404,16 +320,22 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   private openSocket(): void {
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(this.url, [SUBPROTOCOL]);
+      ws =
+        this.transport === 'sse'
+          ? new HttpTransport(this.url, { expectAuth: this.auth.enabled, fetch: this.fetch as FetchLike })
+          : new (this.WS as WebSocketConstructor)(this.url, [SUBPROTOCOL]);
     } catch (err) {
+      if (this.transportOption === 'auto' && !this.fellBack) {
+        this.fellBack = true;
+        return this.openSocket();
+      }
       this.finish(new FerryError('closed', `cannot open ${this.url}: ${String(err)}`, { cause: err }), true);
       return;
     }
     this.ws = ws;
-    this.resumeRefused = false;
     this.connTimers.push(setTimeout(() => this.drop(ws, 'no welcome in time'), this.connectTimeoutMs));
     ws.onopen = () => {
-      if (this.tokens.enabled) this.authenticate(ws);
+      if (this.auth.enabled) this.auth.authenticate(() => ws === this.ws, (reason) => this.drop(ws, reason));
     };
     ws.onmessage = (event) => {
       if (ws === this.ws) this.onFrame(event.data);
@@ -422,44 +344,6 @@ export class FerryClient extends Emitter<FerryClientEvents> {
       if (ws === this.ws) this.lost(event.code, event.reason);
     };
     ws.onerror = () => undefined; // a close event follows
-  }
-
-  private authenticate(ws: WebSocketLike): void {
-    this.tokens.forConnect(Date.now(), this.refreshMarginMs).then(
-      (token) => {
-        if (ws !== this.ws) return;
-        this.sendAuth(token).catch((err: FerryError) => {
-          if (ws !== this.ws) return;
-          if (this.connected) return this.emit('error', err); // e.g. a gateway without authentication
-          if (!this.tokens.refreshable) return this.giveUp(ws, err); // a static token will not get better
-          this.emit('error', err);
-          this.tokens.expire();
-          this.drop(ws, 'token refused');
-        });
-      },
-      (err: unknown) => {
-        if (ws !== this.ws) return;
-        this.emit('error', new FerryError('token', `getToken() failed: ${String(err)}`, { cause: err }));
-        this.drop(ws, 'no token');
-      },
-    );
-  }
-
-  /** Sends `auth`; resolves on `welcome`/`authed` (or connection loss), rejects on an `error` reply. */
-  private sendAuth(token: string): Promise<void> {
-    const id = this.nextId();
-    this.authPending?.settle(undefined);
-    return new Promise<void>((resolve, reject) => {
-      this.authPending = {
-        id,
-        settle: (reply) => {
-          this.authPending = undefined;
-          if (reply?.type === 'error') reject(errorOf(reply));
-          else resolve();
-        },
-      };
-      this.send({ type: 'auth', id, token });
-    });
   }
 
   private onFrame(data: unknown): void {
@@ -479,7 +363,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     }
     switch (frame.type) {
       case 'message':
-        this.channels.get(frame.topic)?.deliver(frame);
+        this.router.deliver(frame);
         break;
       case 'ack':
         this.publisher.onAck(frame);
@@ -488,15 +372,14 @@ export class FerryClient extends Emitter<FerryClientEvents> {
         this.onWelcome(frame);
         break;
       case 'authed':
-        if (frame.expires_at !== undefined) this.expiresAt(frame.expires_at);
-        if (frame.id === undefined || frame.id === this.authPending?.id) this.authPending?.settle(frame);
+        this.auth.authed(frame);
         break;
       case 'unsubscribed':
-        if (frame.id === undefined) this.endedByGateway(frame.topic, frame.reason);
-        else this.reply(frame.id, frame);
+        if (frame.id === undefined) this.router.endedByGateway(frame.topic, frame.reason);
+        else this.requests.reply(frame.id, frame);
         break;
       case 'gap':
-        this.onGap(frame);
+        this.router.gap(frame);
         break;
       case 'lagged':
         this.emit('lagged', frame);
@@ -505,79 +388,60 @@ export class FerryClient extends Emitter<FerryClientEvents> {
         this.onError(frame);
         break;
       default:
-        if (typeof (frame as { id?: unknown }).id === 'string') this.reply((frame as { id: string }).id, frame);
+        if (typeof (frame as { id?: unknown }).id === 'string') this.requests.reply((frame as { id: string }).id, frame);
     }
-  }
-
-  /** Hands a reply to the request waiting for it, if any; returns whether one was. */
-  private reply(id: string, frame: ServerFrame): boolean {
-    const waiting = this.requests.get(id);
-    if (!waiting) return false;
-    this.requests.delete(id);
-    waiting(frame);
-    return true;
-  }
-
-  /** The gateway ended a subscription on its own (e.g. `forbidden` after a token refresh). */
-  private endedByGateway(topic: string, reason = 'closed'): void {
-    const channel = this.channels.get(topic);
-    if (!channel) return;
-    this.channels.delete(topic);
-    channel.end(new FerryError(reason, `the gateway ended the subscription to "${topic}" (${reason})`), (e) => this.emit('error', e));
   }
 
   private onWelcome(frame: WelcomeFrame): void {
-    if (frame.expires_at !== undefined) {
-      this.expiresAt(frame.expires_at);
-      this.authPending?.settle(frame);
-    }
+    this.auth.welcome(frame);
     if (this.connected) return; // a later welcome only answers an auth
     const ws = this.ws;
+    if (!ws) return;
+    if (frame.protocol !== PROTOCOL_VERSION) {
+      const err = new FerryError('protocol', `the gateway speaks protocol ${frame.protocol}; this client speaks ${PROTOCOL_VERSION}`);
+      return this.stop(err);
+    }
     this.welcome = frame;
+    this.capabilities = new Set(frame.capabilities ?? V1_CAPABILITIES);
     this.connected = true;
     this.openedAt = Date.now();
     this.clearConnTimers();
-    if (this.pingIntervalMs > 0 && ws) {
+    if (this.pingIntervalMs > 0) {
       this.pingTimer = setInterval(() => {
         if (Date.now() - this.lastHeard < this.pingIntervalMs || this.pongTimer) return;
         this.send({ type: 'ping', id: this.nextId() });
         this.pongTimer = setTimeout(() => this.drop(ws, 'no pong in time'), this.pongTimeoutMs);
       }, this.pingIntervalMs);
     }
-    for (const channel of this.channels.values()) this.sendSubscribe(channel);
-    this.publisher.attach({ send: (text) => ws?.send(text), limits: frame.limits });
+    this.router.connected();
+    this.publisher.attach({ send: (text) => ws.send(text), limits: frame.limits });
     this.setState('open');
     this.emit('welcome', frame);
   }
 
   private onError(frame: ErrorFrame): void {
     const id = frame.id;
-    if (this.publisher.onError(frame) || (id !== undefined && this.reply(id, frame))) return;
-    if (this.authPending && this.authPending.id === id) this.authPending.settle(frame);
-    else this.emit('error', errorOf(frame));
-  }
-
-  private onGap(frame: GapFrame): void {
-    const channel = this.channels.get(frame.topic);
-    if (channel && typeof frame.partition === 'number' && typeof frame.resumed_at === 'number') {
-      channel.next.set(frame.partition, frame.resumed_at);
-    }
-    this.emit('gap', frame);
+    if (this.publisher.onError(frame) || (id !== undefined && this.requests.reply(id, frame))) return;
+    if (!this.auth.error(frame)) this.emit('error', errorOf(frame));
   }
 
   /** The current socket is gone (closed by the peer, or dropped by us). */
   private lost(code: number, reason: string): void {
     const wasOpen = this.connected;
     this.detach();
-    if (code === 4002) this.tokens.expire(); // token expired: fetch a fresh one
+    if (!wasOpen && this.transportOption === 'auto' && !this.fellBack && this.state !== 'closed') {
+      // The WebSocket never got through: carry on over HTTP at once.
+      this.fellBack = true;
+      this.emit('disconnect', { code, reason, willReconnect: true });
+      return this.openSocket();
+    }
+    if (code === 4002) this.auth.expired(); // token expired: fetch a fresh one
     if (wasOpen && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
     const again = this.reconnectEnabled && mayReconnect(code) && this.attempt < this.maxAttempts;
     this.emit('disconnect', { code, reason, willReconnect: again });
     if (again) {
       this.setState('reconnecting');
-      this.later(() => {
-        if (this.state === 'reconnecting' && !this.ws) this.openSocket();
-      }, backoffDelay(this.attempt++, this.reconnectBounds));
+      this.retryTimer = setTimeout(() => this.retryNow(), backoffDelay(this.attempt++, this.reconnectBounds));
       return;
     }
     const why = `connection closed (${code}${reason ? ` ${reason}` : ''})`;
@@ -585,22 +449,30 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     this.finish(new FerryError(terminal ? 'closed' : 'connection_lost', terminal ? why : `${why}; gave up reconnecting`, { closeCode: code }), true);
   }
 
-  /** Gives up on a socket that seems dead: stop listening, close it, and carry on as after a network loss. */
+  /** Opens the next socket now, when waiting to reconnect (the backoff timer, or the browser is back `online`). */
+  private retryNow(): void {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    if (this.state === 'reconnecting' && !this.ws) this.openSocket();
+  }
+
+  /** Gives up on a socket that seems dead: stop listening, close it with 4100, and carry on as after a network loss. */
   private drop(ws: WebSocketLike, reason: string): void {
     if (ws !== this.ws) return;
     try {
-      ws.close(4000, reason);
+      ws.close(CLIENT_GAVE_UP, reason);
     } catch {
       // already closing
     }
-    this.lost(1006, reason);
+    this.lost(CLIENT_GAVE_UP, reason);
   }
 
-  /** Ends for good on a condition that retrying cannot fix (e.g. a refused static token). */
-  private giveUp(ws: WebSocketLike, err: FerryError): void {
+  /** Ends for good on a condition that retrying cannot fix (a refused static token, another protocol version, `unauthorized` from `getToken()`). */
+  private stop(err: FerryError): void {
+    const ws = this.ws;
     this.detach();
     try {
-      ws.close(1000);
+      ws?.close(1000);
     } catch {
       // already closing
     }
@@ -617,14 +489,9 @@ export class FerryClient extends Emitter<FerryClientEvents> {
       ws.onopen = ws.onmessage = ws.onclose = null;
       ws.onerror = () => undefined; // `ws` throws an 'error' event that nobody listens to
     }
-    const replies = [...this.requests.values()];
-    this.requests.clear();
-    for (const reply of replies) reply(undefined);
-    this.authPending?.settle(undefined);
-    for (const channel of this.channels.values()) {
-      channel.live = false;
-      channel.requestId = undefined;
-    }
+    this.requests.lost();
+    this.auth.lost();
+    this.router.disconnected();
     this.publisher.detach();
   }
 
@@ -632,11 +499,11 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   private finish(err: FerryError, report: boolean): void {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
+    clearTimeout(this.retryTimer);
+    (globalThis as Partial<OnlineTarget>).removeEventListener?.('online', this.onOnline);
     this.publisher.rejectAll(err);
-    const channels = [...this.channels.values()];
-    this.channels.clear();
-    for (const channel of channels) channel.end(err, report ? () => undefined : undefined);
-    this.refreshSettle?.(err);
+    this.router.endAll(err, report);
+    this.auth.end(err);
     this.ended = err;
     this.setState('closed');
     if (report) this.emit('error', err);
@@ -671,81 +538,6 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     return opened;
   }
 
-  // ---------------------------------------------------------------- subscriptions
-
-  private sendSubscribe(channel: Channel): void {
-    const id = this.nextId();
-    const resume = !this.resumeRefused && channel.next.size > 0;
-    channel.requestId = id;
-    this.requests.set(id, (reply) => {
-      if (channel.requestId !== id || this.channels.get(channel.topic) !== channel) return;
-      channel.requestId = undefined;
-      if (!reply) return; // connection lost: resubscribed after reconnect
-      if (reply.type === 'subscribed') return channel.confirmed(reply.partitions);
-      if (reply.type !== 'error') return;
-      const err = errorOf(reply);
-      if (resume && err.code === 'bad_request') {
-        // An older gateway without `from`: continue live, and tell the app what may be missing.
-        this.resumeRefused = true;
-        this.emit('gap', { type: 'gap', topic: channel.topic, reason: 'resume_refused', message: err.message, positions: channel.positions() });
-        return this.sendSubscribe(channel);
-      }
-      if (err.code === 'unavailable' || err.code === 'timeout' || err.code === 'rate_limited') {
-        this.later(() => {
-          if (this.connected && this.channels.get(channel.topic) === channel && !channel.requestId) this.sendSubscribe(channel);
-        }, err.retryAfterMs ?? 1_000);
-        return;
-      }
-      this.channels.delete(channel.topic);
-      channel.end(err, (e) => this.emit('error', e));
-    });
-    this.send(channel.frame(id, resume));
-  }
-
-  /** The last subscriber of a channel left: unsubscribe on the wire. */
-  private release(handle: SubscriptionHandle): Promise<void> {
-    const channel = handle.channel;
-    channel.handles.delete(handle);
-    if (channel.handles.size > 0 || this.channels.get(channel.topic) !== channel) return Promise.resolve();
-    this.channels.delete(channel.topic);
-    channel.requestId = undefined;
-    if (!this.connected) return Promise.resolve();
-    return this.request({ type: 'unsubscribe', id: this.nextId(), topic: channel.topic }).then(
-      () => undefined,
-      () => undefined,
-    );
-  }
-
-  // ---------------------------------------------------------------- tokens
-
-  private expiresAt(expiresAt: number): void {
-    this.tokens.expiresAt = expiresAt;
-    if (!this.tokens.refreshable) return;
-    const delay = refreshDelay(expiresAt, Date.now(), this.refreshMarginMs);
-    this.later(() => {
-      if (this.tokens.expiresAt === expiresAt) this.refreshToken().catch(() => undefined);
-    }, delay);
-  }
-
-  private refreshAttempt(attempt: number): void {
-    this.tokens
-      .fetch()
-      .then((token) => (this.connected ? this.sendAuth(token) : undefined))
-      .then(
-        () => this.refreshSettle?.(),
-        (cause: unknown) => {
-          if (this.state === 'closed') return;
-          if (attempt + 1 >= this.refreshAttempts) {
-            const err = new FerryError(cause instanceof FerryError ? cause.code : 'token', `token refresh failed: ${String(cause)}`, { cause });
-            this.emit('error', err);
-            this.refreshSettle?.(err);
-            return;
-          }
-          this.later(() => this.refreshAttempt(attempt + 1), backoffDelay(attempt, this.refreshBounds));
-        },
-      );
-  }
-
   // ---------------------------------------------------------------- plumbing
 
   private nextId(): string {
@@ -756,12 +548,12 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     this.ws?.send(encodeClientFrame(frame));
   }
 
-  /** Sends a request and waits for its reply; rejects on an `error` reply or when the connection drops. */
+  /** Sends a request and waits for its reply; rejects on an `error` reply, a timeout, or when the connection drops. */
   private request(frame: ClientFrame & { id: string }): Promise<ServerFrame> {
     return new Promise((resolve, reject) => {
-      if (!this.connected) throw new FerryError('unavailable', 'not connected');
-      this.requests.set(frame.id, (reply) => {
-        if (!reply) reject(new FerryError('connection_lost', 'connection lost', { requestId: frame.id }));
+      if (!this.connected) throw new FerryError('not_connected', 'not connected', { requestId: frame.id });
+      this.requests.expect(frame.id, this.link.timeoutMs, (reply) => {
+        if (reply instanceof FerryError) reject(reply);
         else if (reply.type === 'error') reject(errorOf(reply));
         else resolve(reply);
       });

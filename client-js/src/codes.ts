@@ -7,36 +7,54 @@
  *   client comes back is decided by {@link mayReconnect}.
  */
 
-/** The `code` of a gateway `error` frame (protocol v1 and announced ones). */
-export type ProtocolErrorCode =
-  | 'bad_request'
-  | 'invalid_topic'
-  | 'unknown_topic'
-  | 'too_large'
-  | 'unavailable'
-  | 'timeout'
-  | 'limit'
-  | 'internal'
-  | 'forbidden'
-  | 'rate_limited'
-  | 'unauthorized';
+/** Every `code` of a gateway `error` frame in protocol v1 (`protocol/vectors/codes.json`). */
+export const ERROR_CODES = [
+  'bad_request',
+  'invalid_topic',
+  'unknown_topic',
+  'too_large',
+  'unavailable',
+  'timeout',
+  'limit',
+  'unauthorized',
+  'forbidden',
+  'rate_limited',
+  'internal',
+  'invalid_value',
+] as const;
+
+/** The `code` of a gateway `error` frame. A client treats a code it does not know like `internal`. */
+export type ProtocolErrorCode = (typeof ERROR_CODES)[number];
 
 /**
- * Codes the client produces without the gateway saying so:
+ * Codes the client produces without the gateway saying so (their
+ * `source` is `'client'`):
  * - `closed`: the client was closed (by `close()` or a terminal close code)
  *   before the request settled.
+ * - `not_connected`: the request needs an open connection and there is
+ *   none (publishes with `offlineQueue: false`, `ping()`, `commit()`).
  * - `queue_full`: the offline queue is full and its overflow policy refused
  *   or evicted this publish.
  * - `connection_lost`: the connection dropped while the request was in
  *   flight and the request cannot be retried, or reconnect gave up.
+ * - `timeout` (the protocol's code, from the client): no reply within the
+ *   operation timeout; for a publish the outcome is unknown.
+ * - `stream_overflow`: a `stream()` consumer fell more than `bufferSize`
+ *   records behind.
+ * - `unsupported`: the gateway did not announce the capability the request
+ *   needs (`welcome.capabilities`).
  * - `token`: `getToken()` failed (after its retries).
- * - `protocol`: the gateway sent something this client cannot read.
+ * - `protocol`: the gateway sent something this client cannot read, or
+ *   speaks another protocol version.
  * - `storage`: the offline queue's storage adapter failed.
  */
 export type ClientErrorCode =
   | 'closed'
+  | 'not_connected'
   | 'queue_full'
   | 'connection_lost'
+  | 'stream_overflow'
+  | 'unsupported'
   | 'token'
   | 'protocol'
   | 'storage';
@@ -45,22 +63,23 @@ export type ClientErrorCode =
 export type ErrorCode = ProtocolErrorCode | ClientErrorCode | (string & {});
 
 /**
+ * The close code this client uses for a socket it gives up on itself (no
+ * `welcome`, `pong` or reply in time): 4100 `client_gave_up`, in the
+ * reconnect range. The gateway never sends it.
+ */
+export const CLIENT_GAVE_UP = 4100;
+
+/**
  * Whether a well-behaved client should reconnect (with backoff) after the
- * connection closed with `code`.
+ * connection closed with `code` (the table is `protocol/vectors/codes.json`).
  *
  * "May reconnect": 1001 going away, 1005 no status, 1006 abnormal (also any
  * network loss), 1011 internal error, 1012 service restart, 1013 try again
  * later, 1014 bad gateway, and 4000–4499 (4000 slow consumer, 4001 idle
- * timeout, 4002 token expired, ...). Everything else is terminal: 1000 (the
- * gateway closed on purpose), 1002, 1003, 1007, 1008, 1009 (frame too big),
- * 4500–4999.
+ * timeout, 4002 token expired, 4100 the client gave up on the socket, ...).
+ * Everything else is terminal: 1000 (the gateway closed on purpose), 1002,
+ * 1003, 1007, 1008, 1009 (frame too big), 4500–4999.
  */
 export function mayReconnect(code: number): boolean {
-  return (
-    code === 1001 ||
-    code === 1005 ||
-    code === 1006 ||
-    (code >= 1011 && code <= 1014) ||
-    (code >= 4000 && code <= 4499)
-  );
+  return code === 1001 || code === 1005 || code === 1006 || (code >= 1011 && code <= 1014) || (code >= 4000 && code <= 4499);
 }

@@ -1,10 +1,13 @@
 /** A tiny typed event emitter; listeners that throw do not break the emitter. */
 
-/** Maps event names to their listener argument tuples. */
-export type EventMap = Record<string, unknown[]>;
+/**
+ * Maps event names to their listener argument tuples. A closed map: an
+ * interface without an index signature, so `on('typo')` does not compile.
+ */
+export type EventMap<E> = { [K in keyof E]: unknown[] };
 
 /** A listener of event `K`. */
-export type Listener<E extends EventMap, K extends keyof E> = (...args: E[K]) => void;
+export type Listener<E extends EventMap<E>, K extends keyof E> = (...args: E[K]) => void;
 
 /**
  * Calls `fn`, and reports an exception it throws the way a browser reports
@@ -22,7 +25,7 @@ export function callSafely<A extends unknown[]>(fn: (...args: A) => void, ...arg
 }
 
 /** Base class with `on` / `off` / `once` and a protected `emit`. */
-export class Emitter<E extends EventMap> {
+export class Emitter<E extends EventMap<E>> {
   private readonly listeners = new Map<keyof E, Set<Listener<E, keyof E>>>();
 
   /** Adds a listener; returns a function that removes it. */

@@ -15,6 +15,12 @@ import { FerryError } from './errors.js';
 export const SUBPROTOCOL = 'ferry.v1';
 /** The protocol version this client speaks (`welcome.protocol`). */
 export const PROTOCOL_VERSION = 1;
+/**
+ * The capabilities of every v1 gateway that predates `welcome.capabilities`
+ * (see the compatibility policy in `protocol/README.md`): a `welcome`
+ * without the list means all of these.
+ */
+export const V1_CAPABILITIES: readonly string[] = ['auth', 'commit', 'filter', 'from', 'group', 'overflow'];
 /** Longest request id, in characters. */
 export const MAX_ID_CHARS = 64;
 /** Longest Kafka topic name. */
@@ -220,6 +226,12 @@ export interface WelcomeFrame {
   subject?: string;
   /** When the presented token expires, in ms since the epoch; refresh before. */
   expires_at?: number;
+  /**
+   * What the gateway can do beyond the first v1 release (`from`, `filter`,
+   * `overflow`, `group`, `commit`, `auth`); absent from older gateways,
+   * which have all of {@link V1_CAPABILITIES}.
+   */
+  capabilities?: string[];
 }
 
 /** Kafka stored the record of publish `id`. */
@@ -276,6 +288,7 @@ export interface ErrorFrame {
   id?: string;
   code: string;
   message: string;
+  /** Sent with `unavailable`: a suggested delay before retrying. */
   retry_after_ms?: number;
 }
 

@@ -17,12 +17,15 @@ export type {
   ReconnectOptions,
   RestoredPublishResult,
   TokenRefreshOptions,
+  Transport,
   WebSocketConstructor,
   WebSocketLike,
 } from './client.js';
 export { FerryError } from './errors.js';
-export type { FerryErrorDetails } from './errors.js';
-export { mayReconnect } from './codes.js';
+export { HttpTransport, httpBase } from './http-transport.js';
+export type { FetchLike, HttpTransportOptions } from './http-transport.js';
+export type { ErrorSource, FerryErrorDetails } from './errors.js';
+export { CLIENT_GAVE_UP, ERROR_CODES, mayReconnect } from './codes.js';
 export type { ClientErrorCode, ErrorCode, ProtocolErrorCode } from './codes.js';
 export { backoffDelay } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';
@@ -30,6 +33,7 @@ export {
   MAX_ID_CHARS,
   PROTOCOL_VERSION,
   SUBPROTOCOL,
+  V1_CAPABILITIES,
   decodeServerFrame,
   encodeClientFrame,
   publishFrame,

@@ -6,10 +6,12 @@
  *
  * When the connection drops, unacked publishes go back to the head of the
  * queue and are sent again with the same id on the next connection (or are
- * rejected with `connection_lost` when `resendInFlight` is off).
+ * rejected with `connection_lost` when `resendInFlight` is off). A sent
+ * publish without an answer within the publish timeout rejects with
+ * `timeout` (outcome unknown) and is not sent again.
  */
 
-import { FerryError } from './errors.js';
+import { FerryError, type FerryErrorDetails } from './errors.js';
 import type { AckFrame, ErrorFrame, Limits } from './frames.js';
 import { Outbox, type OfflineQueueOptions, type QueuedPublish } from './queue.js';
 
@@ -31,6 +33,8 @@ export interface RestoredPublishResult {
 /** A publish waiting to be sent or acked. `resolve`/`reject` are absent for entries restored from storage. */
 interface Outgoing extends QueuedPublish {
   done?: boolean;
+  /** The publish timeout, while sent and unanswered. */
+  timer?: ReturnType<typeof setTimeout>;
   resolve?: (ack: PublishAck) => void;
   reject?: (err: FerryError) => void;
 }
@@ -41,9 +45,9 @@ export interface Link {
   limits: Limits;
 }
 
-/** Turns an `error` frame into a {@link FerryError}. */
+/** Turns an `error` frame into a {@link FerryError} (source `gateway`). */
 export function errorOf(frame: ErrorFrame): FerryError {
-  const details: { requestId?: string; retryAfterMs?: number } = {};
+  const details: FerryErrorDetails = { source: 'gateway' };
   if (frame.id !== undefined) details.requestId = frame.id;
   if (frame.retry_after_ms !== undefined) details.retryAfterMs = frame.retry_after_ms;
   return new FerryError(frame.code, frame.message, details);
@@ -69,6 +73,7 @@ export class Publisher {
   constructor(
     options: OfflineQueueOptions,
     private readonly resendInFlight: boolean,
+    private readonly timeoutMs: number,
     own: (id: string) => boolean,
     onError: (err: FerryError) => void,
     private readonly onRestored: (result: RestoredPublishResult) => void,
@@ -116,6 +121,7 @@ export class Publisher {
     this.timer = undefined;
     const unacked = [...this.inflight.values()];
     this.inflight.clear();
+    for (const entry of unacked) clearTimeout(entry.timer);
     if (this.resendInFlight) this.outbox.unshift(unacked);
     else {
       for (const entry of unacked) {
@@ -129,6 +135,7 @@ export class Publisher {
     const entry = this.inflight.get(frame.id);
     if (!entry) return;
     this.inflight.delete(frame.id);
+    clearTimeout(entry.timer);
     this.settle(entry, { topic: frame.topic, partition: frame.partition, offset: frame.offset });
     this.pump();
   }
@@ -138,12 +145,15 @@ export class Publisher {
     const entry = frame.id === undefined ? undefined : this.inflight.get(frame.id);
     if (!entry) return false;
     this.inflight.delete(entry.id);
+    clearTimeout(entry.timer);
     const err = errorOf(frame);
     if (err.code === 'rate_limited') {
-      // Not produced: send it again (same id) once the gateway's rate allows.
+      // Not produced: send it again (same id) once the gateway's rate
+      // allows, i.e. when the bucket has one token again.
       this.outbox.unshift([entry]);
       this.bucket = 0;
-      this.schedule(err.retryAfterMs ?? 1_000);
+      const rate = this.link?.limits.publish_rate;
+      this.schedule(rate ? Math.ceil(1000 / rate) : 1_000);
     } else {
       this.settle(entry, err);
       this.pump();
@@ -180,8 +190,18 @@ export class Publisher {
         continue;
       }
       this.inflight.set(entry.id, entry);
+      entry.timer = setTimeout(() => this.expire(entry), this.timeoutMs);
       link.send(entry.frame);
     }
+  }
+
+  /** A sent publish got no answer in time: it fails with `timeout` (outcome unknown) and is not sent again. */
+  private expire(entry: Outgoing): void {
+    if (this.inflight.get(entry.id) !== entry) return;
+    this.inflight.delete(entry.id);
+    const why = `no ack within ${this.timeoutMs} ms: the outcome is unknown`;
+    this.settle(entry, new FerryError('timeout', why, { requestId: entry.id }));
+    this.pump();
   }
 
   /** Pumps again after `ms`; nothing is sent until then. */
@@ -197,6 +217,7 @@ export class Publisher {
   private settle(entry: Outgoing, outcome: PublishAck | FerryError): void {
     if (entry.done) return;
     entry.done = true;
+    clearTimeout(entry.timer);
     this.outbox.forget(entry.id);
     const error = outcome instanceof FerryError ? outcome : undefined;
     if (entry.resolve && entry.reject) {

@@ -39,7 +39,12 @@ export interface SubscribeOptions {
 /** A live subscription of one local subscriber. */
 export interface Subscription {
   readonly topic: string;
-  /** Resolves once the gateway confirmed the subscription; rejects if it refused it. */
+  /**
+   * Resolves once the gateway confirmed the subscription; rejects if it
+   * refused it, if the gateway lacks a capability its options need
+   * (`unsupported`), or with `timeout` when the first confirmation did not
+   * come within the client's `timeoutMs` (the subscription goes on).
+   */
   readonly ready: Promise<void>;
   /** `false` once unsubscribed or failed. */
   readonly active: boolean;
@@ -98,6 +103,22 @@ export class Channel {
       if (typeof offset === 'number' && !this.next.has(Number(p))) this.next.set(Number(p), offset);
     }
     this.readyResolve();
+  }
+
+  /** No confirmation in time: `ready` rejects (the subscription itself goes on, on the next connection). */
+  timedOut(err: FerryError): void {
+    this.readyReject(err);
+  }
+
+  /** The capabilities the gateway must announce for this subscription's options. */
+  needs(): string[] {
+    const { from, filter, overflow, group, ack } = this.wire;
+    const needs: string[] = [];
+    if (from !== undefined) needs.push('from');
+    if (filter !== undefined) needs.push('filter');
+    if (overflow !== undefined) needs.push('overflow');
+    if (group !== undefined || ack !== undefined) needs.push('group');
+    return needs;
   }
 
   /** Delivers a record to every subscriber unless it was delivered before (a group's records always: at least once). */
@@ -167,7 +188,7 @@ export interface StreamOptions extends Omit<SubscribeOptions, 'onError'> {
   signal?: AbortSignal;
   /**
    * Most records buffered for a consumer that reads slower than they arrive.
-   * Past it the stream fails with a `limit` error rather than grow without
+   * Past it the stream fails with a `stream_overflow` error rather than grow without
    * bound. Default 10 000.
    */
   bufferSize?: number;
@@ -216,7 +237,7 @@ export function createStream<T>(
         w.resolve({ value: message as FerryMessage<T>, done: false });
       } else if (buffer.length >= limit) {
         void subscription.unsubscribe();
-        end(new FerryError('limit', `stream buffer full (${limit} records): read faster or raise bufferSize`));
+        end(new FerryError('stream_overflow', `stream buffer full (${limit} records): read faster or raise bufferSize`));
       } else buffer.push(message as FerryMessage<T>);
     },
     (err) => end(err),

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::auth::Principal;
 use crate::filter::{Filter, FilterError};
+use crate::template::{self, Part};
 
 /// What a principal wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,13 +276,6 @@ enum Segment {
     Literal(Vec<Part>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
-enum Part {
-    Text(String),
-    Subject,
-    Claim(String),
-}
-
 impl Pattern {
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() {
@@ -325,53 +319,16 @@ impl Pattern {
 
 /// Splits on the dots that are not inside `{...}` (as in `{claims.tenant}`).
 fn split_segments(text: &str) -> Result<Vec<&str>, String> {
-    let mut segments = Vec::new();
-    let (mut depth, mut start) = (0usize, 0usize);
-    for (i, c) in text.char_indices() {
-        match c {
-            '{' if depth == 0 => depth = 1,
-            '{' => return Err("nested `{`".into()),
-            '}' if depth == 1 => depth = 0,
-            '}' => return Err("unmatched `}`".into()),
-            '.' if depth == 0 => {
-                segments.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if depth != 0 {
-        return Err("unclosed `{`".into());
-    }
-    segments.push(&text[start..]);
-    Ok(segments)
+    Ok(template::split_dots(text))
 }
 
+/// A literal segment: text of segment characters and placeholders.
 fn parse_literal(segment: &str) -> Result<Vec<Part>, String> {
-    let mut parts = Vec::new();
-    let mut rest = segment;
-    while !rest.is_empty() {
-        match rest.find('{') {
-            Some(0) => {
-                let end = rest.find('}').ok_or("unclosed `{`")?;
-                let name = &rest[1..end];
-                parts.push(match name {
-                    "sub" => Part::Subject,
-                    _ => match name.strip_prefix("claims.") {
-                        Some(claim) if !claim.is_empty() => Part::Claim(claim.to_owned()),
-                        _ => return Err(format!("unknown substitution {{{name}}}")),
-                    },
-                });
-                rest = &rest[end + 1..];
-            }
-            found => {
-                let end = found.unwrap_or(rest.len());
-                let text = &rest[..end];
-                if let Some(bad) = text.chars().find(|c| !is_segment_char(*c)) {
-                    return Err(format!("{bad:?} is not allowed in a topic pattern"));
-                }
-                parts.push(Part::Text(text.to_owned()));
-                rest = &rest[end..];
+    let parts = template::parse(segment)?;
+    for part in &parts {
+        if let Part::Text(text) = part {
+            if let Some(bad) = text.chars().find(|c| !is_segment_char(*c)) {
+                return Err(format!("{bad:?} is not allowed in a topic pattern"));
             }
         }
     }
@@ -385,30 +342,19 @@ fn is_segment_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
-/// A claim value usable inside a segment: plain characters only, so that a
-/// hostile claim (`a.*`, `**`, `../x`) matches nothing.
-fn claim_segment(value: Option<&Value>) -> Option<String> {
-    let text = match value? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
+/// What `part` expands to inside a topic segment: plain characters only,
+/// so that a hostile claim (`a.*`, `**`, `../x`) matches nothing.
+fn segment_value(part: &Part, principal: &Principal) -> Option<String> {
+    let text = part.value(&principal.subject, &principal.claims)?;
     (!text.is_empty() && text.chars().all(is_segment_char)).then_some(text)
 }
 
 fn literal_matches(pieces: &[Part], actual: &str, principal: &Principal) -> bool {
     let mut expected = String::new();
     for piece in pieces {
-        match piece {
-            Part::Text(t) => expected.push_str(t),
-            Part::Subject => match claim_segment(Some(&Value::String(principal.subject.clone()))) {
-                Some(s) => expected.push_str(&s),
-                None => return false,
-            },
-            Part::Claim(name) => match claim_segment(principal.claims.get(name)) {
-                Some(s) => expected.push_str(&s),
-                None => return false,
-            },
+        match segment_value(piece, principal) {
+            Some(text) => expected.push_str(&text),
+            None => return false,
         }
     }
     expected == actual

@@ -14,7 +14,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
@@ -29,6 +28,7 @@ use crate::auth::{AuthMode, Authenticator, Principal};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::kafka::client_config::ClientSettings;
+use crate::kafka::context::KafkaContext;
 use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
 use crate::kafka::fanout::Fanout;
 use crate::kafka::groups::Groups;
@@ -36,6 +36,7 @@ use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
 use crate::kafka::replay::Replays;
 use crate::kafka::topics::{Creator, Topics};
+use crate::schema::Schemas;
 use crate::session::limits::SubjectConnections;
 use crate::{http, metrics};
 
@@ -53,6 +54,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// The ACL, swapped whole on reload; read under a short lock.
     pub policy: RwLock<Arc<Policy>>,
+    /// JSON Schemas of record values, compiled at start (not reloaded).
+    pub schemas: Schemas,
     pub subjects: Arc<SubjectConnections>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the gateway starts shutting down.
@@ -143,6 +146,8 @@ pub enum BuildError {
     Config(Vec<String>),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] http::tls::TlsError),
 }
 
 /// A built gateway, ready to [`run`](App::run).
@@ -150,7 +155,8 @@ pub struct App {
     state: Arc<AppState>,
     listener: TcpListener,
     local_addr: SocketAddr,
-    producer: FutureProducer,
+    tls: Option<Arc<http::tls::Tls>>,
+    producer: FutureProducer<KafkaContext>,
     bootstrap: String,
     embedded: Option<Arc<EmbeddedKafka>>,
 }
@@ -169,6 +175,7 @@ impl App {
         let auth = Authenticator::from_config(&config.auth).map_err(BuildError::Config)?;
         let policy =
             effective_policy(&config, Policy::compile(&config.acl).map_err(BuildError::Config)?);
+        let schemas = Schemas::compile(&config.schemas).map_err(BuildError::Config)?;
         let embedded = match config.kafka.embedded() {
             true => {
                 let kafka = EmbeddedKafka::start(1)?;
@@ -181,23 +188,32 @@ impl App {
             Some(kafka) => kafka.bootstrap_servers().to_owned(),
             None => config.kafka.brokers.clone().unwrap_or_default(),
         };
-        let settings = ClientSettings::new(&config.kafka, bootstrap.clone());
-        let producer: FutureProducer = settings.producer().create()?;
-        let consumer: StreamConsumer = settings.consumer().create()?;
+        let settings =
+            ClientSettings::new(&config.kafka, bootstrap.clone()).map_err(BuildError::Config)?;
+        let health = Arc::new(Health::default());
+        // Clients built with this context name the cause when the cluster
+        // refuses the gateway, and mark `health` not ready at once.
+        let context = KafkaContext::new(health.clone());
+        let producer: FutureProducer<KafkaContext> =
+            settings.producer().create_with_context(context.clone())?;
+        let consumer: StreamConsumer<KafkaContext> =
+            settings.consumer().create_with_context(context.clone())?;
         let creator = match (config.kafka.auto_create(), &embedded) {
             (false, _) => None,
             (true, Some(kafka)) => Some(Creator::Embedded(kafka.clone())),
-            (true, None) => Some(Creator::Admin(settings.admin().create()?)),
+            (true, None) => {
+                Some(Creator::Admin(settings.admin().create_with_context(context.clone())?))
+            }
         };
         let timeout = config.kafka.metadata_timeout();
         let topics = Arc::new(Topics::new(
             producer.clone(),
+            health.clone(),
             creator,
             config.kafka.topic_partitions,
             config.kafka.topic_replication,
             timeout,
         ));
-        let health = Arc::new(Health::default());
         if !health.probe(&producer, timeout).await {
             tracing::warn!(
                 bootstrap,
@@ -212,6 +228,10 @@ impl App {
             config.kafka.partition_refresh(),
         ));
 
+        let tls = match config.tls.files() {
+            Some((cert, key)) => Some(Arc::new(http::tls::Tls::new(cert, key)?)),
+            None => None,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
@@ -224,11 +244,17 @@ impl App {
             publisher: Publisher::new(producer.clone(), health.clone()),
             topics,
             fanout,
-            replays: Replays::new(settings.clone(), config.limits.max_replays, timeout),
-            groups: Groups::new(settings, config.kafka.group_prefix.clone(), timeout),
+            replays: Replays::new(
+                settings.clone(),
+                context.clone(),
+                config.limits.max_replays,
+                timeout,
+            ),
+            groups: Groups::new(settings, context, config.kafka.group_prefix.clone(), timeout),
             health,
             auth,
             policy: RwLock::new(Arc::new(policy)),
+            schemas,
             subjects: Arc::default(),
             metrics: metrics::prometheus(),
             shutdown: CancellationToken::new(),
@@ -237,7 +263,7 @@ impl App {
             next_session: AtomicU64::new(1),
             config,
         });
-        Ok(Self { state, listener, local_addr, producer, bootstrap, embedded })
+        Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded })
     }
 
     /// The address the server is bound to (useful with port 0).
@@ -277,19 +303,22 @@ impl App {
             tokio::spawn(watch_policy(state.clone(), path, background.clone()));
         }
         let addr = self.local_addr;
-        tracing::info!(node = %state.node_id, "listening on http://{addr} (WebSocket: ws://{addr}/ws)");
-        // Frames are small and latency matters: no Nagle delay on sockets
-        // (the writer batches queued frames into one write itself).
-        let listener = self.listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(state.shutdown.clone().cancelled_owned());
-        let server = tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        });
+        let (scheme, ws) = if self.tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+        tracing::info!(node = %state.node_id, "listening on {scheme}://{addr} (WebSocket: {ws}://{addr}/ws)");
+        if let Some(tls) = &self.tls {
+            tokio::spawn(tls.clone().watch(background.clone()));
+        }
+        let settings = http::server::Settings {
+            header_read_timeout: state.config.server.header_read_timeout(),
+            max_pending_handshakes: state.config.limits.max_pending_handshakes,
+        };
+        let server = tokio::spawn(http::server::serve(
+            self.listener,
+            self.tls.clone(),
+            http::router(state.clone()),
+            settings,
+            state.shutdown.clone(),
+        ));
 
         state.shutdown.cancelled().await;
         tracing::info!("shutting down: answering in-flight publishes, closing sockets");

@@ -6,6 +6,13 @@
 //! same reference as a table. Every key has an environment variable named
 //! after its path: `kafka.message_timeout_ms` is `FERRY_KAFKA_MESSAGE_TIMEOUT_MS`.
 //! Tables (`kafka.librdkafka`) can only be set in the file.
+//!
+//! Strict everywhere: an unknown key in the file, and a `FERRY_*` variable
+//! in a section's namespace (`FERRY_KAFKA_*`, `FERRY_LIMITS_*`, ...) that
+//! names no key, are errors ([`load`] says which, with the nearest key).
+//! Variables outside those namespaces (`FERRY_LOG`, `FERRY_CONFIG`,
+//! `FERRY_TEST_*`) and the ones `scripts/kafka` reads
+//! ([`SCRIPT_VARIABLES`]) are not configuration. Every error names its key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::AclConfig;
 use crate::auth::{AuthConfig, AuthMode};
+use crate::kafka::security::SecurityConfig;
+use crate::schema::SchemaConfig;
 
 /// The whole gateway configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +44,14 @@ pub struct Config {
     pub websocket: WebSocketConfig,
     pub auth: AuthConfig,
     pub acl: AclConfig,
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    /// JSON Schemas of record values, per topic pattern (`[[schemas]]`,
+    /// first match applies): see [`crate::schema`].
+    pub schemas: Vec<SchemaConfig>,
+    pub console: ConsoleConfig,
+    pub http_publish: HttpPublishConfig,
+    pub sse: SseConfig,
     /// Set by `--insecure` only: allow `auth.mode = "none"` off loopback.
     #[serde(skip)]
     pub insecure: bool,
@@ -43,8 +60,9 @@ pub struct Config {
     pub source_file: Option<PathBuf>,
 }
 
-/// Where Kafka is and how the gateway talks to it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where Kafka is and how the gateway talks to it. (`Debug` is written by
+/// hand: it hides secret `librdkafka` values.)
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap brokers, comma separated (`host:port,host:port`). When
@@ -69,8 +87,47 @@ pub struct KafkaConfig {
     /// (`group` "workers" → consumer group `ferry.workers`).
     pub group_prefix: String,
     /// Raw librdkafka settings applied to every Kafka client of the gateway
-    /// (e.g. `"security.protocol" = "SASL_SSL"`). They win over Ferry's own.
+    /// (e.g. `"security.protocol" = "SASL_SSL"`). They win over Ferry's own,
+    /// `[kafka.security]` included.
+    #[serde(serialize_with = "serialize_redacted")]
     pub librdkafka: BTreeMap<String, String>,
+    /// TLS, mutual TLS and SASL to the cluster: see `[kafka.security]` in
+    /// README.md and [`crate::kafka::security`].
+    pub security: SecurityConfig,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("auto_create_topics", &self.auto_create_topics)
+            .field("topic_partitions", &self.topic_partitions)
+            .field("topic_replication", &self.topic_replication)
+            .field("message_timeout_ms", &self.message_timeout_ms)
+            .field("metadata_timeout_ms", &self.metadata_timeout_ms)
+            .field("partition_refresh_ms", &self.partition_refresh_ms)
+            .field("group_prefix", &self.group_prefix)
+            .field("librdkafka", &redacted(&self.librdkafka))
+            .field("security", &self.security)
+            .finish()
+    }
+}
+
+/// `kafka.librdkafka` with the values of secret properties replaced by `***`.
+fn redacted(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    map.iter()
+        .map(|(k, v)| {
+            let shown = if crate::kafka::security::is_sensitive_property(k) { "***" } else { v };
+            (k.as_str(), shown)
+        })
+        .collect()
+}
+
+fn serialize_redacted<S: serde::Serializer>(
+    map: &BTreeMap<String, String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    redacted(map).serialize(serializer)
 }
 
 /// Per-connection and per-node limits; the per-connection ones are announced
@@ -106,6 +163,15 @@ pub struct LimitsConfig {
     /// Replayed records queued for one socket; a full queue pauses the
     /// replay (it never disconnects the socket).
     pub replay_queue: usize,
+    /// Longest a subscribe, or the topic look-up before a publish, may wait
+    /// for Kafka; past it the client gets `timeout` (not subscribed, not
+    /// published). Bounds every reply even when Kafka never answers.
+    pub request_timeout_ms: u64,
+    /// Connections accepted but not yet upgraded to a WebSocket (TLS
+    /// handshake, request headers, plain HTTP requests). Past it, new TCP
+    /// connections are closed at once, so slow handshakes cannot exhaust
+    /// the file descriptors.
+    pub max_pending_handshakes: usize,
 }
 
 /// WebSocket liveness and buffers.
@@ -121,6 +187,119 @@ pub struct WebSocketConfig {
     pub write_timeout_ms: u64,
 }
 
+/// The HTTP listener itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Time a new connection has to finish its TLS handshake (with TLS on)
+    /// and send its request headers; slower ones are closed. Also the
+    /// longest an HTTP keep-alive connection may idle between requests.
+    pub header_read_timeout_ms: u64,
+}
+
+/// TLS on the gateway's own port (`https://` and `wss://`). With both files
+/// set, the listener serves TLS only; the files are re-read on SIGHUP and
+/// when they change, and a bad new pair is refused (the old one stays).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first (e.g. `fullchain.pem`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+/// The built-in web console at `GET /console`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleConfig {
+    /// Serve the console. It is a static page that speaks the WebSocket
+    /// protocol with the token typed into it, so it can do nothing the
+    /// token could not do from any client; turn it off to keep the page off
+    /// a public port.
+    pub enabled: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// `POST /v1/publish`, the batch publish path over plain HTTP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpPublishConfig {
+    /// Records one request may carry; more get HTTP 413.
+    pub max_records: usize,
+    /// Largest request body, after gzip decompression; larger gets HTTP 413
+    /// (decompression stops there, so a gzip bomb costs at most this much).
+    pub max_body_bytes: usize,
+    /// Sustained records per second per subject (token bucket); a request
+    /// that needs more tokens than are left gets HTTP 429, nothing produced.
+    pub rate: u32,
+    /// Records a subject may burst above `rate`; at least `max_records`
+    /// for a full batch to pass.
+    pub burst: u32,
+}
+
+/// `GET /sse`, the Server-Sent Events stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SseConfig {
+    /// Interval of the heartbeat comment lines on an idle stream.
+    pub heartbeat_ms: u64,
+    /// Accept the token as `?access_token=` (`EventSource` cannot set an
+    /// `Authorization` header). Tokens in URLs end up in logs and browser
+    /// history: prefer a short-lived token, or the cookie.
+    pub allow_query_token: bool,
+    /// Name of a cookie that carries the token, when set.
+    pub token_cookie: Option<String>,
+    /// Reconnection delay the stream suggests to `EventSource` (`retry:`).
+    pub retry_ms: u64,
+}
+
+impl Default for HttpPublishConfig {
+    fn default() -> Self {
+        Self { max_records: 1_000, max_body_bytes: 1024 * 1024, rate: 2_000, burst: 4_000 }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self { heartbeat_ms: 15_000, allow_query_token: false, token_cookie: None, retry_ms: 1_000 }
+    }
+}
+
+impl SseConfig {
+    pub fn heartbeat(&self) -> Duration {
+        ms(self.heartbeat_ms)
+    }
+
+    pub fn retry(&self) -> Duration {
+        ms(self.retry_ms)
+    }
+}
+
+impl TlsConfig {
+    /// The certificate and key files when TLS is on.
+    pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.cert_file.as_deref()?, self.key_file.as_deref()?))
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { header_read_timeout_ms: 10_000 }
+    }
+}
+
+impl ServerConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        ms(self.header_read_timeout_ms)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -132,6 +311,12 @@ impl Default for Config {
             websocket: WebSocketConfig::default(),
             auth: AuthConfig::default(),
             acl: AclConfig::default(),
+            server: ServerConfig::default(),
+            tls: TlsConfig::default(),
+            schemas: Vec::new(),
+            console: ConsoleConfig::default(),
+            http_publish: HttpPublishConfig::default(),
+            sse: SseConfig::default(),
             insecure: false,
             source_file: None,
         }
@@ -150,6 +335,7 @@ impl Default for KafkaConfig {
             partition_refresh_ms: 5_000,
             group_prefix: "ferry.".into(),
             librdkafka: BTreeMap::new(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -168,6 +354,8 @@ impl Default for LimitsConfig {
             rate_limit_strikes: 100,
             max_replays: 256,
             replay_queue: 256,
+            request_timeout_ms: 30_000,
+            max_pending_handshakes: 1_024,
         }
     }
 }
@@ -248,14 +436,36 @@ impl Config {
         check(l.rate_limit_strikes >= 1, "limits.rate_limit_strikes must be at least 1");
         check(l.max_replays >= 1, "limits.max_replays must be at least 1");
         check(l.replay_queue >= 1, "limits.replay_queue must be at least 1");
+        check(l.request_timeout_ms >= 1_000, "limits.request_timeout_ms must be at least 1000");
+        check(l.max_pending_handshakes >= 1, "limits.max_pending_handshakes must be at least 1");
+        let h = &self.http_publish;
+        check(h.max_records >= 1, "http_publish.max_records must be at least 1");
+        check(h.max_body_bytes >= 1024, "http_publish.max_body_bytes must be at least 1024");
+        check(h.rate >= 1, "http_publish.rate must be at least 1");
+        check(h.burst >= 1, "http_publish.burst must be at least 1");
+        check(self.sse.heartbeat_ms >= 100, "sse.heartbeat_ms must be at least 100");
+        check(
+            self.server.header_read_timeout_ms >= 100,
+            "server.header_read_timeout_ms must be at least 100",
+        );
+        check(
+            self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
+            "tls.cert_file and tls.key_file must be set together",
+        );
         check(
             self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
             "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
         );
+        if let Err(problems) = crate::kafka::security::resolve(&k.security, k.embedded()) {
+            errors.extend(problems);
+        }
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
         }
         if let Err(problems) = crate::auth::Authenticator::from_config(&self.auth) {
+            errors.extend(problems);
+        }
+        if let Err(problems) = crate::schema::Schemas::compile(&self.schemas) {
             errors.extend(problems);
         }
         errors
@@ -271,6 +481,12 @@ impl KafkaConfig {
     }
     pub fn partition_refresh(&self) -> Duration {
         ms(self.partition_refresh_ms)
+    }
+}
+
+impl LimitsConfig {
+    pub fn request_timeout(&self) -> Duration {
+        ms(self.request_timeout_ms)
     }
 }
 
@@ -302,6 +518,19 @@ pub struct Overrides {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// `FERRY_KAFKA_*` variables that belong to `scripts/kafka` (the local
+/// broker), not to the gateway; the configuration ignores them.
+pub const SCRIPT_VARIABLES: &[&str] = &[
+    "FERRY_KAFKA_PORT",
+    "FERRY_KAFKA_STATE",
+    "FERRY_KAFKA_HOME",
+    "FERRY_KAFKA_HEAP",
+    "FERRY_KAFKA_VERSION",
+    "FERRY_KAFKA_TIMEOUT",
+    "FERRY_KAFKA_SECURE",
+    "FERRY_KAFKA_SECURE_PORT",
+];
+
 /// Loads file, then environment (`env` yields `(name, value)` pairs), then
 /// flags, and validates the result.
 pub fn load(
@@ -321,9 +550,21 @@ pub fn load(
     }
 
     let known = env_keys();
+    let namespaces = env_namespaces();
+    let mut env: Vec<(String, String)> =
+        env.into_iter().filter(|(name, _)| name.starts_with("FERRY_")).collect();
+    env.sort();
     for (name, raw) in env {
-        if let Some(path) = known.get(&name) {
-            set_path(&mut table, path, env_value(&raw));
+        match known.get(&name) {
+            Some(path) => match env_setting(path, &raw) {
+                Ok(value) => set_path(&mut table, path, value),
+                Err(why) => errors.push(format!("{name}: {why}")),
+            },
+            None if SCRIPT_VARIABLES.contains(&name.as_str()) => {}
+            None if namespaces.iter().any(|prefix| name.starts_with(prefix.as_str())) => {
+                errors.push(unknown_variable(&name, &known));
+            }
+            None => {}
         }
     }
     let flags = [
@@ -348,6 +589,73 @@ pub fn load(
     }
 }
 
+/// The value of variable `raw` for the key at `path`: read as a TOML value
+/// when it is one the key accepts (`42`, `true`, `["a"]`), else as the
+/// string it is (so `FERRY_NODE_ID=42` names node "42"). When neither fits,
+/// the error says what the key expects.
+fn env_setting(path: &[String], raw: &str) -> Result<toml::Value, String> {
+    let fits = |value: &toml::Value| {
+        let mut probe = toml::Table::new();
+        set_path(&mut probe, path, value.clone());
+        toml::Value::Table(probe).try_into::<Config>().map(drop).map_err(|e| e.message().to_owned())
+    };
+    let parsed = env_value(raw);
+    let first = fits(&parsed);
+    if first.is_ok() {
+        return Ok(parsed);
+    }
+    let text = toml::Value::String(raw.to_owned());
+    if !parsed.is_str() && fits(&text).is_ok() {
+        return Ok(text);
+    }
+    Err(format!("{} (for `{}`)", first.unwrap_err(), path.join(".")))
+}
+
+/// `FERRY_<SECTION>_` for every section of the configuration: a variable
+/// starting with one of these must name a key.
+fn env_namespaces() -> Vec<String> {
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let table = defaults.as_table().expect("the configuration is a table");
+    table
+        .iter()
+        .filter(|(_, v)| v.is_table())
+        .map(|(section, _)| format!("FERRY_{}_", section.to_uppercase()))
+        .collect()
+}
+
+/// The error for a `FERRY_*` variable that names no key, with the nearest
+/// key's variable when one is close.
+fn unknown_variable(name: &str, known: &BTreeMap<String, Vec<String>>) -> String {
+    let nearest = known
+        .keys()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= 3)
+        .min_by_key(|(d, _)| *d);
+    match nearest {
+        Some((_, key)) => format!("{name}: no such setting (did you mean {key}?)"),
+        None => format!(
+            "{name}: no such setting (every key's variable is listed in README.md; tables such as kafka.librdkafka can only be set in the file)"
+        ),
+    }
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            let next = (row[j] + 1).min(row[j + 1] + 1).min(prev + cost);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 /// Deserializes each section on its own so that a mistake in one section
 /// does not hide mistakes in the others.
 fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Config {
@@ -358,10 +666,11 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     ) -> T {
         match table.remove(name) {
             None => T::default(),
-            Some(value) => value.try_into().unwrap_or_else(|e: toml::de::Error| {
-                errors.push(format!("[{name}]: {}", e.message()));
+            Some(toml::Value::Table(fields)) => each_key(fields, &format!("[{name}] "), errors),
+            Some(_) => {
+                errors.push(format!("[{name}]: expected a table"));
                 T::default()
-            }),
+            }
         }
     }
     let kafka = section(&mut table, "kafka", errors);
@@ -369,16 +678,47 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     let websocket = section(&mut table, "websocket", errors);
     let auth = section(&mut table, "auth", errors);
     let acl = section(&mut table, "acl", errors);
-    let mut config: Config = toml::Value::Table(table).try_into().unwrap_or_else(|e| {
-        errors.push(e.message().to_owned());
-        Config::default()
-    });
+    let server = section(&mut table, "server", errors);
+    let tls = section(&mut table, "tls", errors);
+    let console = section(&mut table, "console", errors);
+    let http_publish = section(&mut table, "http_publish", errors);
+    let sse = section(&mut table, "sse", errors);
+    let mut config: Config = each_key(table, "", errors);
     config.kafka = kafka;
     config.limits = limits;
     config.websocket = websocket;
     config.auth = auth;
     config.acl = acl;
+    config.server = server;
+    config.tls = tls;
+    config.console = console;
+    config.http_publish = http_publish;
+    config.sse = sse;
     config
+}
+
+/// Checks every key of a table on its own (an unknown key does not hide a
+/// bad value next to it), reports each bad one by name, and builds `T` from
+/// the good ones.
+fn each_key<T: serde::de::DeserializeOwned + Default>(
+    fields: toml::Table,
+    label: &str,
+    errors: &mut Vec<String>,
+) -> T {
+    let mut good = toml::Table::new();
+    for (key, value) in fields {
+        let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+        match toml::Value::Table(one).try_into::<T>() {
+            Ok(_) => {
+                good.insert(key, value);
+            }
+            Err(e) => errors.push(format!("{label}{key}: {}", e.message())),
+        }
+    }
+    toml::Value::Table(good).try_into().unwrap_or_else(|e: toml::de::Error| {
+        errors.push(format!("{label}{}", e.message()));
+        T::default()
+    })
 }
 
 fn split(path: &str) -> Vec<String> {
@@ -400,8 +740,15 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
         "auth.issuer",
         "auth.audience",
         "acl.token_grants_claim",
+        "tls.cert_file",
+        "tls.key_file",
+        "sse.token_cookie",
     ] {
         keys.insert(env_name(&split(path)), split(path));
+    }
+    for key in crate::kafka::security::KEYS {
+        let path = split(&format!("kafka.security.{key}"));
+        keys.insert(env_name(&path), path);
     }
     collect_keys(&defaults, &mut Vec::new(), &mut keys);
     keys
@@ -462,11 +809,16 @@ pub fn reload_acl(path: &std::path::Path) -> Result<AclConfig, Vec<String>> {
         std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
     let mut table: toml::Table =
         text.parse().map_err(|e| vec![format!("{}: {e}", path.display())])?;
-    match table.remove("acl") {
-        None => Ok(AclConfig::default()),
-        Some(value) => {
-            value.try_into().map_err(|e: toml::de::Error| vec![format!("[acl]: {}", e.message())])
-        }
+    let mut errors = Vec::new();
+    let acl = match table.remove("acl") {
+        None => AclConfig::default(),
+        Some(toml::Value::Table(fields)) => each_key(fields, "[acl] ", &mut errors),
+        Some(_) => return Err(vec!["[acl]: expected a table".to_owned()]),
+    };
+    if errors.is_empty() {
+        Ok(acl)
+    } else {
+        Err(errors)
     }
 }
 
@@ -535,6 +887,135 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelled_variable_is_an_error_naming_the_nearest_key() {
+        let errors = load(
+            &Overrides::default(),
+            env(&[("FERRY_LIMITS_MAX_SUBSCRIPTION", "7"), ("FERRY_WEBSOCKET_PING", "1")]),
+        )
+        .unwrap_err()
+        .0;
+        let all = errors.join("\n");
+        assert!(all.contains("FERRY_LIMITS_MAX_SUBSCRIPTION: no such setting (did you mean FERRY_LIMITS_MAX_SUBSCRIPTIONS?)"), "{all}");
+        assert!(all.contains("FERRY_WEBSOCKET_PING: no such setting"), "{all}");
+        assert_eq!(errors.len(), 2, "{all}");
+        let errors =
+            load(&Overrides::default(), env(&[("FERRY_KAFKA_LIBRDKAFKA", "x")])).unwrap_err().0;
+        assert!(errors[0].contains("only be set in the file"), "{errors:?}");
+    }
+
+    #[test]
+    fn variables_outside_the_config_namespaces_are_not_configuration() {
+        let config = load(
+            &Overrides::default(),
+            env(&[
+                ("FERRY_LOG", "debug"),
+                ("FERRY_CONFIG_EXTRA", "x"),
+                ("FERRY_TEST_KAFKA", "127.0.0.1:9092"),
+                ("FERRY_KAFKA_PORT", "23092"),
+                ("FERRY_KAFKA_STATE", "/tmp/k"),
+                ("NOT_FERRY_LIMITS_X", "1"),
+            ]),
+        )
+        .unwrap();
+        assert!(config.kafka.embedded());
+    }
+
+    #[test]
+    fn a_variable_is_read_as_the_type_its_key_takes() {
+        let config = load(
+            &Overrides::default(),
+            env(&[("FERRY_NODE_ID", "42"), ("FERRY_KAFKA_AUTO_CREATE_TOPICS", "false")]),
+        )
+        .unwrap();
+        assert_eq!(config.node_id.as_deref(), Some("42"));
+        assert_eq!(config.kafka.auto_create_topics, Some(false));
+        let errors = load(
+            &Overrides::default(),
+            env(&[("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "many"), ("FERRY_SHUTDOWN_GRACE_MS", "-1")]),
+        )
+        .unwrap_err()
+        .0;
+        let all = errors.join("\n");
+        assert!(all.contains("FERRY_LIMITS_MAX_SUBSCRIPTIONS: "), "{all}");
+        assert!(all.contains("`limits.max_subscriptions`"), "{all}");
+        assert!(all.contains("FERRY_SHUTDOWN_GRACE_MS: "), "{all}");
+        assert_eq!(errors.len(), 2, "{all}");
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_the_other_errors_of_its_section() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        std::fs::write(
+            &file,
+            "nope = 1\nnode_id = 5\n[limits]\nnope = 2\nmax_frame_bytes = \"big\"\npublish_rate = 0\n[auth]\nmode = \"sometimes\"\nnada = 1\n",
+        )
+        .unwrap();
+        let overrides = Overrides { config_file: Some(file), ..Default::default() };
+        let errors = load(&overrides, env(&[])).unwrap_err().0;
+        let all = errors.join("\n");
+        for part in [
+            "nope: unknown field `nope`",
+            "node_id: ",
+            "[limits] nope: unknown field",
+            "[limits] max_frame_bytes: ",
+            "limits.publish_rate must be at least 1",
+            "[auth] mode: ",
+            "[auth] nada: unknown field",
+        ] {
+            assert!(all.contains(part), "{part:?} missing from\n{all}");
+        }
+        assert_eq!(errors.len(), 7, "{all}");
+    }
+
+    #[test]
+    fn kafka_security_from_env_with_secrets_kept_as_strings_and_hidden() {
+        let config = load(
+            &Overrides::default(),
+            env(&[
+                ("FERRY_KAFKA_BROKERS", "kafka:9096"),
+                ("FERRY_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+                ("FERRY_KAFKA_SECURITY_SASL_MECHANISM", "SCRAM-SHA-256"),
+                ("FERRY_KAFKA_SECURITY_USERNAME", "ferry"),
+                ("FERRY_KAFKA_SECURITY_PASSWORD", "123456"),
+                ("FERRY_KAFKA_SECURITY_VERIFY_HOSTNAME", "false"),
+            ]),
+        )
+        .unwrap();
+        let security = &config.kafka.security;
+        assert_eq!(security.password.as_ref().map(|p| p.expose()), Some("123456"));
+        assert!(!security.verify_hostname);
+        let mut config = config;
+        config.kafka.librdkafka.insert("sasl.password".into(), "raw-secret".into());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("123456") && !debug.contains("raw-secret"), "{debug}");
+        let serialized = toml::to_string(&config).unwrap();
+        assert!(!serialized.contains("123456") && !serialized.contains("raw-secret"));
+    }
+
+    #[test]
+    fn kafka_security_mistakes_are_reported_with_the_others() {
+        let errors = load(
+            &Overrides::default(),
+            env(&[
+                ("FERRY_KAFKA_BROKERS", "kafka:9093"),
+                ("FERRY_KAFKA_SECURITY_PROTOCOL", "ssl"),
+                ("FERRY_KAFKA_SECURITY_CERT_FILE", "/nonexistent/client.pem"),
+                ("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "0"),
+            ]),
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(
+            errors.contains("kafka.security.cert_file needs kafka.security.key_file"),
+            "{errors}"
+        );
+        assert!(errors.contains("limits.max_subscriptions"), "{errors}");
+    }
+
+    #[test]
     fn env_names_cover_every_scalar_key() {
         let keys = env_keys();
         for name in [
@@ -544,9 +1025,65 @@ mod tests {
             "FERRY_LIMITS_OUTBOUND_QUEUE",
             "FERRY_WEBSOCKET_PING_INTERVAL_MS",
             "FERRY_SHUTDOWN_GRACE_MS",
+            "FERRY_TLS_CERT_FILE",
+            "FERRY_TLS_KEY_FILE",
+            "FERRY_SERVER_HEADER_READ_TIMEOUT_MS",
+            "FERRY_LIMITS_MAX_PENDING_HANDSHAKES",
         ] {
             assert!(keys.contains_key(name), "{name} in {keys:?}");
         }
         assert!(!keys.contains_key("FERRY_KAFKA_LIBRDKAFKA"));
+        assert!(keys.contains_key("FERRY_KAFKA_SECURITY_PASSWORD_FILE"));
+        assert!(keys.contains_key("FERRY_KAFKA_SECURITY_OAUTH_CLIENT_SECRET"));
+    }
+
+    #[test]
+    fn schemas_and_console_come_from_the_file_and_bad_schemas_are_reported_with_the_rest() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-schemas-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        std::fs::write(
+            &file,
+            "[console]\nenabled = false\n[[schemas]]\ntopics = \"telemetry.**\"\nschema = '{\"type\":\"object\"}'\n",
+        )
+        .unwrap();
+        let overrides = Overrides { config_file: Some(file.clone()), ..Default::default() };
+        let config = load(&overrides, env(&[])).unwrap();
+        assert!(!config.console.enabled);
+        assert_eq!(config.schemas.len(), 1);
+        assert_eq!(config.schemas[0].topics, "telemetry.**");
+        assert!(Config::default().console.enabled, "the console is on by default");
+
+        std::fs::write(
+            &file,
+            "[[schemas]]\ntopics = \"t\"\nschema = 'nope'\nextra = 1\n[[schemas]]\ntopics = \"u\"\nschema = '{\"type\": 5}'\n",
+        )
+        .unwrap();
+        let errors = load(&overrides, env(&[("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "0")]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(errors.contains("schemas") && errors.contains("extra"), "{errors}");
+        assert!(errors.contains("limits.max_subscriptions"), "{errors}");
+        let errors = load(&overrides, env(&[("FERRY_CONSOLE_ENABLED", "maybe")])).unwrap_err().0;
+        assert!(errors.iter().any(|e| e.contains("FERRY_CONSOLE_ENABLED")), "{errors:?}");
+        assert!(env_keys().contains_key("FERRY_CONSOLE_ENABLED"));
+    }
+
+    #[test]
+    fn tls_files_come_together() {
+        let errors =
+            load(&Overrides::default(), env(&[("FERRY_TLS_CERT_FILE", "/etc/ferry/cert.pem")]))
+                .unwrap_err()
+                .0;
+        assert!(errors.iter().any(|e| e.contains("tls.cert_file and tls.key_file")), "{errors:?}");
+        let config = load(
+            &Overrides::default(),
+            env(&[("FERRY_TLS_CERT_FILE", "/c.pem"), ("FERRY_TLS_KEY_FILE", "/k.pem")]),
+        )
+        .unwrap();
+        let (cert, key) = config.tls.files().unwrap();
+        assert_eq!((cert.to_str(), key.to_str()), (Some("/c.pem"), Some("/k.pem")));
+        assert!(Config::default().tls.files().is_none());
     }
 }

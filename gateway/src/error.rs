@@ -19,6 +19,10 @@ pub enum GatewayError {
     Unavailable(String),
     #[error("Kafka did not confirm the record in time; it may or may not be stored")]
     Timeout,
+    /// A request (subscribe, or the topic look-up of a publish) that Kafka
+    /// did not answer within `limits.request_timeout_ms`: nothing was done.
+    #[error("Kafka did not answer within {0} ms; the request was not carried out")]
+    NoAnswer(u64),
     #[error("the record is larger than Kafka accepts")]
     TooLarge,
     #[error("{0}")]
@@ -29,6 +33,10 @@ pub enum GatewayError {
     Forbidden(String),
     #[error("publishing faster than {0} per second; slow down")]
     RateLimited(u32),
+    /// The value does not validate against its topic's JSON Schema (the
+    /// message names the first violation), or is bytes on such a topic.
+    #[error("{0}")]
+    InvalidValue(String),
     /// Unexpected; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -41,12 +49,13 @@ impl GatewayError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::UnknownTopic(_) => ErrorCode::UnknownTopic,
             Self::Unavailable(_) => ErrorCode::Unavailable,
-            Self::Timeout => ErrorCode::Timeout,
+            Self::Timeout | Self::NoAnswer(_) => ErrorCode::Timeout,
             Self::TooLarge => ErrorCode::TooLarge,
             Self::Limit(_) => ErrorCode::Limit,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::InvalidValue(_) => ErrorCode::InvalidValue,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -1,26 +1,24 @@
-//! Topic → local subscribers, grouped by filter. The fan-out hands each
-//! record here once; each distinct filter is evaluated once per record (the
-//! record's JSON value is parsed at most once, and only if a filter needs
-//! it), the record is encoded only if some group wants it, and the same
-//! bytes are queued to every matching socket. Dispatch never waits on a socket: a socket whose queue
-//! is full is told to close (slow consumer) and the others carry on.
+//! Topic → local subscribers, grouped by filter: a registry, nothing more.
+//! The fan-out hands each record here once; each distinct filter is
+//! evaluated once per record (the record's JSON value is parsed at most
+//! once, and only if a filter needs it), the record is encoded only if some
+//! group wants it, and the same bytes are queued to every matching socket.
+//! Dispatch never waits on a socket: a socket whose queue is full is told to
+//! close (slow consumer) and the others carry on.
 //!
-//! The hub also remembers which partitions are assigned for each topic, and
-//! runs assignment changes under its lock (see [`Hub::activate`]) so that a
-//! last-unsubscribe and a new first-subscribe of the same topic cannot
-//! interleave their assign/unassign calls.
+//! [`Hub::join`] and [`Hub::leave`] say whether a subscriber was a topic's
+//! first or last on this node; what that means for Kafka (assigning or
+//! releasing partitions) is [`crate::kafka::fanout`]'s business, done under
+//! its own per-topic lock, never under this one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::Overflow;
-use tokio::sync::{mpsc, OnceCell};
-use tokio_util::sync::CancellationToken;
 
-use crate::error::GatewayError;
 use crate::filter::{Filter, RecordView};
-use crate::session::lossy::LossyQueue;
+use crate::outlet::Outlet;
 
 /// One socket's end of a subscription.
 #[derive(Debug, Clone)]
@@ -31,13 +29,8 @@ pub struct Subscriber {
     pub topic: Arc<str>,
     /// What happens when the socket does not keep up.
     pub overflow: Overflow,
-    /// The socket's bounded fan-out queue (shared by all its topics), for
-    /// `disconnect` subscriptions.
-    pub queue: mpsc::Sender<Utf8Bytes>,
-    /// The socket's lossy queue, for `drop_oldest` and `conflate`.
-    pub lossy: Arc<LossyQueue>,
-    /// Cancelled by the hub when `queue` is full: the session closes.
-    pub kick: CancellationToken,
+    /// The socket's queues (shared by all its topics).
+    pub outlet: Outlet,
     /// Only records matching this reach the socket.
     pub filter: Option<Arc<Filter>>,
 }
@@ -51,17 +44,9 @@ struct Group {
     members: Vec<Subscriber>,
 }
 
-/// Outcome of a topic's activation (first subscriber): shared by everyone
-/// who subscribed while it was under way.
-pub type Activation = Arc<OnceCell<Result<(), GatewayError>>>;
-
 #[derive(Debug, Default)]
 struct TopicEntry {
     groups: Vec<Group>,
-    activation: Activation,
-    /// Partitions the node's consumer has assigned for this topic, with the
-    /// offset each was assigned at.
-    starts: BTreeMap<i32, i64>,
 }
 
 /// The node's subscription table.
@@ -73,12 +58,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Adds `subscriber` to `topic`; returns the topic's activation, which
-    /// the caller completes (first subscriber) or waits for.
-    pub fn join(&self, topic: &str, subscriber: Subscriber) -> Activation {
+    /// Adds `subscriber` to `topic` (replacing the session's earlier entry
+    /// there, if any); true when it is the topic's first on this node.
+    pub fn join(&self, topic: &str, subscriber: Subscriber) -> bool {
         let mut topics = self.topics.write().expect("hub lock");
         let entry = topics.entry(topic.to_owned()).or_default();
         entry.remove(subscriber.session);
+        let first = entry.groups.is_empty();
         let canonical = subscriber.filter.as_ref().map(|f| f.canonical()).unwrap_or_default();
         match entry.groups.iter_mut().find(|g| g.canonical == canonical) {
             Some(group) => group.members.push(subscriber),
@@ -88,97 +74,27 @@ impl Hub {
                 members: vec![subscriber],
             }),
         }
-        entry.activation.clone()
+        first
     }
 
-    /// Removes a session from `topic`. When it was the last subscriber, the
-    /// entry goes and `release` runs (under the lock) with the partitions to
-    /// unassign.
-    pub fn leave(&self, topic: &str, session: u64, release: impl FnOnce(&[i32])) {
+    /// Removes a session from `topic`; true when it was the topic's last
+    /// subscriber on this node.
+    pub fn leave(&self, topic: &str, session: u64) -> bool {
         let mut topics = self.topics.write().expect("hub lock");
         let Some(entry) = topics.get_mut(topic) else {
-            return;
+            return false;
         };
         entry.remove(session);
         if entry.groups.is_empty() {
-            let entry = topics.remove(topic).expect("entry exists");
-            if !entry.starts.is_empty() {
-                release(&entry.starts.keys().copied().collect::<Vec<_>>());
-            }
-        }
-    }
-
-    /// Completes the activation `activation` of `topic` by running `assign`
-    /// under the lock, if the entry is still the one that was joined and has
-    /// subscribers. Returns false when nothing was assigned because everyone
-    /// left meanwhile.
-    pub fn activate(
-        &self,
-        topic: &str,
-        activation: &Activation,
-        starts: BTreeMap<i32, i64>,
-        assign: impl FnOnce(&BTreeMap<i32, i64>) -> Result<(), GatewayError>,
-    ) -> Result<bool, GatewayError> {
-        let mut topics = self.topics.write().expect("hub lock");
-        match topics.get_mut(topic) {
-            Some(entry) if Arc::ptr_eq(&entry.activation, activation) => {
-                assign(&starts)?;
-                entry.starts = starts;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    /// A failed activation: forget the entry, so the next subscribe tries
-    /// again instead of seeing the cached failure.
-    pub fn abandon(&self, topic: &str, activation: &Activation) {
-        let mut topics = self.topics.write().expect("hub lock");
-        if topics.get(topic).is_some_and(|e| Arc::ptr_eq(&e.activation, activation)) {
             topics.remove(topic);
+            return true;
         }
+        false
     }
 
-    /// Adds partitions that appeared after activation; runs `assign` under
-    /// the lock with those not yet assigned.
-    pub fn grow(
-        &self,
-        topic: &str,
-        partition_count: i32,
-        assign: impl FnOnce(&[i32]) -> Result<(), GatewayError>,
-    ) -> Result<(), GatewayError> {
-        let mut topics = self.topics.write().expect("hub lock");
-        let Some(entry) = topics.get_mut(topic) else {
-            return Ok(());
-        };
-        if entry.starts.is_empty() {
-            return Ok(()); // still activating; activation assigns everything
-        }
-        let new: Vec<i32> =
-            (0..partition_count).filter(|p| !entry.starts.contains_key(p)).collect();
-        if !new.is_empty() {
-            assign(&new)?;
-            // New partitions are read from their beginning.
-            entry.starts.extend(new.into_iter().map(|p| (p, 0)));
-        }
-        Ok(())
-    }
-
-    /// The offsets `topic`'s partitions were assigned at (empty while the
-    /// topic is not live on this node).
-    pub fn assigned_starts(&self, topic: &str) -> BTreeMap<i32, i64> {
-        let topics = self.topics.read().expect("hub lock");
-        topics.get(topic).map(|e| e.starts.clone()).unwrap_or_default()
-    }
-
-    /// Topics with their assigned partition count, for the partition check.
-    pub fn assigned_topics(&self) -> Vec<(String, usize)> {
-        let topics = self.topics.read().expect("hub lock");
-        topics
-            .iter()
-            .filter(|(_, e)| !e.starts.is_empty())
-            .map(|(t, e)| (t.clone(), e.starts.len()))
-            .collect()
+    /// Whether `topic` has subscribers on this node.
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.topics.read().expect("hub lock").contains_key(topic)
     }
 
     /// Queues the record (`view`, at `partition`) to every subscriber of
@@ -202,7 +118,14 @@ impl Hub {
             }
             let frame = frame.get_or_insert_with(|| (encode.take().expect("encoded once"))());
             for subscriber in &group.members {
-                if subscriber.offer(partition, view.key(), frame) {
+                let outlet = &subscriber.outlet;
+                if outlet.offer(
+                    subscriber.overflow,
+                    &subscriber.topic,
+                    partition,
+                    view.key(),
+                    frame,
+                ) {
                     delivered += 1;
                 }
             }
@@ -220,50 +143,22 @@ impl TopicEntry {
     }
 }
 
-impl Subscriber {
-    /// Queues `frame` by the subscription's overflow policy; false when the
-    /// socket did not take it.
-    fn offer(&self, partition: i32, key: Option<&[u8]>, frame: &Utf8Bytes) -> bool {
-        match self.overflow {
-            Overflow::Disconnect => match self.queue.try_send(frame.clone()) {
-                Ok(()) => true,
-                // Policy when full: the socket is too slow; close it rather
-                // than wait for it or grow its queue.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.kick.cancel();
-                    false
-                }
-                // The session is ending and will leave on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-            Overflow::DropOldest => {
-                self.lossy.push(&self.topic, None, frame.clone());
-                true
-            }
-            Overflow::Conflate => {
-                self.lossy.push(&self.topic, key.map(|k| (partition, k)), frame.clone());
-                true
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn subscriber(session: u64, capacity: usize) -> (Subscriber, mpsc::Receiver<Utf8Bytes>) {
-        let (queue, rx) = mpsc::channel(capacity);
+    use crate::outlet::Drain;
+
+    fn subscriber(session: u64, capacity: usize) -> (Subscriber, Drain) {
+        let (outlet, drain) = Outlet::new(capacity, 1);
         let subscriber = Subscriber {
             session,
             topic: "t".into(),
             overflow: Overflow::Disconnect,
-            queue,
-            lossy: Arc::new(LossyQueue::new(capacity)),
-            kick: CancellationToken::new(),
+            outlet,
             filter: None,
         };
-        (subscriber, rx)
+        (subscriber, drain)
     }
 
     #[tokio::test]
@@ -271,7 +166,7 @@ mod tests {
         let hub = Hub::default();
         let (fast, mut fast_rx) = subscriber(1, 8);
         let (slow, _slow_rx) = subscriber(2, 1);
-        let slow_kick = slow.kick.clone();
+        let slow_kick = slow.outlet.kicked().clone();
         hub.join("t", fast.clone());
         hub.join("t", slow);
         let frame = Utf8Bytes::from("{\"type\":\"message\"}");
@@ -279,38 +174,24 @@ mod tests {
         assert_eq!(hub.dispatch("t", 0, &view, || frame.clone()), 2);
         assert_eq!(hub.dispatch("t", 0, &view, || frame.clone()), 1);
         assert!(slow_kick.is_cancelled());
-        assert!(!fast.kick.is_cancelled());
-        let a = fast_rx.recv().await.unwrap();
-        let b = fast_rx.recv().await.unwrap();
+        assert!(!fast.outlet.kicked().is_cancelled());
+        let a = fast_rx.live.recv().await.unwrap();
+        let b = fast_rx.live.recv().await.unwrap();
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr(), "bytes are shared, not copied");
     }
 
     #[test]
-    fn last_leave_releases_assigned_partitions() {
+    fn join_and_leave_say_first_and_last() {
         let hub = Hub::default();
         let (a, _ra) = subscriber(1, 1);
         let (b, _rb) = subscriber(2, 1);
-        let activation = hub.join("t", a);
-        hub.join("t", b);
-        let starts = BTreeMap::from([(0, 5), (1, 0), (2, 7)]);
-        assert!(hub.activate("t", &activation, starts, |_| Ok(())).unwrap());
-        assert_eq!(hub.assigned_starts("t"), BTreeMap::from([(0, 5), (1, 0), (2, 7)]));
-        let mut released = Vec::new();
-        hub.leave("t", 1, |p| released.extend_from_slice(p));
-        assert!(released.is_empty());
-        hub.leave("t", 2, |p| released.extend_from_slice(p));
-        assert_eq!(released, vec![0, 1, 2]);
-        assert!(hub.assigned_topics().is_empty());
-    }
-
-    #[test]
-    fn activation_after_everyone_left_assigns_nothing() {
-        let hub = Hub::default();
-        let (a, _ra) = subscriber(1, 1);
-        let activation = hub.join("t", a);
-        hub.leave("t", 1, |_| panic!("nothing assigned yet"));
-        let assigned =
-            hub.activate("t", &activation, BTreeMap::from([(0, 0)]), |_| panic!("must not assign"));
-        assert!(!assigned.unwrap());
+        assert!(hub.join("t", a.clone()), "first");
+        assert!(!hub.join("t", b), "second");
+        assert!(!hub.join("t", a), "a session joining again is not first");
+        assert!(!hub.leave("t", 1));
+        assert!(hub.has_subscribers("t"));
+        assert!(hub.leave("t", 2), "last");
+        assert!(!hub.has_subscribers("t"));
+        assert!(!hub.leave("t", 2), "leaving twice is not last twice");
     }
 }

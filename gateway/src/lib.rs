@@ -6,35 +6,69 @@
 //! - [`auth`]: JWT (header, query or `auth` frame) → [`auth::Principal`];
 //!   keys pinned to algorithms, JWKS cache.
 //! - [`acl`]: deny-by-default topic policy with claim templates, reloadable.
+//! - [`template`]: the one parser of `{sub}` / `{claims.NAME}` placeholders,
+//!   for ACL patterns and ACL-imposed filters.
 //! - [`app`]: builds Kafka clients, hub, fan-out and HTTP server; runs and drains.
-//! - [`http`]: the router: `/ws` upgrade, `/healthz`, `/readyz`, `/metrics`.
-//! - [`session`]: one client: a read loop that owns the connection state and
-//!   a writer task that is the only owner of the socket's sink.
-//! - [`hub`]: topic → local subscribers, grouped by filter; dispatch never
-//!   blocks.
-//! - [`filter`]: server-side record filters (key, headers, JSON fields).
-//! - [`kafka`]: producer (publish + acks), fan-out consumer, topic catalog,
-//!   health probe, embedded mock cluster, client settings.
+//! - [`http`]: the listener (plain or TLS with hot reload, header-read
+//!   timeout, pending-handshake bound) and the router: `/ws` upgrade,
+//!   `/healthz`, `/readyz`, `/metrics`, `/console` (the embedded web
+//!   console), and the plain HTTP transports: `POST /v1/publish` (batches,
+//!   acked once stored) and `GET /sse` (Server-Sent Events, resumable on
+//!   any node).
+//! - [`resume`]: the SSE resume token (every partition's next offset).
+//! - [`delivery`]: opening a subscription on its route (live fan-out,
+//!   replay, shared group) for any transport; what it returns undoes it
+//!   when dropped.
+//! - [`session`]: one client: a read loop that owns the connection state
+//!   (requests that wait on Kafka run beside it, each answered once, in
+//!   bounded time) and a writer task that is the only owner of the sink.
+//! - [`hub`]: topic → local subscribers, grouped by filter (a registry:
+//!   join/leave say first/last); dispatch never blocks.
+//! - [`outlet`]: one per socket: the bounded queues every delivery path
+//!   fills, with the subscription's policy when full (disconnect, lossy,
+//!   paced); the writer drains it.
+//! - [`filter`]: server-side record filters (key, headers, JSON fields):
+//!   parsing, evaluation and the record view in separate files.
+//! - [`kafka`]: producer (publish + acks); the one pump loop
+//!   ([`kafka::source`]) that every consumer runs with its route: the live
+//!   fan-out (assigns topics under a per-topic lock, never under the hub's),
+//!   replays, groups; topic catalog, health probe, embedded mock cluster,
+//!   client settings and security, the shared client context.
 //! - [`error`]: [`error::GatewayError`] and its one mapping to `error` frames.
 //! - [`metrics`]: metric names and the functions that record them.
+//! - [`schema`]: per-topic JSON Schemas of record values, checked once per
+//!   publish before the producer (`invalid_value`).
+//! - [`throttle`]: rate-limited logging of repeated failures.
 //!
 //! Publish: session → ACL and rate limit → topic check → [`kafka::producer`] → delivery future →
 //! `ack`/`error` on the session's reply queue → writer.
 //!
-//! Fan-out: [`kafka::fanout`] consumer → record encoded once → [`hub`] →
-//! each subscriber's bounded queue → its writer.
+//! Delivery: every consumer runs [`kafka::source::pump`], which hands each
+//! record to its route. The live route ([`kafka::fanout`]) encodes a record
+//! once and dispatches it through the [`hub`] to each subscriber's
+//! [`outlet`], never waiting; a replay ([`kafka::replay`]) and a shared
+//! group ([`kafka::groups`]) fill the same outlet, paced. The socket's
+//! writer (or an SSE stream) drains the outlet; a group record's completion
+//! flows back from the writer to its group as a message, the only thing
+//! that flows back.
 
 pub mod acl;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod outlet;
+pub mod resume;
+pub mod schema;
 pub mod session;
+pub mod template;
+pub mod throttle;
 
 pub use app::App;
 pub use config::Config;

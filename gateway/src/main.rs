@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferry_gateway::app::BuildError;
 use ferry_gateway::config::{self, Config, Overrides};
 use ferry_gateway::App;
+use rdkafka::error::KafkaError;
 use tracing_subscriber::EnvFilter;
 
 /// Ferry: a WebSocket ⇄ Kafka event hub.
@@ -120,7 +122,7 @@ fn serve(config: Config) -> ExitCode {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("ferry: {e}");
-                return ExitCode::FAILURE;
+                return ExitCode::from(build_exit_code(&e));
             }
         };
         let shutdown = app.shutdown_token();
@@ -131,6 +133,20 @@ fn serve(config: Config) -> ExitCode {
         app.run().await;
         ExitCode::SUCCESS
     })
+}
+
+/// 64 for what the operator must fix in the configuration: a setting the
+/// Kafka client refuses (a bad `kafka.librdkafka` entry, a broker list it
+/// cannot parse) like any other configuration error; 1 for the rest (the
+/// port is taken, the embedded Kafka failed).
+fn build_exit_code(e: &BuildError) -> u8 {
+    match e {
+        BuildError::Config(_)
+        | BuildError::Kafka(KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_)) => {
+            EXIT_CONFIG
+        }
+        _ => 1,
+    }
 }
 
 fn mint_token(
@@ -168,7 +184,15 @@ fn mint_token(
         body.insert("aud".into(), aud.clone().into());
     }
     if !grant_pub.is_empty() || !grant_sub.is_empty() {
-        let claim = config.acl.token_grants_claim.clone().unwrap_or_else(|| "ferry".into());
+        // Without the claim configured the gateway would ignore the grants,
+        // and the token would silently allow more than the caller asked for.
+        let Some(claim) = config.acl.token_grants_claim.clone() else {
+            eprintln!(
+                "ferry token: --grant-pub/--grant-sub need acl.token_grants_claim \
+                 (config file or FERRY_ACL_TOKEN_GRANTS_CLAIM); without it the gateway ignores grants"
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        };
         body.insert(claim, serde_json::json!({"pub": grant_pub, "sub": grant_sub}));
     }
     let key = jsonwebtoken::EncodingKey::from_secret(secret.0.as_bytes());

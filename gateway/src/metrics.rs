@@ -6,7 +6,11 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use ferry_protocol::{CloseCode, ErrorCode};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
+};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 pub const CONNECTIONS: &str = "ferry_connections";
@@ -21,10 +25,19 @@ pub const SUBSCRIPTIONS: &str = "ferry_subscriptions";
 pub const FANOUT_RECORDS: &str = "ferry_fanout_records_total";
 pub const FANOUT_DELIVERIES: &str = "ferry_fanout_deliveries_total";
 pub const SLOW_CONSUMERS: &str = "ferry_slow_consumer_disconnects_total";
-pub const CLOSES: &str = "ferry_connections_closed_total";
+pub const CONNECTIONS_CLOSED: &str = "ferry_connections_closed_total";
 pub const KAFKA_READY: &str = "ferry_kafka_ready";
 pub const AUTH_FAILURES: &str = "ferry_auth_failures_total";
 pub const FORBIDDEN: &str = "ferry_forbidden_total";
+pub const TLS_RELOADS: &str = "ferry_tls_reloads_total";
+pub const SCHEMA_REJECTIONS: &str = "ferry_schema_rejections_total";
+pub const HTTP_PUBLISH_REQUESTS: &str = "ferry_http_publish_requests_total";
+pub const HTTP_PUBLISH_RECORDS: &str = "ferry_http_publish_records_total";
+pub const SSE_STREAMS: &str = "ferry_sse_streams";
+pub const SSE_STREAMS_TOTAL: &str = "ferry_sse_streams_total";
+pub const SSE_REJECTED: &str = "ferry_sse_rejected_total";
+pub const SSE_CLOSED: &str = "ferry_sse_closed_total";
+pub const SSE_EVENTS: &str = "ferry_sse_events_total";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -42,10 +55,188 @@ pub fn prometheus() -> PrometheusHandle {
             let handle = recorder.handle();
             // Another recorder may already be installed by an embedding
             // program; the handle then renders an empty page.
-            let _ = metrics::set_global_recorder(recorder);
+            if metrics::set_global_recorder(recorder).is_ok() {
+                register_at_zero();
+                let _ = HOT.set(Hot::resolve());
+            }
             handle
         })
         .clone()
+}
+
+/// Handles of the series recorded per frame or per record, resolved once
+/// from the recorder: a `counter!` call hashes its name and labels and
+/// looks the series up on every use.
+struct Hot {
+    frames_in: Counter,
+    frames_out: Counter,
+    acked: Counter,
+    latency: Histogram,
+    fanout_records: Counter,
+    fanout_deliveries: Counter,
+}
+
+/// Set once the Prometheus recorder is installed; until then (or with
+/// another program's recorder) the functions below look series up per call.
+static HOT: OnceLock<Hot> = OnceLock::new();
+
+impl Hot {
+    fn resolve() -> Self {
+        Self {
+            frames_in: counter!(FRAMES_IN),
+            frames_out: counter!(FRAMES_OUT),
+            acked: counter!(PUBLISH_ACKED),
+            latency: histogram!(PUBLISH_LATENCY),
+            fanout_records: counter!(FANOUT_RECORDS),
+            fanout_deliveries: counter!(FANOUT_DELIVERIES),
+        }
+    }
+}
+
+/// Close codes the gateway sends, for the `reason` label of
+/// `ferry_connections_closed_total`.
+const CLOSE_CODES: [CloseCode; 12] = [
+    CloseCode::GOING_AWAY,
+    CloseCode::PROTOCOL_ERROR,
+    CloseCode::UNSUPPORTED_DATA,
+    CloseCode::INVALID_PAYLOAD,
+    CloseCode::MESSAGE_TOO_BIG,
+    CloseCode::SLOW_CONSUMER,
+    CloseCode::IDLE_TIMEOUT,
+    CloseCode::TOKEN_EXPIRED,
+    CloseCode::AUTH_TIMEOUT,
+    CloseCode::RATE_LIMITED,
+    CloseCode::TOO_MANY_CONNECTIONS,
+    CloseCode::SUBJECT_CHANGED,
+];
+
+/// How a session ends without a close code of the gateway's.
+const OTHER_CLOSE_REASONS: [&str; 3] = ["client_closed", "connection_lost", "write_failed"];
+
+/// Why a connection is refused (`ferry_connections_rejected_total`): by the
+/// upgrade ([`crate::http`]'s `ws`) or by the listener before it.
+const REJECT_REASONS: [&str; 9] = [
+    "shutting_down",
+    "subprotocol",
+    "origin",
+    "max_connections",
+    "unauthorized",
+    "max_connections_per_subject",
+    "handshakes",
+    "handshake_timeout",
+    "tls_handshake",
+];
+
+/// Why a token is refused (`ferry_auth_failures_total`).
+const AUTH_FAILURE_REASONS: [&str; 6] =
+    ["too_large", "malformed", "algorithm", "unknown_key", "invalid", "missing_subject"];
+
+/// HTTP statuses of `POST /v1/publish` (`ferry_http_publish_requests_total`).
+pub const HTTP_PUBLISH_STATUSES: [&str; 9] =
+    ["200", "400", "401", "403", "413", "415", "429", "500", "503"];
+
+/// Why an SSE request is refused (`ferry_sse_rejected_total`).
+pub const SSE_REJECT_REASONS: [&str; 9] = [
+    "shutting_down",
+    "origin",
+    "max_connections",
+    "unauthorized",
+    "max_connections_per_subject",
+    "forbidden",
+    "bad_request",
+    "limit",
+    "unavailable",
+];
+
+/// How an SSE stream ends (`ferry_sse_closed_total`).
+pub const SSE_CLOSE_REASONS: [&str; 5] =
+    ["client_gone", "slow_consumer", "token_expired", "going_away", "write_timeout"];
+
+/// Describes every series and creates it at zero, so that a fresh gateway's
+/// `/metrics` already lists each documented series with its HELP text
+/// (Prometheus users alert on absent series otherwise).
+fn register_at_zero() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections.");
+    describe_counter!(CONNECTIONS_TOTAL, "WebSocket connections accepted since start.");
+    describe_counter!(CONNECTIONS_CLOSED, "WebSocket connections closed, by reason.");
+    describe_counter!(CONNECTIONS_REJECTED, "WebSocket upgrades refused, by reason.");
+    describe_counter!(FRAMES_IN, "Frames received from clients.");
+    describe_counter!(FRAMES_OUT, "Frames written to clients.");
+    describe_counter!(PUBLISH_ACKED, "Publishes stored by Kafka and acked.");
+    describe_counter!(PUBLISH_FAILED, "Publishes answered with an error, by error code.");
+    describe_histogram!(
+        PUBLISH_LATENCY,
+        Unit::Seconds,
+        "Time from a publish to Kafka's acknowledgement."
+    );
+    describe_gauge!(SUBSCRIPTIONS, "Active subscriptions on this node.");
+    describe_counter!(FANOUT_RECORDS, "Kafka records consumed for live fan-out.");
+    describe_counter!(FANOUT_DELIVERIES, "Records queued to sockets by the live fan-out.");
+    describe_counter!(SLOW_CONSUMERS, "Sockets closed with 4000 for not keeping up.");
+    describe_gauge!(KAFKA_READY, "1 when Kafka answers the gateway, else 0.");
+    describe_counter!(AUTH_FAILURES, "Tokens refused, by reason.");
+    describe_counter!(FORBIDDEN, "Requests the ACL refused, by action.");
+    describe_counter!(
+        SCHEMA_REJECTIONS,
+        "Record values refused by their topic's JSON Schema, by reason (invalid, not_json)."
+    );
+
+    gauge!(CONNECTIONS).set(0.0);
+    gauge!(SUBSCRIPTIONS).set(0.0);
+    gauge!(KAFKA_READY).set(0.0);
+    for name in [
+        CONNECTIONS_TOTAL,
+        FRAMES_IN,
+        FRAMES_OUT,
+        PUBLISH_ACKED,
+        FANOUT_RECORDS,
+        FANOUT_DELIVERIES,
+        SLOW_CONSUMERS,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for code in ErrorCode::ALL {
+        counter!(PUBLISH_FAILED, "code" => code.as_str()).absolute(0);
+    }
+    let closes = CLOSE_CODES.iter().map(|c| c.reason()).chain(OTHER_CLOSE_REASONS);
+    for reason in closes {
+        counter!(CONNECTIONS_CLOSED, "reason" => reason).absolute(0);
+    }
+    for reason in REJECT_REASONS {
+        counter!(CONNECTIONS_REJECTED, "reason" => reason).absolute(0);
+    }
+    for reason in AUTH_FAILURE_REASONS {
+        counter!(AUTH_FAILURES, "reason" => reason).absolute(0);
+    }
+    for action in ["publish", "subscribe", "group"] {
+        counter!(FORBIDDEN, "action" => action).absolute(0);
+    }
+    for reason in crate::schema::REJECTION_REASONS {
+        counter!(SCHEMA_REJECTIONS, "reason" => reason).absolute(0);
+    }
+    describe_counter!(HTTP_PUBLISH_REQUESTS, "POST /v1/publish requests, by HTTP status.");
+    describe_counter!(HTTP_PUBLISH_RECORDS, "Records received by POST /v1/publish.");
+    describe_gauge!(SSE_STREAMS, "Open Server-Sent Events streams.");
+    describe_counter!(SSE_STREAMS_TOTAL, "Server-Sent Events streams opened since start.");
+    describe_counter!(SSE_REJECTED, "Server-Sent Events requests refused, by reason.");
+    describe_counter!(SSE_CLOSED, "Server-Sent Events streams ended, by reason.");
+    describe_counter!(SSE_EVENTS, "message events written to Server-Sent Events streams.");
+    gauge!(SSE_STREAMS).set(0.0);
+    for name in [HTTP_PUBLISH_RECORDS, SSE_STREAMS_TOTAL, SSE_EVENTS] {
+        counter!(name).absolute(0);
+    }
+    for status in HTTP_PUBLISH_STATUSES {
+        counter!(HTTP_PUBLISH_REQUESTS, "status" => status).absolute(0);
+    }
+    for reason in SSE_REJECT_REASONS {
+        counter!(SSE_REJECTED, "reason" => reason).absolute(0);
+    }
+    for reason in SSE_CLOSE_REASONS {
+        counter!(SSE_CLOSED, "reason" => reason).absolute(0);
+    }
+    // Registering the histogram makes it render (count 0) before the
+    // first publish.
+    let _ = histogram!(PUBLISH_LATENCY);
 }
 
 pub fn connection_opened() {
@@ -55,7 +246,7 @@ pub fn connection_opened() {
 
 pub fn connection_closed(reason: &'static str) {
     gauge!(CONNECTIONS).decrement(1.0);
-    counter!(CLOSES, "reason" => reason).increment(1);
+    counter!(CONNECTIONS_CLOSED, "reason" => reason).increment(1);
 }
 
 pub fn connection_rejected(reason: &'static str) {
@@ -63,16 +254,30 @@ pub fn connection_rejected(reason: &'static str) {
 }
 
 pub fn frame_received() {
-    counter!(FRAMES_IN).increment(1);
+    match HOT.get() {
+        Some(hot) => hot.frames_in.increment(1),
+        None => counter!(FRAMES_IN).increment(1),
+    }
 }
 
 pub fn frames_sent(n: u64) {
-    counter!(FRAMES_OUT).increment(n);
+    match HOT.get() {
+        Some(hot) => hot.frames_out.increment(n),
+        None => counter!(FRAMES_OUT).increment(n),
+    }
 }
 
 pub fn publish_acked(latency: Duration) {
-    counter!(PUBLISH_ACKED).increment(1);
-    histogram!(PUBLISH_LATENCY).record(latency.as_secs_f64());
+    match HOT.get() {
+        Some(hot) => {
+            hot.acked.increment(1);
+            hot.latency.record(latency.as_secs_f64());
+        }
+        None => {
+            counter!(PUBLISH_ACKED).increment(1);
+            histogram!(PUBLISH_LATENCY).record(latency.as_secs_f64());
+        }
+    }
 }
 
 pub fn publish_failed(code: &'static str) {
@@ -84,8 +289,16 @@ pub fn subscriptions_changed(delta: f64) {
 }
 
 pub fn fanout_record(deliveries: usize) {
-    counter!(FANOUT_RECORDS).increment(1);
-    counter!(FANOUT_DELIVERIES).increment(deliveries as u64);
+    match HOT.get() {
+        Some(hot) => {
+            hot.fanout_records.increment(1);
+            hot.fanout_deliveries.increment(deliveries as u64);
+        }
+        None => {
+            counter!(FANOUT_RECORDS).increment(1);
+            counter!(FANOUT_DELIVERIES).increment(deliveries as u64);
+        }
+    }
 }
 
 pub fn slow_consumer() {
@@ -102,4 +315,46 @@ pub fn auth_failed(reason: &'static str) {
 
 pub fn forbidden(action: &'static str) {
     counter!(FORBIDDEN, "action" => action).increment(1);
+}
+
+/// A TLS certificate reload: `ok`, or `rejected` (the old one stays).
+pub fn tls_reloaded(ok: bool) {
+    counter!(TLS_RELOADS, "result" => if ok { "ok" } else { "rejected" }).increment(1);
+}
+
+/// A record value refused by its topic's schema: `invalid` or `not_json`.
+pub fn schema_rejected(reason: &'static str) {
+    counter!(SCHEMA_REJECTIONS, "reason" => reason).increment(1);
+}
+
+/// A `POST /v1/publish` answered with `status` (one of
+/// [`HTTP_PUBLISH_STATUSES`]) after reading `records` records.
+pub fn http_publish(status: u16, records: usize) {
+    let status = HTTP_PUBLISH_STATUSES
+        .iter()
+        .find(|s| s.parse::<u16>().ok() == Some(status))
+        .copied()
+        .unwrap_or("500");
+    counter!(HTTP_PUBLISH_REQUESTS, "status" => status).increment(1);
+    counter!(HTTP_PUBLISH_RECORDS).increment(records as u64);
+}
+
+pub fn sse_opened() {
+    gauge!(SSE_STREAMS).increment(1.0);
+    counter!(SSE_STREAMS_TOTAL).increment(1);
+}
+
+/// `reason` is one of [`SSE_CLOSE_REASONS`].
+pub fn sse_closed(reason: &'static str) {
+    gauge!(SSE_STREAMS).decrement(1.0);
+    counter!(SSE_CLOSED, "reason" => reason).increment(1);
+}
+
+/// `reason` is one of [`SSE_REJECT_REASONS`].
+pub fn sse_rejected(reason: &'static str) {
+    counter!(SSE_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn sse_events(n: u64) {
+    counter!(SSE_EVENTS).increment(n);
 }

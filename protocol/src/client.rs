@@ -250,9 +250,25 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, RequestError> 
             .and_then(|f| f.id)
             .and_then(|v| v.as_str().map(str::to_owned))
             .filter(|id| valid_id(id));
-        RequestError::new(id, ErrorCode::BadRequest, format!("invalid frame: {e}"))
+        RequestError::new(id, ErrorCode::BadRequest, decode_error_message(&e))
     })?;
     raw.validate()
+}
+
+/// An unknown field is refused, never ignored: a field an older gateway
+/// skipped silently (a `filter`, a `group`) would change what the client
+/// gets without telling it. The message names the field; a client learns
+/// which optional fields a gateway knows from `welcome.capabilities`.
+fn decode_error_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        if let Some((field, _)) = rest.split_once('`') {
+            return format!(
+                "unknown field `{field}`: protocol v1 has no such field (see welcome.capabilities)"
+            );
+        }
+    }
+    format!("invalid frame: {text}")
 }
 
 fn valid_id(id: &str) -> bool {
@@ -506,5 +522,6 @@ mod tests {
         assert_eq!((err.id.as_deref(), err.code), (Some("x1"), ErrorCode::BadRequest));
         let err = decode_client_frame(r#"{"type":"ping","id":"x2","bogus":1}"#).unwrap_err();
         assert_eq!((err.id.as_deref(), err.code), (Some("x2"), ErrorCode::BadRequest));
+        assert!(err.message.starts_with("unknown field `bogus`"), "{}", err.message);
     }
 }

@@ -4,9 +4,13 @@
 //!   socket stays open and the client may go on.
 //! - [`CloseCode`]: the WebSocket close code of a fatal condition. Codes are
 //!   split in two ranges so a client knows without a table whether to come
-//!   back: 4000–4499 (and 1001, 1011, 1012, 1013) mean "reconnect, with
-//!   backoff"; 4500–4999 (and 1002, 1003, 1007, 1008, 1009) mean "do not
-//!   reconnect until the client is fixed".
+//!   back: 4000–4499 (and 1001, 1005, 1006, 1011, 1012, 1013, 1014) mean
+//!   "reconnect, with backoff"; 4500–4999 (and 1000, 1002, 1003, 1007, 1008,
+//!   1009) mean "do not reconnect until the client is fixed".
+//! - [`UpgradeRefusal`]: the HTTP status of a refused WebSocket upgrade.
+//!
+//! `protocol/vectors/codes.json` states all three tables; the Rust and the
+//! TypeScript tests check their code against it.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,9 +42,29 @@ pub enum ErrorCode {
     RateLimited,
     /// Something unexpected failed in the gateway; details are in its log.
     Internal,
+    /// The record value does not validate against the JSON Schema the
+    /// gateway holds for its topic (the message names the first violation),
+    /// or is bytes (`value_b64`) on such a topic. Nothing was produced.
+    InvalidValue,
 }
 
 impl ErrorCode {
+    /// Every code of protocol v1.
+    pub const ALL: &'static [ErrorCode] = &[
+        Self::BadRequest,
+        Self::InvalidTopic,
+        Self::UnknownTopic,
+        Self::TooLarge,
+        Self::Unavailable,
+        Self::Timeout,
+        Self::Limit,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::Internal,
+        Self::InvalidValue,
+    ];
+
     /// The wire name, as in the `code` field.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,6 +79,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::InvalidValue => "invalid_value",
         }
     }
 }
@@ -96,10 +121,38 @@ impl CloseCode {
     pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4005);
     /// A refresh token named another subject than the socket's. Terminal.
     pub const SUBJECT_CHANGED: CloseCode = CloseCode(4501);
+    /// Sent by a *client*, never by the gateway: the client closed a socket
+    /// it gave up on (no `welcome` or no `pong` in time) and will reconnect.
+    pub const CLIENT_GAVE_UP: CloseCode = CloseCode(4100);
+
+    /// Every close code the gateway sends.
+    pub const SENT: &'static [CloseCode] = &[
+        Self::GOING_AWAY,
+        Self::PROTOCOL_ERROR,
+        Self::UNSUPPORTED_DATA,
+        Self::INVALID_PAYLOAD,
+        Self::MESSAGE_TOO_BIG,
+        Self::INTERNAL_ERROR,
+        Self::SERVICE_RESTART,
+        Self::SLOW_CONSUMER,
+        Self::IDLE_TIMEOUT,
+        Self::TOKEN_EXPIRED,
+        Self::AUTH_TIMEOUT,
+        Self::RATE_LIMITED,
+        Self::TOO_MANY_CONNECTIONS,
+        Self::SUBJECT_CHANGED,
+    ];
 
     /// Whether a well-behaved client should reconnect after this code.
+    ///
+    /// Besides the gateway's own codes this classifies codes a client sees
+    /// from the network path: 1005 (closed without a status, e.g. by a
+    /// proxy), 1006 (no close frame: the connection was lost), 1013 (try
+    /// again later) and 1014 (bad gateway, from a proxy in front) are all
+    /// transient. 1000 (a normal close the gateway never sends unasked)
+    /// and 1008 (policy violation) are terminal.
     pub fn may_reconnect(self) -> bool {
-        matches!(self.0, 1001 | 1006 | 1011 | 1012 | 1013 | 4000..=4499)
+        matches!(self.0, 1001 | 1005 | 1006 | 1011..=1014 | 4000..=4499)
     }
 
     /// A short machine-readable reason sent as the close frame's reason text.
@@ -118,9 +171,56 @@ impl CloseCode {
             4003 => "auth_timeout",
             4004 => "rate_limited",
             4005 => "too_many_connections",
+            4100 => "client_gave_up",
             4501 => "subject_changed",
             _ => "closed",
         }
+    }
+}
+
+/// Why the gateway refused a WebSocket upgrade, as an HTTP status (the
+/// response body says it in words). Browsers hide the status from scripts
+/// and report a close with 1006; other clients can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpgradeRefusal {
+    /// The request offered subprotocols and none of them is
+    /// [`crate::SUBPROTOCOL`]. (Offering none at all is accepted.)
+    UnsupportedSubprotocol,
+    /// The token in the `Authorization` header (or `?token=`) was refused.
+    Unauthorized,
+    /// The `Origin` is not allowed.
+    OriginForbidden,
+    /// The subject already holds `max_connections_per_subject` connections.
+    TooManyForSubject,
+    /// The node is at `limits.max_connections`, or shutting down.
+    Unavailable,
+}
+
+impl UpgradeRefusal {
+    /// Every refusal, in status order.
+    pub const ALL: &'static [UpgradeRefusal] = &[
+        Self::UnsupportedSubprotocol,
+        Self::Unauthorized,
+        Self::OriginForbidden,
+        Self::TooManyForSubject,
+        Self::Unavailable,
+    ];
+
+    /// The HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::UnsupportedSubprotocol => 400,
+            Self::Unauthorized => 401,
+            Self::OriginForbidden => 403,
+            Self::TooManyForSubject => 429,
+            Self::Unavailable => 503,
+        }
+    }
+
+    /// Whether trying again later (with backoff; for 401 with a fresh
+    /// token) can succeed without changing the client.
+    pub fn may_retry(self) -> bool {
+        matches!(self, Self::Unauthorized | Self::TooManyForSubject | Self::Unavailable)
     }
 }
 
@@ -145,19 +245,7 @@ mod tests {
 
     #[test]
     fn error_code_wire_names_match_serde() {
-        for code in [
-            ErrorCode::BadRequest,
-            ErrorCode::InvalidTopic,
-            ErrorCode::UnknownTopic,
-            ErrorCode::TooLarge,
-            ErrorCode::Unavailable,
-            ErrorCode::Timeout,
-            ErrorCode::Limit,
-            ErrorCode::Unauthorized,
-            ErrorCode::Forbidden,
-            ErrorCode::RateLimited,
-            ErrorCode::Internal,
-        ] {
+        for &code in ErrorCode::ALL {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));
         }

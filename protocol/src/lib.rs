@@ -22,7 +22,7 @@ pub use client::{
     decode_client_frame, AckMode, ClientFrame, Overflow, Payload, Publish, RequestError, StartFrom,
     Subscribe,
 };
-pub use codes::{CloseCode, ErrorCode};
+pub use codes::{CloseCode, ErrorCode, UpgradeRefusal};
 pub use server::{Limits, MessageFrame, ServerFrame};
 
 /// The protocol version carried in `welcome.protocol`.
@@ -30,6 +30,27 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The WebSocket subprotocol the gateway selects when a client offers it.
 pub const SUBPROTOCOL: &str = "ferry.v1";
+
+/// What this build of protocol v1 can do beyond the first v1 release, as
+/// announced in `welcome.capabilities`. A client sends a field or frame that
+/// belongs to a capability only when the gateway announced it (a gateway
+/// refuses fields it does not know with `bad_request`). A `welcome` without
+/// `capabilities` comes from a gateway older than the list; it has all of
+/// these. New names are only ever added; see the compatibility policy in
+/// `protocol/README.md`.
+///
+/// - `from`: `subscribe.from` (replay, resume from offsets or a timestamp), `gap`.
+/// - `filter`: `subscribe.filter`.
+/// - `overflow`: `subscribe.overflow` (`drop_oldest`, `conflate`), `lagged`.
+/// - `group`: `subscribe.group` and `subscribe.ack` (shared groups).
+/// - `commit`: the `commit` frame and its `committed` reply.
+/// - `auth`: the `auth` frame (first authentication and in-band refresh), `authed`.
+pub const CAPABILITIES: &[&str] = &["auth", "commit", "filter", "from", "group", "overflow"];
+
+/// [`CAPABILITIES`] as owned strings, for `welcome.capabilities`.
+pub fn capabilities() -> Vec<String> {
+    CAPABILITIES.iter().map(|c| (*c).to_owned()).collect()
+}
 
 /// Longest request `id` a client may choose, in characters.
 pub const MAX_ID_CHARS: usize = 64;

@@ -46,6 +46,11 @@ pub enum ServerFrame {
         /// When the token expires, in ms since the epoch; refresh before.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<i64>,
+        /// What the gateway can do beyond the first v1 release
+        /// ([`crate::CAPABILITIES`]). Absent (empty) from gateways older
+        /// than the list, which have every v1 capability.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        capabilities: Vec<String>,
     },
     /// An in-band token refresh was accepted.
     Authed {
@@ -99,7 +104,8 @@ pub enum ServerFrame {
         id: Option<String>,
         code: ErrorCode,
         message: String,
-        /// For `unavailable`: a suggested delay before retrying.
+        /// For `unavailable`: a suggested delay before retrying. The gateway
+        /// sends it on `unavailable` only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
 
@@ -128,7 +129,7 @@ async fn upgrade_status(gw: &TestGateway, token: &str) -> u16 {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn each_algorithm_family_is_accepted_with_its_key_and_refused_with_another() {
     let rsa = openssl_key("rsa");
     let rsa_ps = openssl_key("rsa");
@@ -191,7 +192,7 @@ async fn each_algorithm_family_is_accepted_with_its_key_and_refused_with_another
     assert_eq!(upgrade_status(&gw, &rs384).await, 401);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn every_kind_of_bad_token_is_refused() {
     let rsa = openssl_key("rsa");
     let gw = spawn_gateway_with(jwt_config(|c| {
@@ -253,7 +254,7 @@ async fn every_kind_of_bad_token_is_refused() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn token_via_first_frame_and_query_when_enabled() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let token = hs(&claims("carol", json!({})));
@@ -282,14 +283,14 @@ async fn token_via_first_frame_and_query_when_enabled() {
     assert_eq!(client.welcome["subject"], "carol");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn unauthenticated_socket_is_closed_after_the_auth_timeout() {
     let gw = spawn_gateway_with(jwt_config(|c| c.auth.auth_timeout_ms = 300)).await;
     let mut client = Client::connect_unauthenticated(request(&gw, None)).await.unwrap();
     assert_eq!(client.closed().await, Some(4003));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn refresh_before_expiry_keeps_socket_and_subscriptions_and_expiry_closes() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let topic = format!("open.{}", unique_topic("refresh"));
@@ -310,7 +311,7 @@ async fn refresh_before_expiry_keeps_socket_and_subscriptions_and_expiry_closes(
     assert_eq!(lapsing.closed().await, Some(4002));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn refresh_for_another_subject_closes_4501() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let mut client =
@@ -319,7 +320,7 @@ async fn refresh_for_another_subject_closes_4501() {
     assert_eq!(client.closed().await, Some(4501));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn refresh_that_removes_a_permission_ends_that_subscription() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let suffix = unique_topic("t");
@@ -344,7 +345,7 @@ async fn refresh_that_removes_a_permission_ends_that_subscription() {
     assert!(client.message_within(Duration::from_millis(300)).await.is_none());
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn acl_denies_by_default_and_hostile_claims_grant_nothing() {
     let gw = spawn_gateway_with(jwt_config(|_| {})).await;
     let id = unique_topic("x");
@@ -371,7 +372,7 @@ async fn acl_denies_by_default_and_hostile_claims_grant_nothing() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn policy_reloads_when_the_file_changes_and_a_bad_one_is_rejected() {
     let dir = std::env::temp_dir().join(format!("ferry-acl-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -415,7 +416,7 @@ async fn policy_reloads_when_the_file_changes_and_a_bad_one_is_rejected() {
     assert_eq!(client.subscribe(&other).await["type"], "subscribed", "the old policy stays");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn origin_allow_list() {
     let gw = spawn_gateway_with(jwt_config(|c| {
         c.auth.allowed_origins = vec!["https://app.example".into()]
@@ -438,7 +439,7 @@ async fn origin_allow_list() {
     );
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn publish_rate_limit_then_close() {
     let gw = spawn_gateway_with(jwt_config(|c| {
         c.limits.publish_rate = 5;
@@ -476,7 +477,7 @@ async fn publish_rate_limit_then_close() {
     assert_eq!(code, Some(4004), "a client that keeps going is closed");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn connections_per_subject_are_limited() {
     let gw = spawn_gateway_with(jwt_config(|c| c.limits.max_connections_per_subject = 2)).await;
     let token = hs(&claims("max", json!({})));
@@ -495,7 +496,7 @@ async fn connections_per_subject_are_limited() {
     assert!(ok, "a closed connection frees its slot");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn jwks_keys_rotate_without_restart_and_unknown_kids_are_rate_limited() {
     let key_a = openssl_key("rsa");
     let key_b = openssl_key("rsa");
@@ -584,7 +585,7 @@ async fn jwks_keys_rotate_without_restart_and_unknown_kids_are_rate_limited() {
     assert_eq!(upgrade_status(&gw, &token_a).await, 401);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn ferry_token_mints_a_token_the_gateway_accepts() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([
@@ -609,7 +610,7 @@ async fn ferry_token_mints_a_token_the_gateway_accepts() {
     client.subscribed(&format!("tenant.acme.{}", unique_topic("tok"))).await;
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn auth_none_refuses_a_public_address_without_insecure() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["--listen", "0.0.0.0:0"])

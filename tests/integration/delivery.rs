@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 fn place(m: &Value) -> (i32, i64) {
     (m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap())
@@ -25,7 +26,7 @@ async fn produce_n(bootstrap: &str, topic: &str, tag: &str, n: usize) -> Vec<(i3
     places
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn subscribe_from_earliest_offsets_and_timestamp() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("from");
@@ -88,7 +89,7 @@ async fn subscribe_from_earliest_offsets_and_timestamp() {
     assert_eq!(got, newer.into_iter().collect());
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn latest_reports_where_each_partition_starts() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("starts");
@@ -102,7 +103,7 @@ async fn latest_reports_where_each_partition_starts() {
 /// A client that loses its socket mid-stream and resumes on another node
 /// with the offsets after the last records it saw gets every later record,
 /// with no gap and no duplicate per partition.
-#[tokio::test]
+#[ferry_test]
 async fn resume_on_another_node_without_gap_or_duplicate() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("resume");
@@ -146,7 +147,7 @@ async fn resume_on_another_node_without_gap_or_duplicate() {
 /// A requested offset no longer in Kafka: a `gap` notice says where the
 /// subscription resumes, never a silent skip. (An offset past the end is
 /// the case the embedded and real Kafka can both produce on demand.)
-#[tokio::test]
+#[ferry_test]
 async fn unavailable_offsets_are_reported_as_gaps() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("gap");
@@ -167,7 +168,7 @@ async fn unavailable_offsets_are_reported_as_gaps() {
     assert_eq!(bad["code"], "bad_request");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn replays_are_capped_per_node() {
     let gw = spawn_gateway_with(|c| c.limits.max_replays = 2).await;
     let mut client = gw.client().await;
@@ -183,7 +184,7 @@ async fn replays_are_capped_per_node() {
     client.subscribed(&unique_topic("live")).await;
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn publish_ids_travel_as_ferry_id_and_a_retry_in_flight_is_not_produced_twice() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("dedupe");
@@ -211,7 +212,7 @@ async fn publish_ids_travel_as_ferry_id_and_a_retry_in_flight_is_not_produced_tw
 
 /// Embedded Kafka: the mock broker goes down mid-stream and comes back; a
 /// live subscriber gets every record produced around the outage, once.
-#[tokio::test]
+#[ferry_test]
 async fn live_subscription_survives_a_broker_outage_without_loss_or_duplicates() {
     let gw = spawn_gateway().await;
     let Some(kafka) = gw.embedded.clone() else {
@@ -246,7 +247,7 @@ async fn live_subscription_survives_a_broker_outage_without_loss_or_duplicates()
 
 /// Kafka unreachable from the start: the gateway stays up, says so on
 /// `/readyz`, and answers publishes promptly with `unavailable`.
-#[tokio::test]
+#[ferry_test]
 async fn kafka_unreachable_at_start() {
     let gw = GatewayProcess::start(
         &["--kafka-brokers", "127.0.0.1:1"],
@@ -265,7 +266,7 @@ async fn kafka_unreachable_at_start() {
 
 /// Real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the mock cluster
 /// cannot delete records, so retention is simulated with DeleteRecords.
-#[tokio::test]
+#[ferry_test]
 async fn offsets_lost_to_retention_are_reported_as_gaps() {
     let Some(bootstrap) = real_kafka() else {
         eprintln!("note: needs real Kafka (FERRY_TEST_KAFKA); the mock cannot delete records");
@@ -301,7 +302,7 @@ async fn offsets_lost_to_retention_are_reported_as_gaps() {
 /// Real Kafka killed with SIGKILL mid-stream and started again. It stops the
 /// shared broker, so it cannot run beside other tests: `scripts/test` runs
 /// it alone (`-- --ignored --test-threads=1`) after the real-Kafka pass.
-#[tokio::test]
+#[ferry_test(timeout_secs = 300)]
 #[ignore = "kills the shared real broker; scripts/test runs it alone with --ignored"]
 async fn real_broker_killed_mid_stream() {
     let bootstrap =

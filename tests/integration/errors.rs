@@ -6,13 +6,14 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 fn vectors(name: &str) -> Vec<Value> {
     let path = format!("{}/../protocol/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn every_invalid_vector_gets_its_error_code_and_the_socket_still_works() {
     let gw = spawn_gateway().await;
     let mut client = gw.client().await;
@@ -36,7 +37,7 @@ async fn every_invalid_vector_gets_its_error_code_and_the_socket_still_works() {
     assert_eq!(client.next_message().await["value"], "still fine");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn valid_vectors_are_accepted() {
     let gw = spawn_gateway().await;
     // Auth and commit frames are covered by the auth and group tests (this
@@ -58,7 +59,7 @@ async fn valid_vectors_are_accepted() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn oversized_frame_closes_1009() {
     let gw = spawn_gateway_with(|c| c.limits.max_frame_bytes = 4096).await;
     let mut client = gw.client().await;
@@ -68,7 +69,7 @@ async fn oversized_frame_closes_1009() {
     assert_eq!(client.closed().await, Some(1009));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn oversized_frame_does_not_disturb_another_client() {
     let gw = spawn_gateway_with(|c| c.limits.max_frame_bytes = 4096).await;
     let topic = unique_topic("calm");
@@ -81,7 +82,7 @@ async fn oversized_frame_does_not_disturb_another_client() {
     assert_eq!(calm.next_message().await["value"], 1);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn binary_frame_closes_1003() {
     let gw = spawn_gateway().await;
     let mut client = gw.client().await;
@@ -89,7 +90,7 @@ async fn binary_frame_closes_1003() {
     assert_eq!(client.closed().await, Some(1003));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn unknown_topic_without_auto_create() {
     let gw = spawn_gateway_with(|c| c.kafka.auto_create_topics = Some(false)).await;
     let mut client = gw.client().await;
@@ -105,7 +106,7 @@ async fn unknown_topic_without_auto_create() {
     assert!(partition < 2);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn auto_create_uses_the_configured_partition_count() {
     let gw = spawn_gateway_with(|c| c.kafka.topic_partitions = 5).await;
     let mut client = gw.client().await;
@@ -119,7 +120,7 @@ async fn auto_create_uses_the_configured_partition_count() {
     assert_eq!(reply["code"], "bad_request", "{reply}");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn subscription_limit() {
     let gw = spawn_gateway_with(|c| c.limits.max_subscriptions = 2).await;
     let mut client = gw.client().await;
@@ -129,7 +130,7 @@ async fn subscription_limit() {
     assert_eq!(reply["code"], "limit", "{reply}");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn welcome_announces_protocol_node_and_limits() {
     let gw = spawn_gateway_with(|c| c.node_id = Some("node-x".into())).await;
     let client = gw.client().await;
@@ -141,7 +142,7 @@ async fn welcome_announces_protocol_node_and_limits() {
     assert_eq!(w["limits"]["max_subscriptions"], 100);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn a_client_close_is_echoed() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as Code;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;

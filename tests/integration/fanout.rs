@@ -6,8 +6,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
-#[tokio::test]
+#[ferry_test]
 async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_order() {
     let gw = spawn_gateway().await;
     let kafka = gw.kafka();
@@ -61,7 +62,7 @@ async fn a_record_from_an_independent_producer_reaches_three_sockets_once_in_ord
 /// Any record produced after the client receives `subscribed` is delivered:
 /// checked for the first subscriber of a topic (which starts the node's
 /// consumption) and for a later one, many times over.
-#[tokio::test]
+#[ferry_test]
 async fn subscribed_means_live() {
     let gw = spawn_gateway().await;
     let kafka = gw.kafka();
@@ -86,7 +87,7 @@ async fn subscribed_means_live() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn publishes_from_one_socket_reach_another() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("rt");
@@ -100,7 +101,7 @@ async fn publishes_from_one_socket_reach_another() {
     assert_eq!(m["key"], Value::Null);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn two_topics_on_one_socket_and_unsubscribe_stops_delivery() {
     let gw = spawn_gateway().await;
     let (a, b) = (unique_topic("a"), unique_topic("b"));
@@ -129,7 +130,7 @@ async fn two_topics_on_one_socket_and_unsubscribe_stops_delivery() {
     assert!(client.message_within(Duration::from_millis(500)).await.is_none());
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn values_that_are_not_json_and_keys_that_are_not_utf8_come_base64() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("raw");
@@ -145,10 +146,12 @@ async fn values_that_are_not_json_and_keys_that_are_not_utf8_come_base64() {
     assert_eq!(m["key"], Value::Null);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn slow_socket_is_closed_and_fast_socket_gets_everything() {
+    // The queue (one size for every socket) leaves the fast socket room for
+    // a whole fetch batch of real Kafka, which can hold a few hundred records.
     let gw = spawn_gateway_with(|c| {
-        c.limits.outbound_queue = 128;
+        c.limits.outbound_queue = 512;
         c.websocket.write_timeout_ms = 1_000;
     })
     .await;
@@ -191,7 +194,7 @@ async fn slow_socket_is_closed_and_fast_socket_gets_everything() {
 
 /// Runs against real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the
 /// embedded mock cluster cannot add partitions to a topic.
-#[tokio::test]
+#[ferry_test]
 async fn new_partitions_of_a_subscribed_topic_are_picked_up() {
     let gw = spawn_gateway().await;
     let kafka = gw.kafka();
@@ -239,9 +242,18 @@ async fn fast_reads_all(fast: &mut Client, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
-    let gw = spawn_gateway_with(|c| c.limits.outbound_queue = 64).await;
+    // The slow socket reads nothing during the burst: on a loaded machine
+    // that can last longer than the default write timeout, which would
+    // (rightly) close it. This test is about the lossy queue. The queue
+    // (one size for every socket) leaves the fast socket room for a whole
+    // fetch batch of real Kafka, which can hold a few hundred records.
+    let gw = spawn_gateway_with(|c| {
+        c.limits.outbound_queue = 512;
+        c.websocket.write_timeout_ms = 120_000;
+    })
+    .await;
     let topic = unique_topic("drop");
     gw.kafka().create_topic(&topic, 1).await;
     let mut fast = gw.client().await;
@@ -254,7 +266,7 @@ async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
     // `slow` does not read while the burst goes by.
     const N: usize = 1_500;
     tokio::join!(
-        produce_burst(&gw.bootstrap, &topic, N, 0, 8 * 1024),
+        produce_burst(&gw.bootstrap, &topic, N, 0, 16 * 1024),
         fast_reads_all(&mut fast, N)
     );
 
@@ -282,9 +294,15 @@ async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
     assert_eq!(slow.request(json!({"type":"ping"})).await["type"], "pong");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn conflate_keeps_the_latest_value_per_key_for_a_slow_socket() {
-    let gw = spawn_gateway_with(|c| c.limits.outbound_queue = 64).await;
+    // As above: the write timeout must outlast the burst on a loaded
+    // machine, and the fast socket needs room for a real Kafka fetch batch.
+    let gw = spawn_gateway_with(|c| {
+        c.limits.outbound_queue = 512;
+        c.websocket.write_timeout_ms = 120_000;
+    })
+    .await;
     let topic = unique_topic("conflate");
     gw.kafka().create_topic(&topic, 1).await;
     let mut fast = gw.client().await;
@@ -319,4 +337,54 @@ async fn conflate_keeps_the_latest_value_per_key_for_a_slow_socket() {
     }
     assert!(received < N, "superseded values were conflated away ({received} of {N})");
     assert_eq!(slow.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+/// First subscribes and last unsubscribes of one topic, racing on several
+/// sockets: whatever their order, a socket that is subscribed at the end
+/// gets the next record (the topic is assigned), and one that subscribes
+/// after everyone left gets it too.
+#[ferry_test]
+async fn subscribe_and_unsubscribe_churn_leaves_the_topic_live() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("churn");
+    gw.kafka().create_topic(&topic, 2).await;
+    let mut sockets = Vec::new();
+    for _ in 0..4 {
+        sockets.push(gw.client().await);
+    }
+    for round in 0..15 {
+        let frames =
+            |kind: &str| json!({"type": kind, "id": format!("{kind}{round}"), "topic": topic});
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            let kind = if (i + round) % 2 == 0 { "subscribe" } else { "unsubscribe" };
+            socket.send(frames(kind)).await;
+        }
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            let kind = if (i + round) % 2 == 0 { "subscribe" } else { "unsubscribe" };
+            let reply = socket.reply(&format!("{kind}{round}")).await;
+            assert_ne!(reply["type"], "error", "round {round}: {reply}");
+            // A subscribe now cancels nothing: unsubscribe the next round.
+        }
+        // Those that subscribed this round leave before the next round.
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            if (i + round) % 2 == 0 {
+                let reply = socket.request(json!({"type":"unsubscribe","topic":topic})).await;
+                assert_eq!(reply["type"], "unsubscribed", "{reply}");
+            }
+        }
+    }
+    let mut last = gw.client().await;
+    last.subscribed(&topic).await;
+    let producer = producer(&gw.bootstrap);
+    let place = produce(&producer, &topic, Some(1), None, b"{\"after\":\"churn\"}", &[]).await;
+    let m = last.next_message().await;
+    assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
+    drop(last);
+
+    // Everyone left; the topic is released and taken up again.
+    let mut again = gw.client().await;
+    again.subscribed(&topic).await;
+    let place = produce(&producer, &topic, Some(0), None, b"{\"again\":true}", &[]).await;
+    let m = again.next_message().await;
+    assert_eq!((m["partition"].as_i64().unwrap() as i32, m["offset"].as_i64().unwrap()), place);
 }

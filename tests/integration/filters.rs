@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 /// (key, header "type", value) of the records every filter test produces.
 fn records() -> Vec<(&'static str, &'static str, Value)> {
@@ -46,7 +47,7 @@ async fn received_ns(client: &mut Client, expected: usize) -> Vec<i64> {
     ns
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn every_filter_kind_delivers_only_matching_records() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("filters");
@@ -86,7 +87,7 @@ async fn every_filter_kind_delivers_only_matching_records() {
     assert_eq!(received_ns(&mut unfiltered, 5).await, vec![0, 1, 2, 3, 4]);
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn filters_apply_to_replays_and_bad_filters_are_refused() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("filtered-replay");
@@ -106,7 +107,7 @@ async fn filters_apply_to_replays_and_bad_filters_are_refused() {
     assert!(bad["message"].as_str().unwrap().contains("ne"), "{bad}");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn an_acl_imposed_filter_cannot_be_widened() {
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test-secret";
     let topic = unique_topic("tenants");

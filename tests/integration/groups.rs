@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 fn place(m: &Value) -> (i64, i64) {
     (m["partition"].as_i64().unwrap(), m["offset"].as_i64().unwrap())
@@ -22,7 +23,7 @@ async fn join(client: &mut Client, topic: &str, group: &str, ack: &str) {
     assert_eq!(reply["type"], "subscribed", "{reply}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn each_record_reaches_exactly_one_member_across_two_nodes() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("jobs");
@@ -70,7 +71,7 @@ async fn each_record_reaches_exactly_one_member_across_two_nodes() {
     assert!(per_member[0] + per_member[1] > 0, "node a got its share: {per_member:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn unprocessed_records_of_a_departed_member_go_to_another() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("tasks");
@@ -124,7 +125,7 @@ async fn unprocessed_records_of_a_departed_member_go_to_another() {
 
 /// When the last member on a node leaves with records it never committed,
 /// the node leaves the Kafka group and a member on another node gets them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ferry_test]
 async fn a_departed_nodes_unprocessed_records_go_to_another_node() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("handover");
@@ -168,4 +169,117 @@ async fn a_departed_nodes_unprocessed_records_go_to_another_node() {
         }
     }
     assert_eq!(done.len(), N as usize, "node b processed every record node a left behind");
+}
+
+/// A new group (nothing committed yet) joined from `latest`: the first
+/// member takes 20 records and leaves without committing. Its node leaves
+/// the Kafka group; a member joining on another node afterwards must get
+/// those 20 (at least once), not start again from the end of the topic.
+#[ferry_test]
+async fn a_new_groups_uncommitted_records_reach_a_member_who_joins_after_the_first_left() {
+    let kafka = TestKafka::start().await;
+    let topic = unique_topic("firstleaves");
+    let group = unique_topic("crew");
+    kafka.create_topic(&topic, 2).await;
+    let node_a = kafka.spawn_node().await;
+    let mut first = node_a.client().await;
+    let reply =
+        first.request(json!({"type":"subscribe","topic":topic,"group":group,"ack":"client"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+
+    const N: usize = 20;
+    let producer = producer(&kafka.bootstrap());
+    let mut produced = std::collections::BTreeSet::new();
+    for i in 0..N {
+        let value = format!("{{\"n\":{i}}}");
+        produced.insert(
+            produce(&producer, &topic, Some((i % 2) as i32), None, value.as_bytes(), &[]).await,
+        );
+    }
+    for _ in 0..N {
+        first.next_message().await;
+    }
+    drop(first);
+    drop(node_a);
+
+    let node_b = kafka.spawn_node().await;
+    let mut next = node_b.client().await;
+    let reply =
+        next.request(json!({"type":"subscribe","topic":topic,"group":group,"ack":"client"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < N && tokio::time::Instant::now() < deadline {
+        if let Some(m) = next.message_within(Duration::from_millis(200)).await {
+            let (p, o) = place(&m);
+            next.send(json!({"type":"commit","topic":topic,"partition":p,"offset":o})).await;
+            got.insert((p as i32, o));
+        }
+    }
+    assert_eq!(got, produced, "the records the first member never committed");
+}
+
+/// The group's committed offset is the first record no member processed:
+/// a member who joins after the others left starts exactly there, neither
+/// skipping it nor repeating the processed ones.
+#[ferry_test]
+async fn a_member_who_joins_later_starts_at_the_first_record_not_processed() {
+    let kafka = TestKafka::start().await;
+    let topic = unique_topic("nextrecord");
+    let group = unique_topic("crew");
+    kafka.create_topic(&topic, 1).await;
+    let producer = producer(&kafka.bootstrap());
+    let node_a = kafka.spawn_node().await;
+    let mut first = node_a.client().await;
+    join(&mut first, &topic, &group, "client").await;
+    for i in 0..5 {
+        produce(&producer, &topic, Some(0), None, format!("{{\"n\":{i}}}").as_bytes(), &[]).await;
+    }
+    for expected in 0..5 {
+        let m = first.next_message().await;
+        assert_eq!(place(&m), (0, expected), "{m}");
+        first.send(json!({"type":"commit","topic":topic,"partition":0,"offset":expected})).await;
+    }
+
+    // What the group committed, read from outside it.
+    let committed = || {
+        let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .set("group.id", format!("ferry.{group}"))
+            .create()
+            .expect("offset reader");
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        partitions.add_partition(&topic, 0);
+        let offsets = rdkafka::consumer::Consumer::committed_offsets(
+            &consumer,
+            partitions,
+            Duration::from_secs(5),
+        )
+        .expect("committed offsets");
+        match offsets.elements()[0].offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        }
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut last = None;
+    while tokio::time::Instant::now() < deadline {
+        last = tokio::task::block_in_place(committed);
+        if last.is_some_and(|o| o >= 5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last, Some(5), "committed offset after records 0..=4 were processed");
+
+    drop(first);
+    drop(node_a);
+    for i in 5..7 {
+        produce(&producer, &topic, Some(0), None, format!("{{\"n\":{i}}}").as_bytes(), &[]).await;
+    }
+    let node_b = kafka.spawn_node().await;
+    let mut next = node_b.client().await;
+    join(&mut next, &topic, &group, "client").await;
+    let m = next.next_message().await;
+    assert_eq!(place(&m), (0, 5), "the first record nobody processed: {m}");
 }

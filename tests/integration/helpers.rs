@@ -260,6 +260,8 @@ pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
     pub embedded_bootstrap: Option<String>,
+    /// Every stderr line so far (the log).
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl GatewayProcess {
@@ -301,13 +303,32 @@ impl GatewayProcess {
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                return Self { child, addr, embedded_bootstrap };
+                return Self { child, addr, embedded_bootstrap, log };
             }
         }
     }
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
+    }
+
+    /// The log lines containing `needle` so far.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
+
+    /// Waits up to `wait` for a log line containing `needle`.
+    pub async fn wait_log(&self, needle: &str, wait: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(line) = self.log_lines(needle).into_iter().next() {
+                return Some(line);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn signal(&self, signal: &str) {
@@ -441,6 +462,27 @@ impl Client {
             let frame = self.next_raw().await.unwrap_or_else(|| panic!("closed before reply {id}"));
             if frame["id"] == id {
                 return frame;
+            }
+            self.stash(frame);
+        }
+    }
+
+    /// The reply whose `id` is `id` if it arrives within `wait`, keeping
+    /// other frames for later.
+    pub async fn reply_within(&mut self, id: &str, wait: Duration) -> Option<Value> {
+        if let Some(pos) = self.others.iter().position(|f| f["id"] == id) {
+            return self.others.remove(pos);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()?;
+            let Some(Ok(Message::Text(text))) = next else {
+                assert!(matches!(next, Some(Ok(_))), "closed while waiting for {id}");
+                continue;
+            };
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["id"] == id {
+                return Some(frame);
             }
             self.stash(frame);
         }

@@ -9,11 +9,21 @@
 mod helpers;
 
 mod auth;
+mod console;
 mod delivery;
 mod errors;
 mod fanout;
 mod filters;
 mod groups;
+mod hostile;
+mod http_publish;
+mod ledger;
+mod listener;
 mod nodes;
 mod ops;
 mod publish;
+mod requests;
+mod schema;
+mod secure;
+mod sse;
+mod tls;

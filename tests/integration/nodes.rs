@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
 /// Writes a config file pointing a gateway process at `kafka`.
 fn config_file(kafka: &TestKafka, name: &str) -> std::path::PathBuf {
@@ -21,7 +22,7 @@ fn config_file(kafka: &TestKafka, name: &str) -> std::path::PathBuf {
 /// `cargo run` on a fresh machine: the embedded Kafka's address is logged,
 /// and an outside Kafka client (here an independent rdkafka producer, as
 /// kcat would be) can produce to it and reach subscribed sockets.
-#[tokio::test]
+#[ferry_test]
 async fn embedded_kafka_is_reachable_by_other_kafka_clients() {
     let gw = GatewayProcess::start(&[], &[]);
     let bootstrap = gw.embedded_bootstrap.clone().expect("embedded bootstrap is logged");
@@ -36,7 +37,7 @@ async fn embedded_kafka_is_reachable_by_other_kafka_clients() {
     assert_eq!(m["value"]["from"], "outside");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn two_gateway_processes_on_one_kafka() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("nodes");
@@ -72,7 +73,7 @@ async fn two_gateway_processes_on_one_kafka() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("term");

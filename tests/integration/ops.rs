@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
-#[tokio::test]
+#[ferry_test]
 async fn health_ready_and_metrics() {
     let gw = spawn_gateway().await;
     assert_eq!(gw.get("/healthz").await.0, 200);
@@ -32,7 +33,7 @@ async fn health_ready_and_metrics() {
 }
 
 /// Embedded Kafka only: the mock cluster can take its broker down and up.
-#[tokio::test]
+#[ferry_test]
 async fn kafka_down_gives_prompt_unavailable_and_readyz_503() {
     let gw = spawn_gateway().await;
     let Some(kafka) = gw.embedded.clone() else {
@@ -57,7 +58,7 @@ async fn kafka_down_gives_prompt_unavailable_and_readyz_503() {
 /// Embedded Kafka only (request fault injection): a record Kafka keeps
 /// refusing with a retriable error is answered `timeout` (outcome unknown)
 /// within `kafka.message_timeout_ms`, and the socket goes on.
-#[tokio::test]
+#[ferry_test]
 async fn undeliverable_publish_is_answered_timeout_within_the_message_timeout() {
     let gw = spawn_gateway_with(|c| c.kafka.message_timeout_ms = 2_000).await;
     let Some(kafka) = gw.embedded.clone() else {
@@ -74,7 +75,7 @@ async fn undeliverable_publish_is_answered_timeout_within_the_message_timeout() 
     assert!(started.elapsed() < Duration::from_secs(10), "within the message timeout");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn a_silent_client_is_closed_after_the_idle_timeout() {
     let gw = spawn_gateway_with(|c| {
         c.websocket.ping_interval_ms = 200;
@@ -85,4 +86,71 @@ async fn a_silent_client_is_closed_after_the_idle_timeout() {
     // Not reading means not answering the gateway's pings either.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(client.closed().await, Some(4001));
+}
+
+/// A fresh process (the metrics recorder is process-wide): Prometheus sees
+/// every documented series from the first scrape, with its HELP text, at
+/// zero.
+#[ferry_test]
+async fn a_fresh_gateway_lists_every_documented_metric_at_zero() {
+    let gw = GatewayProcess::start(&[], &[]);
+    let (status, body) = http_get(gw.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let documented = [
+        ("ferry_connections", "ferry_connections"),
+        ("ferry_connections_total", "ferry_connections_total"),
+        (
+            "ferry_connections_closed_total",
+            "ferry_connections_closed_total{reason=\"slow_consumer\"}",
+        ),
+        ("ferry_connections_rejected_total", "ferry_connections_rejected_total{reason=\"origin\"}"),
+        ("ferry_frames_received_total", "ferry_frames_received_total"),
+        ("ferry_frames_sent_total", "ferry_frames_sent_total"),
+        ("ferry_publishes_acked_total", "ferry_publishes_acked_total"),
+        ("ferry_publishes_failed_total", "ferry_publishes_failed_total{code=\"unavailable\"}"),
+        ("ferry_publish_latency_seconds", "ferry_publish_latency_seconds_count"),
+        ("ferry_subscriptions", "ferry_subscriptions"),
+        ("ferry_fanout_records_total", "ferry_fanout_records_total"),
+        ("ferry_fanout_deliveries_total", "ferry_fanout_deliveries_total"),
+        ("ferry_slow_consumer_disconnects_total", "ferry_slow_consumer_disconnects_total"),
+        ("ferry_auth_failures_total", "ferry_auth_failures_total{reason=\"invalid\"}"),
+        ("ferry_forbidden_total", "ferry_forbidden_total{action=\"publish\"}"),
+    ];
+    for (name, series) in documented {
+        assert!(body.contains(&format!("# HELP {name} ")), "no HELP for {name}:\n{body}");
+        let value = body
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("no {series} sample:\n{body}"));
+        assert_eq!(value, "0", "{series} starts at zero");
+    }
+    assert!(body.contains("# HELP ferry_kafka_ready "), "{body}");
+    assert!(body.lines().any(|l| l.starts_with("ferry_kafka_ready ")), "{body}");
+}
+
+/// A client that vanishes (its TCP connection ends without a WebSocket
+/// close frame) is counted as `connection_lost`, not as a protocol error
+/// of the client's. A process of its own: the metrics are process-wide.
+#[ferry_test]
+async fn a_vanished_client_counts_as_connection_lost() {
+    use futures::StreamExt;
+    let gw = GatewayProcess::start(&[], &[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url()).await.expect("upgrade");
+    let welcome = tokio::time::timeout(WAIT, ws.next()).await.expect("welcome in time");
+    assert!(matches!(welcome, Some(Ok(_))), "{welcome:?}");
+    drop(ws); // no close frame: the TCP connection just ends
+    let closed = |body: &str, reason: &str| {
+        let series = format!("ferry_connections_closed_total{{reason=\"{reason}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(&series).map(str::to_owned))
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, body) = http_get(gw.addr, "/metrics").await;
+        if closed(&body, "connection_lost").as_deref() == Some("1") {
+            assert_eq!(closed(&body, "protocol_error").as_deref(), Some("0"), "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection_lost counted:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

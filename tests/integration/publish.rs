@@ -6,8 +6,9 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+use ferry_test_macros::ferry_test;
 
-#[tokio::test]
+#[ferry_test]
 async fn ack_matches_what_an_independent_consumer_reads() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("ack");
@@ -39,7 +40,7 @@ async fn ack_matches_what_an_independent_consumer_reads() {
     assert_eq!(r.headers.get("h").map(Vec::as_slice), Some(&b"v"[..]));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn binary_value_and_explicit_partition() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("bin");
@@ -58,7 +59,7 @@ async fn binary_value_and_explicit_partition() {
     assert_eq!(records[0].key.as_deref(), Some(&[0xc3, 0x28][..]));
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn partition_beyond_the_topic_is_a_bad_request() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("part");
@@ -70,7 +71,7 @@ async fn partition_beyond_the_topic_is_a_bad_request() {
     assert!(reply["message"].as_str().unwrap().contains("3 partitions"), "{reply}");
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn thousand_pipelined_publishes_are_each_acked_exactly_once() {
     let gw = spawn_gateway().await;
     let topic = unique_topic("pipe");
@@ -105,7 +106,7 @@ async fn thousand_pipelined_publishes_are_each_acked_exactly_once() {
     }
 }
 
-#[tokio::test]
+#[ferry_test]
 async fn inflight_publish_limit_gives_limit_error() {
     let gw = spawn_gateway_with(|c| c.limits.max_inflight_publishes = 5).await;
     let topic = unique_topic("inflight");

@@ -67,7 +67,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             Some(per_conn),
             format!("{per_conn:.1} KiB"),
         )
-        .goal("≤ 16 KiB", reached && per_conn <= 16.0),
+        .goal("≤ 8 KiB", reached && per_conn <= 8.0),
         Row::new(
             "idle connections",
             "subscribed connections opened per second",

@@ -10,85 +10,31 @@
  * Needs `npm run build` first, the gateway binary and /usr/bin/chromium.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
-import { tmpdir } from 'node:os';
-import { extname, join, normalize, resolve, sep } from 'node:path';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import type * as FerryBundle from '../../src/browser.js';
-import { OUTPUT_DIR, PACKAGE_ROOT, freePort, kcatConsume, kcatProduce, startGateway, type Gateway } from '../support/gateway.js';
-
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const BUNDLE = join(PACKAGE_ROOT, 'dist/browser/ferry.min.js');
-const SHOTS = join(OUTPUT_DIR, 'browser');
-const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.map': 'application/json',
-  '.css': 'text/css',
-};
-
-/** Serves examples/ and dist/browser/ of the package, nothing else. */
-async function startStaticServer(): Promise<{ server: Server; origin: string }> {
-  const allowed = [join(PACKAGE_ROOT, 'examples') + sep, join(PACKAGE_ROOT, 'dist', 'browser') + sep];
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
-    let file = resolve(PACKAGE_ROOT, normalize(`.${path}`));
-    if (path.endsWith('/')) file = join(file, 'index.html');
-    if (!allowed.some((dir) => file.startsWith(dir)) || !existsSync(file)) {
-      res.writeHead(404).end('not found');
-      return;
-    }
-    res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
-    res.end(readFileSync(file));
-  });
-  const port = await freePort();
-  await new Promise<void>((r) => server.listen(port, '127.0.0.1', () => r()));
-  return { server, origin: `http://127.0.0.1:${port}` };
-}
+import { SHOTS, launchChromium, requireBrowser, startStaticServer, type Browser, type StaticServer } from '../support/browser.js';
+import { kcatConsume, kcatProduce, startGateway, type Gateway } from '../support/gateway.js';
 
 describe('example dashboard in headless Chromium', () => {
   let gateway: Gateway;
-  let web: { server: Server; origin: string };
-  let context: BrowserContext;
+  let web: StaticServer;
+  let browser: Browser;
   let page: Page;
-  let profile: string;
-  const pageErrors: string[] = [];
   const topic = `browser-${Date.now().toString(36)}`;
 
   before(async () => {
-    if (!existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run \`npm run build\` first`);
-    if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM_PATH)`);
+    requireBrowser();
     gateway = await startGateway({ name: 'browser' });
     web = await startStaticServer();
-    mkdirSync(SHOTS, { recursive: true });
-    profile = mkdtempSync(join(tmpdir(), 'ferry-chromium-'));
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-      viewport: { width: 1100, height: 760 },
-    });
-    page = context.pages()[0] ?? (await context.newPage());
-    page.on('pageerror', (err) => pageErrors.push(String(err)));
-    page.on('console', (msg) => {
-      if (msg.type() === 'error') pageErrors.push(msg.text());
-    });
+    browser = await launchChromium({ viewport: { width: 1100, height: 760 } });
+    page = browser.page;
   });
 
   after(async () => {
-    await context?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
-    await new Promise<void>((r) => (web ? web.server.close(() => r()) : r()));
+    await browser?.close();
+    await web?.close();
     await gateway?.stop();
   });
 
@@ -135,7 +81,7 @@ describe('example dashboard in headless Chromium', () => {
     await page.waitForSelector(`#rows tr[data-offset="${partition}/${offset}"]`, { timeout: 10_000 });
 
     await page.screenshot({ path: join(SHOTS, 'dashboard.png'), fullPage: true });
-    assert.deepEqual(pageErrors, []);
+    assert.deepEqual(browser.errors, []);
   });
 
   it('keeps the offline queue in IndexedDB (storage adapter round trip in a real browser)', async () => {

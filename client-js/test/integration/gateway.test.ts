@@ -4,15 +4,16 @@
  * Records are checked from outside the gateway with kcat.
  *
  * Features the gateway may not have yet are probed first; a test that needs
- * one is skipped with the reason (naming the gateway issue) printed. A missing
- * binary is a failure, not a skip.
+ * one is skipped with the reason (naming the gateway issue) printed, except
+ * under `CI=true`, where a failed probe fails the test. A missing binary is
+ * always a failure, not a skip.
  */
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { WebSocket } from 'ws';
-import { FerryClient, type ConnectionState, type FerryClientOptions, type FerryError, type FerryMessage, type GapFrame } from '../../src/index.js';
+import { FerryClient, V1_CAPABILITIES, type ConnectionState, type FerryClientOptions, type FerryError, type FerryMessage, type GapFrame } from '../../src/index.js';
 import {
   OUTPUT_DIR,
   kcatConsume,
@@ -22,17 +23,18 @@ import {
   startProxy,
   type Gateway,
 } from '../support/gateway.js';
+import { sleep, waitFor } from '../support/fake-gateway.js';
 
 const run = Date.now().toString(36);
 const topic = (name: string): string => `it-${name}-${run}`;
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(10);
-  }
+/**
+ * A feature probe failed: skip with the reason locally, fail under CI
+ * (where a skip would count as a pass for a gateway that lost the feature).
+ */
+function missing(t: TestContext, reason: string): void {
+  if (process.env.CI === 'true') assert.fail(`${reason} (CI=true: a failed probe is a failure, not a skip)`);
+  t.skip(reason);
 }
 
 /** A client on the `ws` package, closed when the test ends, recording states, errors and gaps. */
@@ -104,9 +106,56 @@ describe('against the real gateway (embedded Kafka)', () => {
     const max = hub.limits?.max_frame_bytes ?? 65536;
     await assert.rejects(hub.publish(topic('big'), 'x'.repeat(max + 10)), (e: FerryError) => e.code === 'too_large');
     // The gateway's own refusal, with its code: a partition that does not exist.
-    await assert.rejects(hub.publish(topic('errors'), 1, { partition: 999 }), (e: FerryError) => e.code === 'bad_request' && !!e.requestId);
+    await assert.rejects(
+      hub.publish(topic('errors'), 1, { partition: 999 }),
+      (e: FerryError) => e.code === 'bad_request' && e.source === 'gateway' && !!e.requestId,
+    );
     assert.equal(hub.state, 'open');
     assert.ok(await hub.publish(topic('errors'), 1));
+  });
+
+  it('announces the v1 capabilities in welcome, and names an unknown field in its error', async (t) => {
+    const { hub } = client(t, gateway.url);
+    await hub.connect();
+    assert.equal(hub.welcome?.protocol, 1);
+    assert.deepEqual(hub.welcome?.capabilities, [...V1_CAPABILITIES]);
+    const replies = await rawExchange(gateway.url, [{ type: 'ping', id: 'u1', ttl_ms: 5 }], 500);
+    const error = replies.find((f) => f.id === 'u1');
+    assert.equal(error?.type, 'error');
+    assert.equal(error?.code, 'bad_request');
+    assert.match(String(error?.message), /unknown field `ttl_ms`/);
+  });
+
+  it('refuses upgrades with the statuses of protocol/vectors/codes.json: an unknown subprotocol, a foreign origin; no offer at all is accepted', async () => {
+    const table = (JSON.parse(readFileSync(new URL('../../../protocol/vectors/codes.json', import.meta.url), 'utf8')) as {
+      upgrade_statuses: { status: number; name: string }[];
+    }).upgrade_statuses;
+    const statusOf = (name: string): number => table.find((r) => r.name === name)?.status ?? -1;
+    const refusal = (protocols: string[], headers: Record<string, string> = {}) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const ws = new WebSocket(gateway.url, protocols, { headers });
+        ws.on('unexpected-response', (_req, res) => {
+          let body = '';
+          res.on('data', (chunk: Buffer) => (body += chunk.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        ws.on('open', () => reject(new Error('upgraded')));
+        ws.on('error', () => undefined);
+      });
+    const origin = await refusal(['ferry.v1'], { Origin: 'https://elsewhere.example' });
+    assert.equal(origin.status, statusOf('origin_forbidden'));
+    const refused = await refusal(['ferry.v2']);
+    assert.equal(refused.status, statusOf('unsupported_subprotocol'));
+    assert.equal(refused.status, 400);
+    assert.match(refused.body, /ferry\.v2/);
+    assert.match(refused.body, /ferry\.v1/);
+    const plain = new WebSocket(gateway.url);
+    const welcome = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      plain.once('message', (d: Buffer) => resolve(JSON.parse(d.toString()) as Record<string, unknown>));
+      plain.once('error', reject);
+    });
+    plain.close();
+    assert.equal(welcome.type, 'welcome');
   });
 
   it('subscribes: records produced by kcat and by another client arrive once, in order per partition', async (t) => {
@@ -143,7 +192,7 @@ describe('against the real gateway (embedded Kafka)', () => {
     const probe = await rawExchange(gateway.url, [{ type: 'subscribe', id: 'probe', topic: topic('probe-from'), from: 'earliest' }], 800);
     const reply = probe.find((f) => f.id === 'probe');
     if (reply?.type !== 'subscribed') {
-      t.skip(`the gateway refuses subscribe \`from\` (issue 4: resume from offsets): ${JSON.stringify(reply)}`);
+      missing(t, `the gateway refuses subscribe \`from\` (issue 4: resume from offsets): ${JSON.stringify(reply)}`);
       return;
     }
     const proxy = await startProxy(gateway.port);
@@ -152,10 +201,10 @@ describe('against the real gateway (embedded Kafka)', () => {
     const total = 600;
     const { hub, gaps, disconnects, states } = client(t, proxy.url);
     const got: FerryMessage[] = [];
-    hub.subscribe(name, (m) => got.push(m));
+    const sub = hub.subscribe(name, (m) => got.push(m));
     await hub.connect();
     await waitFor(() => proxy.connections === 1, 5000, 'proxied connection');
-    await sleep(100);
+    await sub.ready; // live before the first record: every one of them is owed
 
     // A producer on its own (direct) connection, publishing at a steady pace.
     const { hub: producer } = client(t, gateway.url);
@@ -203,14 +252,15 @@ describe('against the real gateway (embedded Kafka)', () => {
     const { hub: lazy } = client(t, gateway.url);
     const done: FerryMessage[] = [];
     const left: FerryMessage[] = [];
+    const commits: Promise<void>[] = [];
     const first = diligent.subscribe(name, (m) => {
       done.push(m);
-      diligent.commit(m); // processed: commit it
+      commits.push(diligent.commit(m)); // processed: commit it
     }, options);
     await diligent.connect();
     const refused = await first.ready.then(() => undefined, (e: FerryError) => e);
     if (refused?.code === 'bad_request') {
-      t.skip(`the gateway refuses shared-group subscriptions (group/ack): ${refused.message}`);
+      missing(t, `the gateway refuses shared-group subscriptions (group/ack): ${refused.message}`);
       return;
     }
     assert.equal(refused, undefined);
@@ -237,7 +287,11 @@ describe('against the real gateway (embedded Kafka)', () => {
       Array.from({ length: 20 }, (_, i) => i),
     );
     // A commit may race with the rewind (its record was handed out again): the gateway then refuses it.
-    assert.ok(errors.every((e) => e.code === 'bad_request'), errors.map((e) => e.message).join('; '));
+    assert.deepEqual(errors, []);
+    const outcomes = await Promise.allSettled(commits);
+    const refusedCommits = outcomes.flatMap((o) => (o.status === 'rejected' ? [o.reason as FerryError] : []));
+    assert.ok(refusedCommits.every((e) => e.code === 'bad_request' && e.source === 'gateway'), refusedCommits.map((e) => e.message).join('; '));
+    assert.ok(outcomes.some((o) => o.status === 'fulfilled'), 'commits are confirmed with committed');
     assert.equal(diligent.state, 'open');
   });
 
@@ -312,12 +366,12 @@ describe('authentication (gateway with auth.mode = "jwt")', () => {
       if (!jwt) throw startError;
       token = await mintToken(configFile, 3);
     } catch (err) {
-      t.skip(`the gateway cannot run with JWT authentication yet (issue 3): ${String(err).split('\n')[0]}`);
+      missing(t, `the gateway cannot run with JWT authentication yet (issue 3): ${String(err).split('\n')[0]}`);
       return;
     }
     const probe = await rawExchange(jwt.url, [{ type: 'auth', id: 'a', token }], 800);
     if (probe[0]?.type !== 'welcome' || typeof probe[0]?.expires_at !== 'number') {
-      t.skip(`the gateway does not authenticate with an auth frame yet (issue 3): ${JSON.stringify(probe[0])}`);
+      missing(t, `the gateway does not authenticate with an auth frame yet (issue 3): ${JSON.stringify(probe[0])}`);
       return;
     }
 
@@ -330,8 +384,9 @@ describe('authentication (gateway with auth.mode = "jwt")', () => {
     });
     const name = topic('auth');
     const got: FerryMessage[] = [];
-    hub.subscribe(name, (m) => got.push(m));
+    const sub = hub.subscribe(name, (m) => got.push(m));
     await hub.connect();
+    await sub.ready; // from "latest": a record published before the subscription is live is not owed
     const expiresAt = hub.welcome?.expires_at ?? 0;
     assert.ok(expiresAt > Date.now(), 'welcome carries expires_at');
 
@@ -341,7 +396,11 @@ describe('authentication (gateway with auth.mode = "jwt")', () => {
       acks.push(await hub.publish(name, { i }));
       await sleep(200);
     }
-    await waitFor(() => got.length === acks.length, 5000, 'every record delivered');
+    await waitFor(() => got.length === acks.length, 5000, `every record delivered (${acks.length} acked)`).catch(
+      (err: Error) => {
+        throw new Error(`${err.message}; got ${got.length}: ${JSON.stringify(got.map((m) => m.offset))}`);
+      },
+    );
     assert.equal(disconnects(), 0, 'never closed (4002 would mean the token expired)');
     assert.equal(hub.state, 'open');
     assert.ok(minted >= 4, `getToken() calls: ${minted}`);
@@ -350,7 +409,7 @@ describe('authentication (gateway with auth.mode = "jwt")', () => {
 
   it('refuses a bad static token for good (no reconnect loop)', async (t) => {
     if (!jwt) {
-      t.skip(`the gateway cannot run with JWT authentication yet (issue 3): ${String(startError).split('\n')[0]}`);
+      missing(t, `the gateway cannot run with JWT authentication yet (issue 3): ${String(startError).split('\n')[0]}`);
       return;
     }
     const { hub } = client(t, jwt.url, { token: 'not-a-jwt' });

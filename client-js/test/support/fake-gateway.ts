@@ -31,9 +31,18 @@ export interface FakeGatewayOptions {
   limits?: { max_frame_bytes?: number; max_inflight_publishes?: number; max_subscriptions?: number; publish_rate?: number; publish_burst?: number };
   /**
    * Serve subscribe `from` and report `subscribed.partitions` (issue 4).
-   * Default true; false plays a gateway that refuses `from` as unknown.
+   * Default true; false plays a gateway that refuses `from` as unknown
+   * (and does not announce it in `welcome.capabilities`).
    */
   supportsFrom?: boolean;
+  /**
+   * `welcome.capabilities`; default every v1 capability (without `from`
+   * when `supportsFrom` is false); `null` sends none (a gateway older
+   * than the list).
+   */
+  capabilities?: string[] | null;
+  /** `welcome.protocol`; default 1. */
+  protocol?: number;
   /**
    * Require an `auth` frame before `welcome`, with tokens living `ttlMs`
    * (issue 3). A refused token is answered `error unauthorized`; without a
@@ -75,6 +84,8 @@ interface Sub {
 export class FakeConnection {
   /** Text frames received from the client, parsed. */
   readonly received: Json[] = [];
+  /** The close code the client closed this socket with, once it did. */
+  closedByClient: number | undefined;
   readonly subs = new Map<string, Sub>();
   welcomed = false;
   closed = false;
@@ -123,8 +134,11 @@ export class FakeConnection {
 
   welcome(extra: Json = {}): void {
     this.welcomed = true;
-    const limits = { max_frame_bytes: 65536, max_inflight_publishes: 1000, max_subscriptions: 100, ...this.gateway.options.limits };
-    this.send({ type: 'welcome', protocol: 1, session: `s${this.gateway.connections.length}`, node: 'fake', limits, ...extra });
+    const opts = this.gateway.options;
+    const limits = { max_frame_bytes: 65536, max_inflight_publishes: 1000, max_subscriptions: 100, ...opts.limits };
+    const all = ['auth', 'commit', 'filter', 'from', 'group', 'overflow'].filter((c) => c !== 'from' || opts.supportsFrom !== false);
+    const capabilities = opts.capabilities === null ? {} : { capabilities: opts.capabilities ?? all };
+    this.send({ type: 'welcome', protocol: opts.protocol ?? 1, session: `s${this.gateway.connections.length}`, node: 'fake', limits, ...extra, ...capabilities });
   }
 
   /** Handles one client text frame. */
@@ -284,6 +298,7 @@ export class FakeWebSocket implements WebSocketLike {
     if (this.readyState === 3) return;
     const wasConnecting = this.readyState === 0;
     this.readyState = 3;
+    if (this.connection) this.connection.closedByClient = code;
     this.connection?.dispose();
     setImmediate(() => this.onclose?.({ code: wasConnecting ? 1006 : code, reason }));
   }
@@ -402,7 +417,7 @@ export async function waitFor<T>(check: () => T, timeoutMs = 2_000, what = 'cond
   for (;;) {
     const value = check();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 2));
   }
 }

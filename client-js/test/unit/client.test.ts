@@ -230,17 +230,20 @@ describe('publish', () => {
     assert.ok(Date.now() - started >= 90, `took ${Date.now() - started} ms`);
   });
 
-  it('sends a rate_limited publish again after retry_after_ms (same id, settled once)', async (t) => {
-    const { gw, hub } = setup(t);
-    let refused = 0;
+  it('sends a rate_limited publish again once the announced rate allows (same id, settled once)', async (t) => {
+    // The gateway sends no retry_after_ms with rate_limited: the client waits
+    // for one token of limits.publish_rate (here 1000/50 = 20 ms).
+    const { gw, hub } = setup(t, { limits: { publish_rate: 50, publish_burst: 5 } });
+    let refusedAt = 0;
     gw.intercept = (conn, f) => {
-      if (f.type !== 'publish' || refused > 0) return false;
-      refused++;
-      conn.send({ type: 'error', id: f.id, code: 'rate_limited', message: 'slow down', retry_after_ms: 20 });
+      if (f.type !== 'publish' || refusedAt > 0) return false;
+      refusedAt = Date.now();
+      conn.send({ type: 'error', id: f.id, code: 'rate_limited', message: 'slow down' });
       return true;
     };
     await hub.connect();
     const ack = await hub.publish('t', 1);
+    assert.ok(Date.now() - refusedAt >= 15, `resent after ${Date.now() - refusedAt} ms`);
     const ids = gw.last.of('publish').map((f) => f.id);
     assert.equal(ids.length, 2);
     assert.equal(ids[0], ids[1]);
@@ -351,7 +354,7 @@ describe('offline queue', () => {
   it('offlineQueue: false rejects publishes at once while not connected', async (t) => {
     const { hub } = setup(t, {}, { offlineQueue: false });
     const r = await outcome(hub.publish('t', 1));
-    assert.ok(!r.ok && r.error.code === 'unavailable');
+    assert.ok(!r.ok && r.error.code === 'not_connected' && r.error.source === 'client');
   });
 
   it('close() rejects every unacked publish with closed', async (t) => {

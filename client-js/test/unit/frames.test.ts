@@ -1,32 +1,43 @@
 /**
- * Every frame of the shared vectors in `protocol/vectors/` is decoded and
- * encoded here:
- * - client-valid: decoded (gateway rules) to the stated normalized form, then
- *   re-encoded by the client's own `publishFrame`/`encodeClientFrame` and
- *   decoded again to the same form;
- * - client-invalid: refused with the stated code and id; the client refuses
- *   the `invalid_topic` ones itself before sending;
+ * The shared vectors in `protocol/vectors/`, checked against the client's
+ * own code:
+ * - client-valid: each frame is what the client's API sends for the same
+ *   request (`publish`, `subscribe` with its options, `unsubscribe`,
+ *   `ping`, `auth`, `commit`), captured on the wire from a real
+ *   `FerryClient`; also decoded by the test gateway's rules (`codec.ts`,
+ *   the fake gateway of the unit tests) to the stated form;
+ * - client-invalid: refused with the stated code and id by the test
+ *   gateway's rules; the client refuses the ones it can check itself
+ *   (topic names, reserved headers) before sending;
  * - server: decoded by the client's `decodeServerFrame`, re-encoded to the
- *   same JSON, and `message` frames turned into the stated bytes.
+ *   same JSON, and each `message` turned into its record's bytes;
+ * - filters: sent by `subscribe({ filter })` exactly as written;
+ * - codes: `mayReconnect` and the error codes match the tables.
  */
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import {
+  CLIENT_GAVE_UP,
+  ERROR_CODES,
+  FerryClient,
   FerryError,
   decodeServerFrame,
   encodeClientFrame,
+  mayReconnect,
   publishFrame,
   toMessage,
   topicError,
   type MessageFrame,
+  type SubscribeOptions,
 } from '../../src/index.js';
 import { decodeClientFrame, encodeServerFrame, type DecodedClientFrame } from '../support/codec.js';
+import { FakeGateway, waitFor } from '../support/fake-gateway.js';
 
 const VECTORS = new URL('../../../protocol/vectors/', import.meta.url);
 
-function load<T>(name: string): T[] {
-  return JSON.parse(readFileSync(new URL(name, VECTORS), 'utf8')) as T[];
+function load<T>(name: string): T {
+  return JSON.parse(readFileSync(new URL(name, VECTORS), 'utf8')) as T;
 }
 
 interface ValidVector {
@@ -39,79 +50,112 @@ interface InvalidVector {
   frame: string;
   code: string;
   id: string | null;
+  message_contains?: string;
 }
 interface ServerVector {
   name: string;
   frame: string;
+  record?: { timestamp: number | null; key_b64: string | null; headers: [string, string | null][]; value_b64: string | null };
+}
+interface FilterVector {
+  name: string;
+  filter: unknown;
+  records?: unknown[];
+  error_contains?: string;
+}
+interface Codes {
+  error_codes: { code: string }[];
+  close_codes: { code: number; reason: string; sent_by: string; class: 'reconnect' | 'terminal' }[];
 }
 
 const bytes = (b64: string): Uint8Array => new Uint8Array(Buffer.from(b64, 'base64'));
+type Json = Record<string, unknown>;
 
-/** Re-encodes a decoded frame with the client's encoder, as an application would publish it. */
-function clientEncode(frame: DecodedClientFrame, valueAsJson: boolean): string {
-  if (frame.type === 'auth') return encodeClientFrame({ type: 'auth', ...(frame.id === null ? {} : { id: frame.id }), token: frame.token });
-  if (frame.type === 'commit') {
-    const { id, topic, partition, offset } = frame;
-    return encodeClientFrame({ type: 'commit', ...(id === null ? {} : { id }), topic, partition, offset });
+/**
+ * Makes the request a client-frame vector describes through the client's
+ * public API, on a real `FerryClient` against the fake gateway, and returns
+ * the frame of that type the client put on the wire.
+ */
+async function clientSends(t: TestContext, f: Json): Promise<Json> {
+  const gw = new FakeGateway({ auth: f.type === 'auth' ? { ttlMs: 60_000 } : undefined } as ConstructorParameters<typeof FakeGateway>[0]);
+  const hub = new FerryClient({
+    url: 'ws://fake/ws',
+    WebSocket: gw.WebSocket,
+    liveness: false,
+    ...(f.type === 'auth' ? { token: f.token as string } : {}),
+  });
+  t.after(() => hub.close());
+  hub.on('error', () => undefined);
+  await hub.connect();
+  const topic = f.topic as string;
+  switch (f.type) {
+    case 'publish': {
+      const value = 'value_b64' in f ? bytes(f.value_b64 as string) : f.value;
+      const key = 'key_b64' in f ? bytes(f.key_b64 as string) : (f.key as string | undefined);
+      void hub
+        .publish(topic, value, {
+          id: f.id as string,
+          ...(key === undefined ? {} : { key }),
+          ...(f.headers === undefined ? {} : { headers: f.headers as Record<string, string> }),
+          ...(f.partition === undefined ? {} : { partition: f.partition as number }),
+        })
+        .catch(() => undefined);
+      break;
+    }
+    case 'subscribe': {
+      const options: SubscribeOptions = { onError: () => undefined };
+      for (const k of ['from', 'group', 'ack', 'filter', 'overflow'] as const) {
+        if (k in f) (options as Json)[k] = f[k];
+      }
+      hub.subscribe(topic, () => undefined, options);
+      break;
+    }
+    case 'unsubscribe': {
+      const sub = hub.subscribe(topic, () => undefined);
+      await sub.ready;
+      void sub.unsubscribe();
+      break;
+    }
+    case 'ping':
+      void hub.ping().catch(() => undefined);
+      break;
+    case 'commit':
+      void hub.commit({ topic, partition: f.partition as number, offset: f.offset as number }).catch(() => undefined);
+      break;
+    case 'auth':
+      break; // sent on connect
   }
-  if (frame.type !== 'publish') return encodeClientFrame(frame);
-  const raw = bytes(frame.value_b64);
-  const value: unknown = valueAsJson ? JSON.parse(Buffer.from(raw).toString('utf8')) : raw;
-  const key = frame.key_b64 === null ? undefined : bytes(frame.key_b64);
-  const text = key && Buffer.from(key).toString('utf8');
-  const keyOpt = key === undefined ? {} : { key: text !== undefined && Buffer.from(text, 'utf8').equals(key) ? text : key };
-  return encodeClientFrame(
-    publishFrame(frame.id, frame.topic, value, {
-      ...keyOpt,
-      ...(Object.keys(frame.headers).length ? { headers: frame.headers } : {}),
-      ...(frame.partition === null ? {} : { partition: frame.partition }),
-    }),
-  );
+  const sent = await waitFor(() => gw.last.of(f.type as string)[0], 2000, `a ${String(f.type)} frame`);
+  return sent;
 }
 
+/** A frame without its `id` (the client chooses request ids itself). */
+const withoutId = (f: Json): Json => {
+  const { id: _id, ...rest } = f;
+  return rest;
+};
+
 describe('protocol/vectors/client-valid.json', () => {
-  const vectors = load<ValidVector>('client-valid.json');
+  const vectors = load<ValidVector[]>('client-valid.json');
   it('has vectors', () => assert.ok(vectors.length >= 8));
   for (const v of vectors) {
-    it(`decodes and re-encodes: ${v.name}`, () => {
+    it(`the client sends it: ${v.name}`, async (t) => {
+      const want = JSON.parse(v.frame) as Json;
+      const sent = await clientSends(t, want);
+      assert.deepEqual(withoutId(sent), withoutId(want));
+      if (want.type === 'publish') assert.equal(sent.id, want.id, 'a publish keeps the id the caller chose');
+      else assert.equal(typeof sent.id, 'string', 'the client always sends an id');
+    });
+    it(`the test gateway decodes it as the gateway does: ${v.name}`, () => {
       const decoded = decodeClientFrame(v.frame);
       assert.ok(decoded.ok, JSON.stringify(decoded));
       assert.deepEqual(decoded.frame, v.expect);
-
-      const expect = v.expect;
-      if (expect.type !== 'publish') {
-        const again = decodeClientFrame(clientEncode(expect, false));
-        assert.ok(again.ok);
-        assert.deepEqual(again.frame, expect);
-        return;
-      }
-      // Bytes (Uint8Array) keep every byte: value_b64 round-trips exactly.
-      const asBytes = decodeClientFrame(clientEncode(expect, false));
-      assert.ok(asBytes.ok);
-      assert.deepEqual(asBytes.frame, expect);
-      assert.match(clientEncode(expect, false), /"value_b64":/);
-      // A JSON value goes as `value` and means the same JSON.
-      const jsonText = Buffer.from(bytes(expect.value_b64)).toString('utf8');
-      let isJson = true;
-      try {
-        JSON.parse(jsonText);
-      } catch {
-        isJson = false;
-      }
-      if (isJson) {
-        const encoded = clientEncode(expect, true);
-        assert.match(encoded, /"value":/);
-        const again = decodeClientFrame(encoded);
-        assert.ok(again.ok && again.frame.type === 'publish');
-        assert.deepEqual(JSON.parse(Buffer.from(again.frame.value_b64, 'base64').toString('utf8')), JSON.parse(jsonText));
-        assert.deepEqual({ ...again.frame, value_b64: '' }, { ...expect, value_b64: '' });
-      }
     });
   }
 });
 
 describe('protocol/vectors/client-invalid.json', () => {
-  const vectors = load<InvalidVector>('client-invalid.json');
+  const vectors = load<InvalidVector[]>('client-invalid.json');
   it('has vectors', () => assert.ok(vectors.length >= 20));
   for (const v of vectors) {
     it(`refuses: ${v.name}`, () => {
@@ -120,6 +164,7 @@ describe('protocol/vectors/client-invalid.json', () => {
       assert.equal(decoded.error.code, v.code);
       assert.equal(decoded.error.id, v.id);
       assert.ok(decoded.error.message.length > 0);
+      if (v.message_contains) assert.ok(decoded.error.message.includes(v.message_contains), `${decoded.error.message} lacks ${v.message_contains}`);
       const parsed = (() => {
         try {
           return JSON.parse(v.frame) as { type?: string; headers?: Record<string, string> };
@@ -147,7 +192,7 @@ describe('protocol/vectors/client-invalid.json', () => {
 });
 
 describe('protocol/vectors/server.json', () => {
-  const vectors = load<ServerVector>('server.json');
+  const vectors = load<ServerVector[]>('server.json');
   it('has vectors', () => assert.ok(vectors.length >= 8));
   for (const v of vectors) {
     it(`decodes and re-encodes: ${v.name}`, () => {
@@ -175,6 +220,28 @@ describe('protocol/vectors/server.json', () => {
     const tomb = toMessage(byName.get('message tombstone') as MessageFrame);
     assert.equal(tomb.value, null);
     assert.equal(tomb.key, 'k');
+  });
+
+  it('turns every message vector into the bytes of its record', () => {
+    const messages = vectors.filter((v) => v.record);
+    assert.ok(messages.length >= 7);
+    const asBytes = (x: unknown): Uint8Array | null => {
+      if (x === null) return null;
+      if (x instanceof Uint8Array) return x;
+      return new TextEncoder().encode(typeof x === 'string' ? x : JSON.stringify(x));
+    };
+    for (const v of messages) {
+      const record = v.record as NonNullable<ServerVector['record']>;
+      const m = toMessage(decodeServerFrame(v.frame) as MessageFrame);
+      assert.equal(m.timestamp, record.timestamp, v.name);
+      assert.deepEqual(asBytes(m.key), record.key_b64 === null ? null : bytes(record.key_b64), v.name);
+      const headers = Object.fromEntries(record.headers.map(([k, b]) => [k, b === null ? null : bytes(b)]));
+      assert.deepEqual(Object.fromEntries(Object.entries(m.headers).map(([k, h]) => [k, asBytes(h)])), headers, v.name);
+      // A JSON value is parsed: compare it as JSON; a value_b64 record as bytes.
+      if (record.value_b64 === null) assert.equal(m.value, null, v.name);
+      else if (m.value instanceof Uint8Array) assert.deepEqual(m.value, bytes(record.value_b64), v.name);
+      else assert.deepEqual(m.value, JSON.parse(Buffer.from(record.value_b64, 'base64').toString('utf8')), v.name);
+    }
   });
 
   it('decodes binary header values from headers_b64', () => {
@@ -253,5 +320,30 @@ describe('codec (the gateway rules) for groups and commit, beyond the vectors', 
     assert.deepEqual(refused({ type: 'ping', id: 'p', offset: 1 }), { code: 'bad_request', id: 'p' });
     const ok = decodeClientFrame(JSON.stringify({ type: 'subscribe', id: 's', topic: 't', group: 'x'.repeat(200), ack: 'auto', from: 'latest' }));
     assert.ok(ok.ok && ok.frame.type === 'subscribe' && ok.frame.ack === 'auto');
+  });
+});
+
+describe('protocol/vectors/filters.json', () => {
+  const vectors = load<FilterVector[]>('filters.json');
+  it('has valid and refused filters', () => {
+    assert.ok(vectors.filter((v) => v.records).length >= 10);
+    assert.ok(vectors.filter((v) => v.error_contains).length >= 10);
+  });
+  for (const v of vectors.filter((x) => x.records)) {
+    it(`subscribe sends the filter as written: ${v.name}`, async (t) => {
+      const sent = await clientSends(t, { type: 'subscribe', topic: 't', filter: v.filter });
+      assert.deepEqual(sent.filter, v.filter);
+    });
+  }
+});
+
+describe('protocol/vectors/codes.json', () => {
+  const codes = load<Codes>('codes.json');
+  it('error codes: the client knows exactly the protocol\'s', () => {
+    assert.deepEqual([...ERROR_CODES], codes.error_codes.map((e) => e.code));
+  });
+  it('close codes: mayReconnect() classifies each as the table does', () => {
+    for (const c of codes.close_codes) assert.equal(mayReconnect(c.code), c.class === 'reconnect', `${c.code} ${c.reason}`);
+    assert.equal(codes.close_codes.find((c) => c.sent_by === 'client')?.code, CLIENT_GAVE_UP);
   });
 });

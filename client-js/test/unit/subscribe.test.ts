@@ -188,7 +188,7 @@ describe('subscribe', () => {
     assert.equal(got.length, 7);
   });
 
-  it("falls back to a live subscription and emits a gap when the gateway refuses `from` (today's gateway)", async (t) => {
+  it('resubscribes live and emits a gap when the gateway does not announce `from`', async (t) => {
     const { gw, hub } = setup(t, { supportsFrom: false });
     const got: FerryMessage[] = [];
     const gaps: GapFrame[] = [];
@@ -203,9 +203,10 @@ describe('subscribe', () => {
     assert.equal(gaps.length, 1);
     assert.equal(gaps[0]?.reason, 'resume_refused');
     assert.equal(gaps[0]?.topic, 's');
+    assert.deepEqual(gaps[0]?.positions, { [String(got[0]?.partition)]: (got[0]?.offset ?? 0) + 1 });
     const subs = gw.last.of('subscribe');
-    assert.ok(subs[0]?.from, 'first tried to resume');
-    assert.ok(!subs[1]?.from, 'then subscribed plain');
+    assert.equal(subs.length, 1, 'decided by the capability, not by probing an error');
+    assert.ok(!subs[0]?.from, 'subscribed plain');
     gw.produce('s', 2);
     await waitFor(() => got.length === 2);
   });
@@ -291,36 +292,52 @@ describe('group subscriptions', () => {
     assert.deepEqual(errors, []);
   });
 
-  it('commit() sends a commit without id for a record; a refused commit is an error event', async (t) => {
+  it('commit() sends a commit for a record and resolves on its committed reply; a refused commit rejects', async (t) => {
     const { gw, hub, errors } = setup(t);
     const got: FerryMessage[] = [];
+    const commits: Promise<void>[] = [];
     const sub = hub.subscribe('jobs', (m) => {
       got.push(m);
-      hub.commit(m);
+      commits.push(hub.commit(m));
     }, { group: 'workers', ack: 'client' });
     await hub.connect();
     await sub.ready;
     for (let i = 0; i < 4; i++) gw.produce('jobs', { i });
     await waitFor(() => gw.last.commits.length === 4, 2000, 'four commits');
+    await Promise.all(commits);
     assert.deepEqual(gw.last.commits.map((c) => `${c.partition}/${c.offset}`).sort(), got.map(key).sort());
     const [first] = gw.last.of('commit');
-    assert.deepEqual(first, { type: 'commit', topic: 'jobs', partition: got[0]?.partition, offset: got[0]?.offset });
+    assert.deepEqual({ ...first, id: undefined }, { type: 'commit', id: undefined, topic: 'jobs', partition: got[0]?.partition, offset: got[0]?.offset });
+    assert.equal(typeof first?.id, 'string');
     assert.equal(errors.length, 0);
-    // The gateway refuses a commit for a record this socket was not given: an `error` event.
-    hub.commit({ topic: 'jobs', partition: 0, offset: 999 });
-    await waitFor(() => errors.length === 1);
-    assert.equal(errors[0]?.code, 'bad_request');
+    // The gateway refuses a commit for a record this socket was not given: the promise rejects.
+    const r = await outcome(hub.commit({ topic: 'jobs', partition: 0, offset: 999 }));
+    assert.ok(!r.ok && r.error.code === 'bad_request' && r.error.source === 'gateway', JSON.stringify(r));
+    assert.equal(errors.length, 0);
     assert.equal(hub.state, 'open');
   });
 
-  it('commit() does nothing while not connected (the record is redelivered)', async (t) => {
+  it('commit() rejects a reply that is not about the record committed', async (t) => {
     const { gw, hub } = setup(t);
-    hub.commit({ topic: 'jobs', partition: 0, offset: 1 });
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'commit') return false;
+      conn.send({ type: 'committed', id: f.id, topic: 'jobs', partition: 0, offset: 1234 });
+      return true;
+    };
+    await hub.connect();
+    const r = await outcome(hub.commit({ topic: 'jobs', partition: 0, offset: 7 }));
+    assert.ok(!r.ok && r.error.code === 'protocol', JSON.stringify(r));
+  });
+
+  it('commit() sends nothing and rejects with not_connected while not connected (the record is redelivered)', async (t) => {
+    const { gw, hub } = setup(t);
+    const before = await outcome(hub.commit({ topic: 'jobs', partition: 0, offset: 1 }));
+    assert.ok(!before.ok && before.error.code === 'not_connected');
     await hub.connect();
     gw.refuse = true;
     gw.last.close(1006);
     await waitFor(() => hub.state === 'reconnecting');
-    hub.commit({ topic: 'jobs', partition: 0, offset: 1 });
+    void hub.commit({ topic: 'jobs', partition: 0, offset: 1 }); // not awaited: no unhandled rejection
     gw.refuse = false;
     await waitFor(() => hub.state === 'open');
     await sleep(10);
@@ -335,7 +352,7 @@ describe('group subscriptions', () => {
     for (let i = 0; i < 3; i++) gw.produce('jobs', { i });
     let n = 0;
     for await (const m of stream) {
-      hub.commit(m);
+      void hub.commit(m);
       if (++n === 3) break;
     }
     await waitFor(() => gw.last.commits.length === 3);
@@ -386,7 +403,7 @@ describe('stream', () => {
     assert.equal((await next).done, true);
   });
 
-  it('fails with limit when the consumer falls behind bufferSize', async (t) => {
+  it('fails with stream_overflow when the consumer falls behind bufferSize', async (t) => {
     const { gw, hub } = setup(t);
     await hub.connect();
     const stream = hub.stream('a', { bufferSize: 3 });
@@ -397,7 +414,7 @@ describe('stream', () => {
     for (let i = 0; i < 3; i++) results.push(await stream.next());
     assert.ok(results.every((r) => !r.done));
     const r = await outcome(stream.next());
-    assert.ok(!r.ok && r.error.code === 'limit');
+    assert.ok(!r.ok && r.error.code === 'stream_overflow' && r.error.source === 'client');
     assert.equal((await stream.next()).done, true);
   });
 

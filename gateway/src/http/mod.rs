@@ -6,23 +6,41 @@
 //! | `GET /healthz` | 200 while the process runs |
 //! | `GET /readyz` | 200 when Kafka answers, 503 when not or shutting down |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /console` | the web console (`console.rs`; `console.enabled`) |
+//! | `POST /v1/publish` | records over plain HTTP, acked once stored ([`publish`]) |
+//! | `GET /sse` | Server-Sent Events subscription with resume ([`sse`]) |
+//!
+//! [`server`] is the listener that serves it (TLS from [`tls`], handshake
+//! deadline and bound).
 
+mod caller;
+mod console;
 mod ops;
+pub mod publish;
+pub mod server;
+pub mod sse;
+pub mod tls;
 mod ws;
 
 use std::sync::Arc;
 
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
 
 use crate::app::AppState;
 
 /// Builds the router over the shared state.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .with_state(state)
+        .route("/v1/publish", post(publish::publish).options(caller::preflight))
+        .route("/sse", get(sse::stream).options(caller::preflight))
+        .layer(Extension(Arc::new(publish::Publishes::default())));
+    if state.config.console.enabled {
+        router = router.merge(console::routes());
+    }
+    router.with_state(state)
 }

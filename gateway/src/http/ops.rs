@@ -11,13 +11,18 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
+pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
     if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
     } else if state.health.is_ready() {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
+    } else if let Some(cause) = state.health.refusal() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("kafka refused the gateway: {}\n", cause.as_str()),
+        )
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n")
+        (StatusCode::SERVICE_UNAVAILABLE, "kafka unreachable\n".into())
     }
 }
 

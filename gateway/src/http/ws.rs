@@ -1,6 +1,7 @@
-//! The WebSocket upgrade: origin check, connection limits, the token from
-//! the request (header, or query when enabled), subprotocol, frame limits
-//! and small socket buffers; then the session takes over.
+//! The WebSocket upgrade: subprotocol and origin checks, connection limits,
+//! the token from the request (header, or query when enabled), frame limits
+//! and small socket buffers; then the session takes over. Every refusal is
+//! an HTTP status of [`UpgradeRefusal`] with a one-line body.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+
+use ferry_protocol::{UpgradeRefusal, SUBPROTOCOL};
 
 use crate::app::AppState;
 use crate::auth::{AuthMode, Principal};
@@ -23,8 +26,9 @@ const WRITE_BUFFER: usize = 16 * 1024;
 /// A socket whose unsent bytes pass this is failed rather than buffered.
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
-fn refuse(status: StatusCode, reason: &'static str, text: String) -> Response {
+fn refuse(refusal: UpgradeRefusal, reason: &'static str, text: String) -> Response {
     metrics::connection_rejected(reason);
+    let status = StatusCode::from_u16(refusal.status()).expect("refusal statuses are valid");
     (status, text + "\n").into_response()
 }
 
@@ -35,14 +39,25 @@ pub(super) async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "shutting down".into());
+        return refuse(UpgradeRefusal::Unavailable, "shutting_down", "shutting down".into());
+    }
+    let offered = offered_subprotocols(&headers);
+    if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
+        return refuse(
+            UpgradeRefusal::UnsupportedSubprotocol,
+            "subprotocol",
+            format!(
+                "unsupported subprotocol: offered {}; this gateway speaks {SUBPROTOCOL}",
+                offered.join(", ")
+            ),
+        );
     }
     if !origin_allowed(&state, &headers) {
-        return refuse(StatusCode::FORBIDDEN, "origin", "origin not allowed".into());
+        return refuse(UpgradeRefusal::OriginForbidden, "origin", "origin not allowed".into());
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
         return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
+            UpgradeRefusal::Unavailable,
             "max_connections",
             "too many connections".into(),
         );
@@ -52,12 +67,14 @@ pub(super) async fn upgrade(
         AuthMode::Jwt => match request_token(&state, &headers, &query) {
             None => None,
             Some(token) => match state.auth.verify(token).await {
-                Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+                Err(e) => {
+                    return refuse(UpgradeRefusal::Unauthorized, "unauthorized", e.to_string())
+                }
                 Ok(principal) => {
                     let max = state.config.limits.max_connections_per_subject;
                     let Some(guard) = state.subjects.acquire(&principal.subject, max) else {
                         return refuse(
-                            StatusCode::TOO_MANY_REQUESTS,
+                            UpgradeRefusal::TooManyForSubject,
                             "max_connections_per_subject",
                             format!("subject already has {max} connections"),
                         );
@@ -69,7 +86,7 @@ pub(super) async fn upgrade(
     };
     let max_frame = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
-    ws.protocols([ferry_protocol::SUBPROTOCOL])
+    ws.protocols([SUBPROTOCOL])
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
         .read_buffer_size(READ_BUFFER)
@@ -78,6 +95,22 @@ pub(super) async fn upgrade(
         .on_upgrade(move |socket| {
             sessions.track_future(session::run(socket, state, permit, authenticated))
         })
+}
+
+/// The subprotocols a request offers: every `Sec-WebSocket-Protocol` header,
+/// each a comma-separated list. Empty when it offers none, which is
+/// accepted (non-browser tools connect that way); an offer without
+/// `ferry.v1` is refused, since a browser fails a handshake that selects
+/// none and would only see a 1006.
+fn offered_subprotocols(headers: &HeaderMap) -> Vec<&str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 /// `Authorization: Bearer`, else `?token=` when `auth.allow_query_token`.
@@ -105,7 +138,7 @@ fn request_token<'a>(
 /// (non-browser clients) pass; browser origins must be listed in
 /// `auth.allowed_origins` (or `"*"`), be the gateway's own host, or, in the
 /// unauthenticated loopback dev setup, be a loopback page.
-fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else { return true };
     let Ok(origin) = origin.to_str() else { return false };
     let allowed = &state.config.auth.allowed_origins;

@@ -1,31 +1,57 @@
 //! The librdkafka settings of each Kafka client of the gateway.
 //!
-//! Ferry's own choices are set first; `kafka.librdkafka` from the config is
-//! applied last, so an operator can override any of them.
+//! Ferry's own choices are set first, then `[kafka.security]` (TLS, SASL);
+//! `kafka.librdkafka` from the config is applied last, so an operator can
+//! override any of them.
+//!
+//! A `ClientConfig` built here holds secrets in clear: never log one
+//! (`ClientSettings`' own `Debug` hides them).
 
 use std::collections::BTreeMap;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
 use crate::config::KafkaConfig;
+use crate::kafka::security::{self, Value};
 
 /// What every client needs to reach the cluster.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientSettings {
     bootstrap: String,
     embedded: bool,
     message_timeout_ms: u64,
+    /// `[kafka.security]` as librdkafka settings, secrets still wrapped.
+    security: Vec<(String, Value)>,
     passthrough: BTreeMap<String, String>,
 }
 
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let passthrough: Vec<(&str, &str)> = self
+            .passthrough
+            .iter()
+            .map(|(k, v)| (k.as_str(), if security::is_sensitive_property(k) { "***" } else { v }))
+            .collect();
+        f.debug_struct("ClientSettings")
+            .field("bootstrap", &self.bootstrap)
+            .field("embedded", &self.embedded)
+            .field("security", &self.security)
+            .field("passthrough", &passthrough)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientSettings {
-    pub fn new(config: &KafkaConfig, bootstrap: String) -> Self {
-        Self {
+    /// Fails, naming every problem, when `[kafka.security]` is unusable
+    /// (the same checks config loading makes; files are read again here).
+    pub fn new(config: &KafkaConfig, bootstrap: String) -> Result<Self, Vec<String>> {
+        Ok(Self {
+            security: security::resolve(&config.security, config.embedded())?,
             bootstrap,
             embedded: config.embedded(),
             message_timeout_ms: config.message_timeout_ms,
             passthrough: config.librdkafka.clone(),
-        }
+        })
     }
 
     pub fn bootstrap(&self) -> &str {
@@ -50,8 +76,15 @@ impl ClientSettings {
     }
 
     fn finish(&self, mut config: ClientConfig) -> ClientConfig {
+        for (key, value) in &self.security {
+            config.set(key, value.expose());
+        }
         for (key, value) in &self.passthrough {
             config.set(key, value);
+        }
+        if self.passthrough.contains_key("debug") {
+            // librdkafka drops its debug lines below the client's log level.
+            config.set_log_level(RDKafkaLogLevel::Debug);
         }
         config
     }
@@ -123,5 +156,49 @@ impl ClientSettings {
     /// The admin client that creates topics on a real cluster.
     pub fn admin(&self) -> ClientConfig {
         self.finish(self.base("admin"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::security::{Mechanism, Protocol, Secret, SecurityConfig};
+
+    #[test]
+    fn security_reaches_every_client_and_the_passthrough_still_wins() {
+        let mut config = KafkaConfig {
+            brokers: Some("kafka:9096".into()),
+            security: SecurityConfig {
+                protocol: Some(Protocol::SaslSsl),
+                sasl_mechanism: Some(Mechanism::ScramSha512),
+                username: Some("ferry".into()),
+                password: Some(Secret::new("s3cret")),
+                ..Default::default()
+            },
+            ..KafkaConfig::default()
+        };
+        config.librdkafka.insert("ssl.endpoint.identification.algorithm".into(), "none".into());
+        let settings = ClientSettings::new(&config, "kafka:9096".into()).unwrap();
+        for client in [
+            settings.producer(),
+            settings.consumer(),
+            settings.replay_consumer(),
+            settings.group_consumer("ferry.g", "earliest"),
+            settings.admin(),
+        ] {
+            assert_eq!(client.get("security.protocol"), Some("sasl_ssl"));
+            assert_eq!(client.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(client.get("sasl.password"), Some("s3cret"));
+            assert_eq!(client.get("ssl.endpoint.identification.algorithm"), Some("none"));
+        }
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn without_security_nothing_changes() {
+        let config = KafkaConfig::default();
+        let settings = ClientSettings::new(&config, "127.0.0.1:1".into()).unwrap();
+        assert_eq!(settings.producer().get("security.protocol"), None);
     }
 }

@@ -82,6 +82,10 @@ impl EmbeddedKafka {
         let err = unsafe {
             rdsys::rd_kafka_mock_topic_create(self.cluster, name.as_ptr(), partitions, 1)
         };
+        // Created meanwhile by another node or request: that is success.
+        if err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS {
+            return Ok(());
+        }
         check(err)
     }
 
@@ -126,5 +130,19 @@ impl Drop for EmbeddedKafka {
         // SAFETY: the cluster was created in `start` and is destroyed once,
         // here, before `_host` (a later field) is dropped.
         unsafe { rdsys::rd_kafka_mock_cluster_destroy(self.cluster) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two requests that both found the topic missing both create it: the
+    /// second creation is a success, not an error a client would see.
+    #[test]
+    fn creating_a_topic_that_exists_is_success() {
+        let kafka = EmbeddedKafka::start(1).expect("mock cluster starts");
+        kafka.create_topic("twice", 3).expect("first creation");
+        kafka.create_topic("twice", 3).expect("second creation of the same topic");
     }
 }

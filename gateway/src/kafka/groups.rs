@@ -12,50 +12,34 @@
 //! members get them again; when the last member leaves, the node leaves the
 //! group and Kafka hands the partitions, from the committed offsets, to the
 //! other nodes.
+//!
+//! A group that has never committed starts where its first member asked
+//! (`latest` or `earliest`), and that position is committed before the node
+//! joins: otherwise, should the first members leave before committing, the
+//! next member would start at the end of the topic and skip their records.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{AckMode, StartFrom};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::message::Message as _;
-use rdkafka::{ClientContext, Offset};
-use tokio::sync::{mpsc, watch};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::{mpsc, watch, OnceCell};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
 use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
+use crate::kafka::context::KafkaContext;
 use crate::kafka::fanout::{encode_record, record_headers};
-
-/// A record that flows at its socket's pace (a replay's, or a shared
-/// group's): the sender waits for room rather than dropping it. `done`
-/// marks a group record processed (`ack: "auto"`) once the writer has
-/// flushed it.
-#[derive(Debug)]
-pub struct PacedFrame {
-    pub frame: Utf8Bytes,
-    pub done: Option<Done>,
-}
-
-/// Marks one group record processed when called.
-#[derive(Debug)]
-pub struct Done {
-    shared: Weak<Shared>,
-    session: u64,
-    partition: i32,
-    offset: i64,
-}
-
-impl Done {
-    pub fn complete(self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.processed(self.session, self.partition, self.offset);
-        }
-    }
-}
+use crate::kafka::source::{self, Flow, Route};
+use crate::outlet::{Completion, Done, Outlet, PacedFrame};
 
 /// Who gets a record.
 enum Pick {
@@ -74,7 +58,7 @@ const NO_SESSION: u64 = 0;
 pub struct Member {
     pub session: u64,
     pub ack: AckMode,
-    pub queue: mpsc::Sender<PacedFrame>,
+    pub outlet: Outlet,
     pub filter: Option<Arc<Filter>>,
 }
 
@@ -95,9 +79,19 @@ struct State {
 struct GroupContext {
     state: Arc<Mutex<State>>,
     assigned: watch::Sender<bool>,
+    /// The gateway's shared context: logs and errors go through it.
+    kafka: KafkaContext,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.kafka.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.kafka.error(error, reason);
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -122,20 +116,29 @@ impl ConsumerContext for GroupContext {
 /// This node's membership of one (group, topic).
 struct Shared {
     topic: String,
-    consumer: StreamConsumer<GroupContext>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     /// Short critical sections only; never held across an await.
     state: Arc<Mutex<State>>,
     assigned: watch::Receiver<bool>,
     stop: CancellationToken,
+    /// Where writers report `ack: "auto"` records processed; the pump
+    /// applies them.
+    completions: mpsc::UnboundedSender<Completion>,
 }
+
+/// A membership being set up, or set up: everyone who joins meanwhile
+/// waits for the same one.
+type Slot = Arc<OnceCell<Arc<Shared>>>;
 
 /// The node's group memberships.
 pub struct Groups {
     settings: ClientSettings,
+    /// Shared with every Kafka client of the gateway (refusals, log limits).
+    context: KafkaContext,
     prefix: String,
     timeout: Duration,
-    /// Short critical sections only.
-    registry: Mutex<HashMap<(String, String), Arc<Shared>>>,
+    /// Short critical sections only: Kafka work happens outside it.
+    registry: Mutex<HashMap<(String, String), Slot>>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -145,32 +148,51 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub fn new(settings: ClientSettings, prefix: String, timeout: Duration) -> Self {
-        Self { settings, prefix, timeout, registry: Mutex::default() }
+    pub fn new(
+        settings: ClientSettings,
+        context: KafkaContext,
+        prefix: String,
+        timeout: Duration,
+    ) -> Self {
+        Self { settings, context, prefix, timeout, registry: Mutex::default() }
     }
 
-    /// Adds `member` to `group` on `topic`; returns once this node has its
-    /// partitions.
+    /// Adds `member` to `group` on `topic` (which has `partitions`
+    /// partitions); returns once this node has its partitions.
     pub async fn join(
         &self,
         group: &str,
         topic: &str,
+        partitions: i32,
         from: &StartFrom,
         member: Member,
     ) -> Result<(), GatewayError> {
-        let shared = {
+        let key = (group.to_owned(), topic.to_owned());
+        let shared = loop {
+            let slot = self
+                .registry
+                .lock()
+                .expect("registry lock")
+                .entry(key.clone())
+                .or_default()
+                .clone();
+            let started = slot.get_or_try_init(|| self.start(group, topic, partitions, from)).await;
             let mut registry = self.registry.lock().expect("registry lock");
-            let key = (group.to_owned(), topic.to_owned());
-            let shared = match registry.get(&key) {
-                Some(shared) => shared.clone(),
-                None => {
-                    let shared = self.start(group, topic, from)?;
-                    registry.insert(key, shared.clone());
-                    shared
+            let current = registry.get(&key).is_some_and(|s| Arc::ptr_eq(s, &slot));
+            match started {
+                Err(e) => {
+                    if current {
+                        registry.remove(&key);
+                    }
+                    return Err(e);
                 }
-            };
-            shared.state.lock().expect("group lock").members.push(member);
-            shared
+                Ok(shared) if current => {
+                    shared.state.lock().expect("group lock").members.push(member);
+                    break shared.clone();
+                }
+                // The last member left while this one waited: start anew.
+                Ok(_) => continue,
+            }
         };
         let mut assigned = shared.assigned.clone();
         let ready = tokio::time::timeout(self.timeout * 4, assigned.wait_for(|a| *a)).await;
@@ -184,32 +206,56 @@ impl Groups {
         Ok(())
     }
 
-    fn start(
+    /// Creates this node's consumer of the group, pins the group's start
+    /// position if it has none, and joins.
+    async fn start(
         &self,
         group: &str,
         topic: &str,
+        partitions: i32,
         from: &StartFrom,
     ) -> Result<Arc<Shared>, GatewayError> {
         let state = Arc::new(Mutex::new(State::default()));
         let (assigned_tx, assigned) = watch::channel(false);
-        let context = GroupContext { state: state.clone(), assigned: assigned_tx };
-        let reset = if *from == StartFrom::Earliest { "earliest" } else { "latest" };
+        let context = GroupContext {
+            state: state.clone(),
+            assigned: assigned_tx,
+            kafka: self.context.clone(),
+        };
+        let earliest = *from == StartFrom::Earliest;
         let consumer: StreamConsumer<GroupContext> = self
             .settings
-            .group_consumer(&format!("{}{group}", self.prefix), reset)
+            .group_consumer(
+                &format!("{}{group}", self.prefix),
+                if earliest { "earliest" } else { "latest" },
+            )
             .create_with_context(context)
             .map_err(|e| GatewayError::Internal(format!("group consumer: {e}")))?;
+        let consumer = Arc::new(consumer);
+        let (pinning, name, timeout) = (consumer.clone(), topic.to_owned(), self.timeout);
+        let pinned = tokio::task::spawn_blocking(move || {
+            pin_start(&pinning, &name, partitions, earliest, timeout)
+        })
+        .await
+        .map_err(|e| GatewayError::Internal(format!("group start task: {e}")))?;
+        if let Err(e) = pinned {
+            // Another node's members hold the group (a commit from outside
+            // it is refused); they pinned the start when they created it.
+            tracing::debug!(group, topic, error = %e, "group start position not pinned");
+        }
         consumer
             .subscribe(&[topic])
             .map_err(|e| GatewayError::Internal(format!("group subscribe: {e}")))?;
+        let (completions, completed) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             topic: topic.to_owned(),
             consumer,
             state,
             assigned,
             stop: CancellationToken::new(),
+            completions,
         });
-        tokio::spawn(pump(shared.clone()));
+        tokio::spawn(run(shared.clone(), completed));
         tracing::info!(group, topic, "joined consumer group");
         Ok(shared)
     }
@@ -219,7 +265,10 @@ impl Groups {
     pub fn leave(&self, group: &str, topic: &str, session: u64) {
         let key = (group.to_owned(), topic.to_owned());
         let mut registry = self.registry.lock().expect("registry lock");
-        let Some(shared) = registry.get(&key).cloned() else { return };
+        // Not there, or still starting (then this member was never added).
+        let Some(shared) = registry.get(&key).and_then(|slot| slot.get()).cloned() else {
+            return;
+        };
         let mut state = shared.state.lock().expect("group lock");
         state.members.retain(|m| m.session != session);
         if state.members.is_empty() {
@@ -259,7 +308,9 @@ impl Groups {
         offset: i64,
     ) -> Result<(), GatewayError> {
         let key = (group.to_owned(), topic.to_owned());
-        let shared = self.registry.lock().expect("registry lock").get(&key).cloned();
+        let registry = self.registry.lock().expect("registry lock");
+        let shared = registry.get(&key).and_then(|slot| slot.get()).cloned();
+        drop(registry);
         let Some(shared) = shared else {
             return Err(GatewayError::BadRequest(format!("not in a group on {topic:?}")));
         };
@@ -270,6 +321,38 @@ impl Groups {
         }
         Ok(())
     }
+}
+
+/// Commits the start position of every partition of `topic` that the group
+/// has no committed offset for: the end of the partition, or its start with
+/// `earliest`. Blocking (Kafka round trips). Kafka accepts such a commit
+/// only while the group has no active members.
+fn pin_start(
+    consumer: &StreamConsumer<GroupContext>,
+    topic: &str,
+    partitions: i32,
+    earliest: bool,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let mut all = TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(all, timeout)?;
+    let mut unset = TopicPartitionList::new();
+    for element in committed.elements() {
+        if let Offset::Offset(_) = element.offset() {
+            continue;
+        }
+        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
+        let start = if earliest { low } else { high };
+        unset.add_partition_offset(topic, element.partition(), Offset::Offset(start))?;
+    }
+    if unset.count() > 0 {
+        consumer.commit(&unset, CommitMode::Sync)?;
+        tracing::debug!(topic, ?unset, "group start position pinned");
+    }
+    Ok(())
 }
 
 impl Shared {
@@ -287,7 +370,15 @@ impl Shared {
         *high = (*high).max(offset + 1);
         let position = oldest_pending.unwrap_or(*high);
         drop(state);
-        if let Err(e) = self.consumer.store_offset(&self.topic, partition, position) {
+        // Stored as given: the next record to process. (`store_offset`
+        // would store `position + 1`, librdkafka's convention for "the
+        // record at this offset is done", and skip a record on the next
+        // assignment.)
+        let mut next = TopicPartitionList::new();
+        let stored = next
+            .add_partition_offset(&self.topic, partition, Offset::Offset(position))
+            .and_then(|()| self.consumer.store_offsets(&next));
+        if let Err(e) = stored {
             tracing::debug!(partition, position, error = %e, "storing group offset failed");
         }
         true
@@ -307,7 +398,7 @@ impl Shared {
             .filter(|&i| state.members[i].filter.as_ref().is_none_or(|f| f.matches(view)))
             .collect();
         let chosen =
-            wanting.iter().find(|&&i| state.members[i].queue.capacity() > 0).or(wanting.first());
+            wanting.iter().find(|&&i| state.members[i].outlet.has_paced_room()).or(wanting.first());
         let Some(&index) = chosen else {
             // Filtered out for every member: processed, but the commit
             // position still waits for older pending records.
@@ -333,49 +424,76 @@ impl Shared {
     }
 }
 
-/// Consumes the group's partitions and hands each record to one member.
-async fn pump(shared: Arc<Shared>) {
-    loop {
-        let received = tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            received = shared.consumer.recv() => received,
-        };
-        let record = match received {
-            Ok(record) => record,
-            Err(e) => {
-                tracing::warn!(error = %e, "group consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let headers = record_headers(&record);
+/// Consumes the group's partitions (the one [`source::pump`]) until the
+/// last member leaves.
+async fn run(shared: Arc<Shared>, completed: mpsc::UnboundedReceiver<Completion>) {
+    let route = Members { shared: shared.clone(), completed };
+    source::pump("group", &shared.consumer, &shared.stop, route).await;
+    tracing::info!(topic = shared.topic, "left consumer group");
+}
+
+/// A group's route: each record to one member, paced; the completions the
+/// members' writers send back are applied meanwhile.
+struct Members {
+    shared: Arc<Shared>,
+    completed: mpsc::UnboundedReceiver<Completion>,
+}
+
+impl Members {
+    fn apply(&self, c: Completion) {
+        self.shared.processed(c.session, c.partition, c.offset);
+    }
+}
+
+impl Route for Members {
+    async fn deliver(&mut self, record: &BorrowedMessage<'_>) -> Flow {
+        let shared = &self.shared;
+        let headers = record_headers(record);
         let view = RecordView::new(record.key(), &headers, record.payload());
         let (partition, offset) = (record.partition(), record.offset());
         let member = match shared.pick(&view, partition, offset) {
             Pick::Member(member) => member,
             Pick::Unwanted => {
                 shared.processed(NO_SESSION, partition, offset);
-                continue;
+                return Flow::Next;
             }
             // The last member left: stop without marking anything
             // processed, so the next owner gets this record.
-            Pick::Nobody => break,
+            Pick::Nobody => return Flow::Stop,
         };
-        let done = (member.ack == AckMode::Auto).then(|| Done {
-            shared: Arc::downgrade(&shared),
-            session: member.session,
-            partition,
-            offset,
+        let done = (member.ack == AckMode::Auto).then(|| {
+            let completion = Completion { session: member.session, partition, offset };
+            Done::new(shared.completions.clone(), completion)
         });
-        let delivery = PacedFrame { frame: encode_record(&record, &headers), done };
-        tokio::select! {
-            _ = shared.stop.cancelled() => break,
-            // A full member queue pauses this group's consumption; it never
-            // drops a record.
-            sent = member.queue.send(delivery) => if sent.is_err() {
-                shared.rewind(member.session, partition, offset);
-            },
+        let delivery = PacedFrame { frame: encode_record(record, &headers), done };
+        let send = member.outlet.send_paced(delivery);
+        tokio::pin!(send);
+        // A full member queue pauses this group's consumption; it never
+        // drops a record. Completions still apply meanwhile.
+        let sent = loop {
+            tokio::select! {
+                Some(c) = self.completed.recv() => self.apply(c),
+                sent = &mut send => break sent,
+            }
+        };
+        if sent.is_err() {
+            shared.rewind(member.session, partition, offset);
+        }
+        Flow::Next
+    }
+
+    async fn between(&mut self) {
+        match self.completed.recv().await {
+            Some(c) => self.apply(c),
+            // Never: `Shared` holds a sender while the pump runs.
+            None => std::future::pending().await,
         }
     }
-    tracing::info!(topic = shared.topic, "left consumer group");
+
+    fn finish(&mut self) {
+        // Records flushed just before the stop still count as processed.
+        while let Ok(c) = self.completed.try_recv() {
+            self.apply(c);
+        }
+    }
 }

@@ -1,6 +1,10 @@
 //! Everything that talks to Kafka.
 //!
 //! - [`client_config`]: the librdkafka settings of each client, in one place.
+//! - [`security`]: `[kafka.security]` (TLS, mTLS, SASL, OAUTHBEARER) and the
+//!   librdkafka settings it becomes; secrets that never print.
+//! - [`context`]: the client context that names the cause when the cluster
+//!   refuses the gateway (bad credentials, untrusted certificate).
 //! - [`embedded`]: the in-process mock cluster used when no brokers are set.
 //! - [`topics`]: does a topic exist, how many partitions; creates topics
 //!   when `kafka.auto_create_topics` is on.
@@ -11,16 +15,21 @@
 //!   at least once.
 //! - [`replay`]: subscriptions from `earliest`, offsets or a timestamp, each
 //!   with a consumer of its own.
+//! - [`source`]: the one pump loop every consumer above runs, handing each
+//!   record to its route (the hub, one socket, or a group's members).
 //! - [`health`]: whether Kafka answers, for `/readyz` and for fast
 //!   `unavailable` answers.
 
 pub mod client_config;
+pub mod context;
 pub mod embedded;
 pub mod fanout;
 pub mod groups;
 pub mod health;
 pub mod producer;
 pub mod replay;
+pub mod security;
+pub mod source;
 pub mod topics;
 
 /// Runs a blocking Kafka call until it succeeds or `timeout` passes: a topic

@@ -15,6 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::error::GatewayError;
+use crate::kafka::context::KafkaContext;
 use crate::kafka::health::Health;
 use crate::kafka::topics::classify;
 
@@ -31,7 +32,7 @@ pub struct Stored {
 /// Produces records for every session of the node.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     health: Arc<Health>,
 }
 
@@ -42,7 +43,7 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    pub fn new(producer: FutureProducer, health: Arc<Health>) -> Self {
+    pub fn new(producer: FutureProducer<KafkaContext>, health: Arc<Health>) -> Self {
         Self { producer, health }
     }
 

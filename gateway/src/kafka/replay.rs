@@ -13,22 +13,26 @@ use std::time::Duration;
 
 use ferry_protocol::{ServerFrame, StartFrom};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::GatewayError;
 use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
+use crate::kafka::context::KafkaContext;
 use crate::kafka::fanout::{encode_record, record_headers};
-use crate::kafka::groups::PacedFrame;
 use crate::kafka::retry_blocking;
+use crate::kafka::source::{self, Flow, Route};
+use crate::outlet::{Outlet, PacedFrame};
 
 /// Starts replaying subscriptions.
 #[derive(Debug)]
 pub struct Replays {
     settings: ClientSettings,
+    /// Shared with every Kafka client of the gateway (refusals, log limits).
+    context: KafkaContext,
     /// The embedded mock has no time index (ListOffsets by time answers
     /// nothing): timestamp starts scan from the log start instead.
     scan_for_time: bool,
@@ -58,9 +62,15 @@ pub struct Started {
 }
 
 impl Replays {
-    pub fn new(settings: ClientSettings, max: usize, timeout: Duration) -> Self {
+    pub fn new(
+        settings: ClientSettings,
+        context: KafkaContext,
+        max: usize,
+        timeout: Duration,
+    ) -> Self {
         let scan_for_time = settings.embedded();
-        Self { settings, scan_for_time, slots: Arc::new(Semaphore::new(max)), max, timeout }
+        let slots = Arc::new(Semaphore::new(max));
+        Self { settings, context, scan_for_time, slots, max, timeout }
     }
 
     /// Starts reading `topic` (with `partitions` partitions) from `from`,
@@ -71,7 +81,7 @@ impl Replays {
         partitions: i32,
         from: &StartFrom,
         filter: Option<Arc<Filter>>,
-        out: mpsc::Sender<PacedFrame>,
+        out: Outlet,
     ) -> Result<Started, GatewayError> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return Err(GatewayError::Limit(format!(
@@ -86,10 +96,10 @@ impl Replays {
                 )));
             }
         }
-        let consumer: StreamConsumer = self
+        let consumer: StreamConsumer<KafkaContext> = self
             .settings
             .replay_consumer()
-            .create()
+            .create_with_context(self.context.clone())
             .map_err(|e| GatewayError::Internal(format!("replay consumer: {e}")))?;
         let consumer = Arc::new(consumer);
         // Without a time index, start at the log start and skip, in `pump`,
@@ -113,7 +123,9 @@ impl Replays {
         }
         consumer.assign(&list).map_err(|e| GatewayError::Internal(format!("assign: {e}")))?;
         let stop = CancellationToken::new();
-        tokio::spawn(pump(consumer, out, stop.clone(), slot, skip_before, filter));
+        let route = Replay { out, _slot: slot, skip_before, reached: HashSet::new(), filter };
+        let stopped = stop.clone();
+        tokio::spawn(async move { source::pump("replay", &consumer, &stopped, route).await });
         Ok(Started { handle: ReplayHandle { stop }, starts, gaps })
     }
 }
@@ -121,7 +133,7 @@ impl Replays {
 /// Where each partition starts, and a `gap` for every requested offset that
 /// Kafka no longer (or does not yet) have.
 fn plan(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<KafkaContext>,
     topic: &str,
     partitions: i32,
     from: &StartFrom,
@@ -190,48 +202,37 @@ fn gap(topic: &str, partition: i32, requested: i64, resumed_at: i64, reason: &st
     }
 }
 
-/// Moves records from the consumer to the socket until stopped.
-async fn pump(
-    consumer: Arc<StreamConsumer>,
-    out: mpsc::Sender<PacedFrame>,
-    stop: CancellationToken,
+/// A replay's route: its one socket, paced; records before the start
+/// time (when scanning for it) and records its filter excludes are skipped.
+struct Replay {
+    out: Outlet,
+    /// Keeps the node's replay slot while the replay runs.
     _slot: OwnedSemaphorePermit,
     skip_before: Option<i64>,
+    /// Partitions that already reached `skip_before` deliver everything.
+    reached: HashSet<i32>,
     filter: Option<Arc<Filter>>,
-) {
-    // Partitions that already reached `skip_before` deliver everything.
-    let mut reached: HashSet<i32> = HashSet::new();
-    loop {
-        let received = tokio::select! {
-            _ = stop.cancelled() => return,
-            received = consumer.recv() => received,
-        };
-        let bytes = match received {
-            Ok(record) => {
-                if let Some(ts) = skip_before {
-                    let older = record.timestamp().to_millis().is_some_and(|t| t < ts);
-                    if older && !reached.contains(&record.partition()) {
-                        continue;
-                    }
-                    reached.insert(record.partition());
-                }
-                let headers = record_headers(&record);
-                if let Some(filter) = &filter {
-                    if !filter.matches(&RecordView::new(record.key(), &headers, record.payload())) {
-                        continue;
-                    }
-                }
-                encode_record(&record, &headers)
+}
+
+impl Route for Replay {
+    async fn deliver(&mut self, record: &BorrowedMessage<'_>) -> Flow {
+        if let Some(ts) = self.skip_before {
+            let older = record.timestamp().to_millis().is_some_and(|t| t < ts);
+            if older && !self.reached.contains(&record.partition()) {
+                return Flow::Next;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "replay consumer error");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            self.reached.insert(record.partition());
+        }
+        let headers = record_headers(record);
+        if let Some(filter) = &self.filter {
+            if !filter.matches(&RecordView::new(record.key(), &headers, record.payload())) {
+                return Flow::Next;
             }
-        };
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            sent = out.send(PacedFrame { frame: bytes, done: None }) => if sent.is_err() { return },
+        }
+        let frame = PacedFrame { frame: encode_record(record, &headers), done: None };
+        match self.out.send_paced(frame).await {
+            Ok(()) => Flow::Next,
+            Err(_) => Flow::Stop, // the socket is gone
         }
     }
 }

@@ -8,14 +8,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
+
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::GatewayError;
+use crate::kafka::context::KafkaContext;
 use crate::kafka::embedded::EmbeddedKafka;
+use crate::kafka::health::Health;
 
 /// How long a known partition count is trusted before asking Kafka again.
 const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -23,7 +26,7 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 /// How topics get created when auto-creation is on.
 pub enum Creator {
     Embedded(Arc<EmbeddedKafka>),
-    Admin(AdminClient<DefaultClientContext>),
+    Admin(AdminClient<KafkaContext>),
 }
 
 impl std::fmt::Debug for Creator {
@@ -37,7 +40,9 @@ impl std::fmt::Debug for Creator {
 
 /// The catalog of topics this node has looked at.
 pub struct Topics {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
+    /// Consulted first: a refusal is answered at once.
+    health: Arc<Health>,
     creator: Option<Creator>,
     partitions: i32,
     replication: i32,
@@ -45,7 +50,15 @@ pub struct Topics {
     /// Short critical sections only (look-up, insert); never held across an
     /// await.
     cache: Mutex<HashMap<String, (i32, Instant)>>,
+    /// The look-up (and creation) under way for each topic, shared by every
+    /// request that needs it meanwhile: a topic is created once, however many
+    /// sockets subscribe to it at the same moment, and a failure answers all
+    /// of them at once. Short critical sections only.
+    lookups: Mutex<HashMap<String, Lookup>>,
 }
+
+/// A topic look-up that several requests await together.
+type Lookup = Shared<BoxFuture<'static, Result<i32, GatewayError>>>;
 
 impl std::fmt::Debug for Topics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,17 +69,27 @@ impl std::fmt::Debug for Topics {
 impl Topics {
     /// `creator` is `None` when the gateway must not create topics.
     pub fn new(
-        producer: FutureProducer,
+        producer: FutureProducer<KafkaContext>,
+        health: Arc<Health>,
         creator: Option<Creator>,
         partitions: i32,
         replication: i32,
         timeout: Duration,
     ) -> Self {
-        Self { producer, creator, partitions, replication, timeout, cache: Mutex::default() }
+        Self {
+            producer,
+            health,
+            creator,
+            partitions,
+            replication,
+            timeout,
+            cache: Mutex::default(),
+            lookups: Mutex::default(),
+        }
     }
 
     /// The partition count of `topic`, creating the topic if allowed.
-    pub async fn partitions(&self, topic: &str) -> Result<i32, GatewayError> {
+    pub async fn partitions(self: &Arc<Self>, topic: &str) -> Result<i32, GatewayError> {
         if let Some(n) = self.cached(topic) {
             return Ok(n);
         }
@@ -74,8 +97,29 @@ impl Topics {
     }
 
     /// Asks Kafka again, ignoring the cache (e.g. a partition beyond the
-    /// cached count was requested).
-    pub async fn refresh(&self, topic: &str) -> Result<i32, GatewayError> {
+    /// cached count was requested). Joins the look-up of `topic` already
+    /// under way, if there is one.
+    pub async fn refresh(self: &Arc<Self>, topic: &str) -> Result<i32, GatewayError> {
+        let lookup = {
+            let mut lookups = self.lookups.lock().expect("lookups lock");
+            let entry = lookups.entry(topic.to_owned()).or_insert_with(|| {
+                let (topics, name) = (self.clone(), topic.to_owned());
+                async move {
+                    let result = topics.look_up(&name).await;
+                    topics.lookups.lock().expect("lookups lock").remove(&name);
+                    result
+                }
+                .boxed()
+                .shared()
+            });
+            entry.clone()
+        };
+        lookup.await
+    }
+
+    /// The partition count as Kafka tells it now, creating the topic if
+    /// allowed.
+    async fn look_up(&self, topic: &str) -> Result<i32, GatewayError> {
         let count = match self.fetch(topic).await? {
             Some(n) => n,
             None => self.create(topic).await?,
@@ -84,13 +128,23 @@ impl Topics {
         Ok(count)
     }
 
-    fn cached(&self, topic: &str) -> Option<i32> {
+    /// The partition count if it was looked up recently, without asking
+    /// Kafka.
+    pub fn cached(&self, topic: &str) -> Option<i32> {
         let cache = self.cache.lock().expect("cache lock");
         cache.get(topic).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(n, _)| *n)
     }
 
     /// `Some(partitions)` if the topic exists, `None` if it does not.
     async fn fetch(&self, topic: &str) -> Result<Option<i32>, GatewayError> {
+        // A cluster that refuses the gateway would only let the request time
+        // out: answer at once.
+        if let Some(cause) = self.health.refusal() {
+            return Err(GatewayError::Unavailable(format!(
+                "Kafka refuses the gateway: {}",
+                cause.as_str()
+            )));
+        }
         let producer = self.producer.clone();
         let (name, timeout) = (topic.to_owned(), self.timeout);
         let metadata = tokio::task::spawn_blocking(move || {
@@ -194,5 +248,41 @@ pub fn classify(err: &KafkaError) -> GatewayError {
             | C::RequestTimedOut,
         ) => GatewayError::Unavailable(err.to_string()),
         _ => GatewayError::Internal(err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KafkaConfig;
+    use crate::kafka::client_config::ClientSettings;
+
+    /// Fifty requests for a topic that does not exist yet, all at once: one
+    /// look-up creates it and every request gets its partition count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_look_ups_of_a_new_topic_share_one_creation() {
+        let kafka = Arc::new(EmbeddedKafka::start(1).expect("mock cluster starts"));
+        let settings =
+            ClientSettings::new(&KafkaConfig::default(), kafka.bootstrap_servers().to_owned())
+                .expect("settings");
+        let health = Arc::new(crate::kafka::health::Health::default());
+        let context = crate::kafka::context::KafkaContext::new(health.clone());
+        let producer = settings.producer().create_with_context(context).expect("producer");
+        let topics = Arc::new(Topics::new(
+            producer,
+            health,
+            Some(Creator::Embedded(kafka)),
+            4,
+            1,
+            Duration::from_secs(5),
+        ));
+        let lookups = (0..50).map(|_| {
+            let topics = topics.clone();
+            tokio::spawn(async move { topics.partitions("fresh").await })
+        });
+        for lookup in futures::future::join_all(lookups).await {
+            assert_eq!(lookup.expect("task"), Ok(4));
+        }
+        assert!(topics.lookups.lock().unwrap().is_empty(), "finished look-ups are forgotten");
     }
 }

@@ -5,18 +5,16 @@
 //! rather than one per frame), sends WebSocket pings, and gives up on a
 //! socket whose writes do not complete within the write timeout.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use ferry_protocol::CloseCode;
-use futures::stream::SplitSink;
-use futures::SinkExt;
+use futures::{Sink, SinkExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-use crate::kafka::groups::PacedFrame;
 use crate::metrics;
-use crate::session::lossy::LossyQueue;
+use crate::outlet::{Drain, PacedFrame};
 
 /// Most frames written before a flush.
 const MAX_BATCH: usize = 64;
@@ -31,6 +29,10 @@ pub enum Outbound {
     /// The client closed: flush the echo of its close frame (queued by the
     /// socket itself) and stop.
     Finish,
+    /// Internal to the writer: a ping is due.
+    Ping,
+    /// Internal to the writer: records taken from the lossy queue.
+    Lossy(Vec<Utf8Bytes>),
 }
 
 /// Writer settings.
@@ -41,69 +43,66 @@ pub struct WriterConfig {
 }
 
 /// Runs until a close frame is sent, the session drops its sender, or a
-/// write fails or times out.
-pub async fn run(
-    mut sink: SplitSink<WebSocket, Message>,
+/// write fails or times out. `sink` is the socket's (any `Sink` of
+/// messages: the unit tests use a recording one).
+///
+/// One timer serves the writer: while it waits for frames it is the next
+/// ping's deadline (pings go out every `ping_interval`, busy or not), while
+/// it writes it is the write's.
+pub async fn run<S>(
+    mut sink: S,
     mut replies: mpsc::Receiver<Outbound>,
-    mut fanout: mpsc::Receiver<Utf8Bytes>,
-    mut paced: mpsc::Receiver<PacedFrame>,
-    lossy: Arc<LossyQueue>,
+    drain: Drain,
     config: WriterConfig,
-) {
-    let mut ping = tokio::time::interval(config.ping_interval);
-    ping.reset();
+) where
+    S: Sink<Message> + Unpin,
+    S::Error: std::fmt::Display,
+{
+    let Drain { live: mut fanout, lossy, mut paced } = drain;
+    let mut next_ping = Instant::now() + config.ping_interval;
+    let timer = tokio::time::sleep_until(next_ping);
+    tokio::pin!(timer);
     loop {
         let first = tokio::select! {
             biased;
+            // First, or a steady stream of frames would starve the pings.
+            () = &mut timer => Outbound::Ping,
             reply = replies.recv() => match reply {
                 Some(outbound) => outbound,
                 None => break,
             },
             Some(frame) = fanout.recv() => Outbound::Frame(frame),
             Some(delivery) = paced.recv() => Outbound::Paced(delivery),
-            () = lossy.ready() => {
-                let frames = lossy.drain(MAX_BATCH);
-                let write = async {
-                    let n = frames.len() as u64;
-                    for frame in frames {
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    metrics::frames_sent(n);
-                    sink.flush().await
-                };
-                if !matches!(tokio::time::timeout(config.write_timeout, write).await, Ok(Ok(()))) {
-                    break;
-                }
-                continue;
-            }
-            _ = ping.tick() => {
-                let sent = tokio::time::timeout(
-                    config.write_timeout,
-                    sink.send(Message::Ping(Default::default())),
-                ).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    break;
-                }
-                continue;
-            }
+            () = lossy.ready() => Outbound::Lossy(lossy.drain(MAX_BATCH)),
         };
-        // Let the producers of a burst queue the rest of it, so that it goes
-        // out in one write rather than one per frame.
-        tokio::task::yield_now().await;
+        if matches!(first, Outbound::Ping) {
+            next_ping = Instant::now() + config.ping_interval;
+        } else if !matches!(first, Outbound::Lossy(_)) {
+            // Let the producers of a burst queue the rest of it, so that it
+            // goes out in one write rather than one per frame.
+            tokio::task::yield_now().await;
+        }
+        timer.as_mut().reset(Instant::now() + config.write_timeout);
         let queues = Queues { replies: &mut replies, fanout: &mut fanout, paced: &mut paced };
-        let write = write_batch(&mut sink, first, queues);
-        match tokio::time::timeout(config.write_timeout, write).await {
-            Ok(Ok(Flow::Continue)) => {}
-            Ok(Ok(Flow::Closed)) => break,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "socket write failed");
-                break;
-            }
-            Err(_) => {
+        let written = tokio::select! {
+            written = write_batch(&mut sink, first, queues) => written,
+            () = &mut timer => {
                 tracing::debug!("socket write timed out");
                 break;
             }
+        };
+        match written {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Closed) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "socket write failed");
+                break;
+            }
         }
+        // Pings go out on their schedule however busy the socket is: a
+        // client that only listens answers them with the pongs that keep
+        // it from the idle timeout.
+        timer.as_mut().reset(next_ping);
     }
 }
 
@@ -128,11 +127,14 @@ impl Queues<'_> {
     }
 }
 
-async fn write_batch(
-    sink: &mut SplitSink<WebSocket, Message>,
+async fn write_batch<S>(
+    sink: &mut S,
     first: Outbound,
     mut queues: Queues<'_>,
-) -> Result<Flow, axum::Error> {
+) -> Result<Flow, S::Error>
+where
+    S: Sink<Message> + Unpin,
+{
     let mut next = Some(first);
     let mut written = 0u64;
     let mut done = Vec::new();
@@ -147,6 +149,13 @@ async fn write_batch(
                 done.extend(delivery.done);
                 written += 1;
             }
+            Outbound::Lossy(frames) => {
+                written += frames.len() as u64;
+                for frame in frames {
+                    sink.feed(Message::Text(frame)).await?;
+                }
+            }
+            Outbound::Ping => sink.feed(Message::Ping(Default::default())).await?,
             Outbound::Finish => {
                 sink.flush().await?;
                 metrics::frames_sent(written);
@@ -170,4 +179,160 @@ async fn write_batch(
         d.complete();
     }
     Ok(Flow::Continue)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use super::*;
+    use crate::outlet::{Completion, Done, Outlet};
+
+    /// What the writer did to the sink, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Text(String),
+        Ping,
+        Close(u16),
+        Flush,
+    }
+
+    /// A sink that records every frame and flush; a stalled one never
+    /// takes a frame (a peer that stopped reading).
+    #[derive(Clone, Default)]
+    struct Recorder {
+        log: Arc<Mutex<Vec<Event>>>,
+        stalled: bool,
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<Event> {
+            self.log.lock().unwrap().clone()
+        }
+    }
+
+    impl Sink<Message> for Recorder {
+        type Error = std::io::Error;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.stalled {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            let event = match item {
+                Message::Text(text) => Event::Text(text.to_string()),
+                Message::Ping(_) => Event::Ping,
+                Message::Close(frame) => Event::Close(frame.map_or(1005, |f| f.code)),
+                other => panic!("the writer sent {other:?}"),
+            };
+            self.log.lock().unwrap().push(event);
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.stalled {
+                return Poll::Pending;
+            }
+            self.log.lock().unwrap().push(Event::Flush);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const CONFIG: WriterConfig = WriterConfig {
+        ping_interval: Duration::from_secs(20),
+        write_timeout: Duration::from_secs(5),
+    };
+
+    fn text(s: &str) -> Event {
+        Event::Text(s.to_owned())
+    }
+
+    fn record(outlet: &Outlet, frame: &str) {
+        let topic: Arc<str> = "t".into();
+        assert!(outlet.offer(ferry_protocol::Overflow::Disconnect, &topic, 0, None, &frame.into()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_goes_out_in_one_flush_replies_first() {
+        let sink = Recorder::default();
+        let (replies, replies_rx) = mpsc::channel(8);
+        let (outlet, drain) = Outlet::new(8, 8);
+        record(&outlet, "r1");
+        record(&outlet, "r2");
+        replies.send(Outbound::Frame("ack".into())).await.unwrap();
+        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        tokio::task::yield_now().await;
+        drop(replies); // the session ended: the writer stops
+        writer.await.unwrap();
+        assert_eq!(sink.events(), [text("ack"), text("r1"), text("r2"), Event::Flush]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_record_is_completed_only_once_flushed() {
+        let sink = Recorder::default();
+        let (replies, replies_rx) = mpsc::channel(8);
+        let (outlet, drain) = Outlet::new(8, 8);
+        let (to_group, mut completions) = mpsc::unbounded_channel();
+        let completion = Completion { session: 1, partition: 0, offset: 7 };
+        let paced = PacedFrame { frame: "g".into(), done: Some(Done::new(to_group, completion)) };
+        outlet.send_paced(paced).await.unwrap();
+        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        let completed = completions.recv().await.expect("completion");
+        assert_eq!(completed, completion);
+        assert_eq!(sink.events(), [text("g"), Event::Flush], "flushed before the completion");
+        drop(replies);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_their_schedule_on_a_busy_socket() {
+        let sink = Recorder::default();
+        let (replies, replies_rx) = mpsc::channel(8);
+        let (outlet, drain) = Outlet::new(8, 8);
+        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        // A record every second for 45 s: two pings are due meanwhile.
+        for i in 0..45 {
+            record(&outlet, &i.to_string());
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let pings = sink.events().iter().filter(|e| **e == Event::Ping).count();
+        assert_eq!(pings, 2, "{:?}", sink.events());
+        drop(replies);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_socket_ends_the_writer_after_the_write_timeout() {
+        let sink = Recorder { stalled: true, ..Recorder::default() };
+        let (_replies, replies_rx) = mpsc::channel(8);
+        let (outlet, drain) = Outlet::new(8, 8);
+        record(&outlet, "stuck");
+        let started = Instant::now();
+        run(sink, replies_rx, drain, CONFIG).await;
+        let waited = started.elapsed();
+        assert!(waited >= CONFIG.write_timeout, "gave up after {waited:?}");
+        assert!(waited < CONFIG.write_timeout + Duration::from_secs(1), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_sends_the_code_and_ends_the_writer() {
+        let sink = Recorder::default();
+        let (replies, replies_rx) = mpsc::channel(8);
+        let (_outlet, drain) = Outlet::new(8, 8);
+        replies.send(Outbound::Frame("bye".into())).await.unwrap();
+        replies.send(Outbound::Close(CloseCode::IDLE_TIMEOUT)).await.unwrap();
+        run(sink.clone(), replies_rx, drain, CONFIG).await;
+        let code = CloseCode::IDLE_TIMEOUT.0;
+        assert_eq!(sink.events(), [text("bye"), Event::Close(code), Event::Flush]);
+    }
 }

@@ -1,4 +1,4 @@
-//! The outbound queue of a socket's `drop_oldest` and `conflate`
+//! The lossy queue of a socket's `drop_oldest` and `conflate`
 //! subscriptions: bounded, never blocking the hub, and never closing the
 //! socket. When full, the oldest record goes (and is counted); with
 //! `conflate`, a newer record of the same partition and key replaces the

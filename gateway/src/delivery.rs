@@ -1,0 +1,122 @@
+//! Opening a subscription on the delivery path, for every transport (a
+//! WebSocket session, an SSE stream).
+//!
+//! The route follows from the request: a `group` joins a shared group
+//! ([`crate::kafka::groups`]); `latest` joins the node's live fan-out
+//! ([`crate::kafka::fanout`]); any other start is a replay
+//! ([`crate::kafka::replay`]). Records then flow into the socket's
+//! [`Outlet`], whatever the route.
+//!
+//! [`open`] answers with where each partition starts, the `gap` notices to
+//! send, and a [`Held`] subscription: dropping it takes the socket off its
+//! route. It is made before any Kafka work, so a subscribe that fails, times
+//! out or is abandoned half way is undone by the same drop.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ferry_protocol::{AckMode, Overflow, ServerFrame, StartFrom};
+
+use crate::app::AppState;
+use crate::error::GatewayError;
+use crate::filter::Filter;
+use crate::hub::Subscriber;
+use crate::kafka::groups::Member;
+use crate::kafka::replay::ReplayHandle;
+use crate::outlet::Outlet;
+
+/// What a transport asks for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The socket (or stream) the records are for.
+    pub session: u64,
+    pub topic: String,
+    pub from: StartFrom,
+    pub group: Option<String>,
+    pub ack: AckMode,
+    pub overflow: Overflow,
+    /// The requested filter AND-ed with the one the ACL imposes.
+    pub filter: Option<Arc<Filter>>,
+    pub outlet: Outlet,
+}
+
+/// A subscription Kafka set up.
+#[derive(Debug)]
+pub struct Opened {
+    /// Where each partition's delivery starts: every record at or past
+    /// these offsets arrives. Empty for a group (Kafka assigns).
+    pub starts: BTreeMap<i32, i64>,
+    /// `gap` notices to send after `subscribed` (replays).
+    pub gaps: Vec<ServerFrame>,
+    pub held: Held,
+}
+
+/// A subscription on its route; dropping it takes the socket off.
+#[derive(Debug)]
+pub struct Held {
+    state: Arc<AppState>,
+    session: u64,
+    topic: String,
+    route: Route,
+}
+
+#[derive(Debug)]
+enum Route {
+    Live,
+    Group(String),
+    /// Stopped when the handle drops; `None` until the replay started.
+    Replay(Option<ReplayHandle>),
+}
+
+impl Held {
+    /// The shared group, for a group subscription (commits go there).
+    pub fn group(&self) -> Option<&str> {
+        match &self.route {
+            Route::Group(group) => Some(group),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        match &self.route {
+            Route::Live => self.state.fanout.unsubscribe(&self.topic, self.session),
+            Route::Group(group) => self.state.groups.leave(group, &self.topic, self.session),
+            Route::Replay(_) => {} // its handle stops it
+        }
+    }
+}
+
+/// Opens `request` on its route; returns once the subscription is live.
+/// Not bounded in time itself: callers bound it (`limits.request_timeout_ms`)
+/// and drop it on timeout, which undoes it.
+pub async fn open(state: &Arc<AppState>, request: Request) -> Result<Opened, GatewayError> {
+    let Request { session, topic, from, group, ack, overflow, filter, outlet } = request;
+    let route = match (&group, &from) {
+        (Some(group), _) => Route::Group(group.clone()),
+        (None, StartFrom::Latest) => Route::Live,
+        (None, _) => Route::Replay(None),
+    };
+    // Held before any Kafka work: an error or a drop below undoes it.
+    let mut held = Held { state: state.clone(), session, topic: topic.clone(), route };
+    let partitions = state.topics.partitions(&topic).await?;
+    match &mut held.route {
+        Route::Group(group) => {
+            let member = Member { session, ack, outlet, filter };
+            state.groups.join(group, &topic, partitions, &from, member).await?;
+            Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
+        }
+        Route::Live => {
+            let subscriber =
+                Subscriber { session, topic: topic.as_str().into(), overflow, outlet, filter };
+            let starts = state.fanout.subscribe(&topic, partitions, subscriber).await?;
+            Ok(Opened { starts, gaps: Vec::new(), held })
+        }
+        Route::Replay(handle) => {
+            let started = state.replays.start(&topic, partitions, &from, filter, outlet).await?;
+            *handle = Some(started.handle);
+            Ok(Opened { starts: started.starts, gaps: started.gaps, held })
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! `POST /v1/publish`: records over plain HTTP, one or a batch (mobile
+//! telemetry sent in the background), each answered once Kafka stored it.
+//!
+//! The request, in order of checks:
+//!
+//! 1. the caller (`Authorization: Bearer`, as for a WebSocket; 401), its
+//!    browser origin (403);
+//! 2. the body: at most `http_publish.max_body_bytes` after gzip
+//!    decompression (`Content-Encoding: gzip`; decompression stops at the
+//!    bound, so a gzip bomb gets 413 having cost at most that), JSON
+//!    `{"records":[...]}` with 1 to `http_publish.max_records` records (400,
+//!    413);
+//! 3. the ACL, all or nothing: if any record names a topic the caller may
+//!    not publish to, nothing is produced and the answer is 403 naming it;
+//! 4. the subject's rate (`http_publish.rate` records per second, bursts of
+//!    `http_publish.burst`): a batch needing more tokens than are left gets
+//!    429 with `Retry-After`, nothing produced.
+//!
+//! Then each record is checked like a socket `publish` frame (the same
+//! decoder: `value` or `value_b64`, `key` or `key_b64`, `headers`,
+//! `partition`), its topic looked up, and it is handed to the producer in
+//! request order. The answer is 200 with one result per record, in request
+//! order: `{"id","topic","partition","offset"}` or
+//! `{"id","error":{"code","message"}}` with the protocol's error codes.
+//!
+//! `id` (1 to 64 characters; the gateway makes up a UUID when it is
+//! missing) travels as the Kafka header `ferry-id`. A record whose
+//! `(subject, id)` is still awaiting Kafka (from this request or another of
+//! the same subject, on this node) is not produced again: it gets the
+//! original's result.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use ferry_protocol::{decode_client_frame, ClientFrame, Publish};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::caller::{self, Refusal, TokenSources};
+use crate::acl::Action;
+use crate::app::AppState;
+use crate::error::GatewayError;
+use crate::kafka::producer::Stored;
+use crate::metrics;
+
+/// A delivery several requests may wait on (a retried id).
+type Delivery = Shared<BoxFuture<'static, Result<Stored, GatewayError>>>;
+
+/// Subjects tracked before idle (full) rate buckets are forgotten.
+const PRUNE_BUCKETS_AT: usize = 10_000;
+
+/// Node-wide state of the HTTP publish path.
+#[derive(Debug, Default)]
+pub struct Publishes {
+    /// Subject → its rate bucket. Short critical sections only.
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// (subject, id) → the delivery of that record while Kafka has not
+    /// answered. Short critical sections only.
+    inflight: Mutex<HashMap<(String, String), Delivery>>,
+}
+
+/// A token bucket that takes a batch's worth of tokens at once.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Publishes {
+    /// Takes `n` tokens from `subject`'s bucket, or says how long until
+    /// there are enough.
+    /// Whether `(subject, id)` is still waiting for Kafka on this node.
+    fn in_flight(&self, subject: &str, id: &str) -> bool {
+        let key = (subject.to_owned(), id.to_owned());
+        self.inflight.lock().expect("inflight lock").contains_key(&key)
+    }
+
+    fn take(&self, subject: &str, n: usize, rate: u32, burst: u32) -> Result<(), Duration> {
+        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("bucket lock");
+        if buckets.len() >= PRUNE_BUCKETS_AT {
+            buckets
+                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+        }
+        let bucket =
+            buckets.entry(subject.to_owned()).or_insert(Bucket { tokens: burst, last: now });
+        bucket.tokens =
+            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
+        bucket.last = now;
+        let n = n as f64;
+        if bucket.tokens >= n {
+            bucket.tokens -= n;
+            return Ok(());
+        }
+        Err(Duration::from_secs_f64(((n - bucket.tokens) / rate).max(0.001)))
+    }
+}
+
+/// `POST /v1/publish`.
+pub(super) async fn publish(
+    State(state): State<Arc<AppState>>,
+    Extension(publishes): Extension<Arc<Publishes>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (status, records, mut response) = match handle(&state, &publishes, &headers, body).await {
+        Ok((records, results)) => {
+            (StatusCode::OK, records, axum::Json(json!({ "results": results })).into_response())
+        }
+        Err((records, refusal)) => (refusal.status, records, refusal.into_response()),
+    };
+    metrics::http_publish(status.as_u16(), records);
+    caller::allow_origin(&state, &headers, &mut response);
+    response
+}
+
+/// The request's refusal, with how many records it carried (for metrics).
+type Refused = (usize, Refusal);
+
+async fn handle(
+    state: &Arc<AppState>,
+    publishes: &Arc<Publishes>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(usize, Vec<Value>), Refused> {
+    let config = &state.config.http_publish;
+    if state.shutdown.is_cancelled() {
+        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down");
+        return Err((0, e.retry_after(1)));
+    }
+    caller::check_origin(state, headers).map_err(|e| (0, e))?;
+    let principal = caller::principal(state, headers, &HashMap::new(), TokenSources::default())
+        .await
+        .map_err(|e| (0, e))?;
+    let text = read_body(headers, body, config.max_body_bytes).await.map_err(|e| (0, e))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(&text).map_err(|e| {
+        (0, Refusal::bad_request(format!("the body must be {{\"records\":[...]}}: {e}")))
+    })?;
+    let count = envelope.records.len();
+    if count == 0 {
+        return Err((0, Refusal::bad_request("`records` is empty")));
+    }
+    if count > config.max_records {
+        let m = format!("{count} records; at most {} per request", config.max_records);
+        return Err((count, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)));
+    }
+    let frames: Vec<Frame> = envelope.records.iter().map(|raw| Frame::of(raw)).collect();
+    let decoded: Vec<Result<Publish<'_>, RecordError>> = frames.iter().map(Frame::decode).collect();
+    // All or nothing: a batch with a forbidden topic produces nothing.
+    for publish in decoded.iter().flatten() {
+        if !state.allows(&principal, Action::Publish, &publish.topic) {
+            metrics::forbidden(Action::Publish.as_str());
+            let m = format!("not allowed to publish to {:?}; nothing was published", publish.topic);
+            return Err((count, Refusal::new(StatusCode::FORBIDDEN, "forbidden", m)));
+        }
+    }
+    if let Err(wait) = publishes.take(&principal.subject, count, config.rate, config.burst) {
+        let m = format!(
+            "publishing faster than {} records per second; nothing was published",
+            config.rate
+        );
+        let refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
+        return Err((count, refusal.retry_after(wait.as_secs_f64().ceil() as u64)));
+    }
+    let partitions = look_up_topics(state, &decoded).await;
+    let mut outcomes: Vec<BoxFuture<'static, Value>> = Vec::with_capacity(count);
+    for (i, item) in decoded.into_iter().enumerate() {
+        let publish = match item {
+            Ok(publish) => publish,
+            Err((id, e, code)) => {
+                let id = id.unwrap_or_else(|| frames[i].id.clone());
+                metrics::publish_failed(code.as_str());
+                let result = error_result(&id, code, &e);
+                outcomes.push(async move { result }.boxed());
+                continue;
+            }
+        };
+        let checked = match partitions.get(publish.topic.as_str()) {
+            Some(Err(e)) => Err(e.clone()),
+            Some(Ok(n)) => match publish.partition.filter(|p| p >= n) {
+                Some(p) => Err(GatewayError::BadRequest(format!(
+                    "topic {:?} has {n} partitions; partition {p} does not exist",
+                    publish.topic
+                ))),
+                None => Ok(()),
+            },
+            None => Err(GatewayError::Internal("topic not looked up".into())),
+        };
+        // Each record's value is validated once: a retry of an id still in
+        // flight joins the original's delivery instead.
+        let validated = checked.and_then(|()| {
+            if publishes.in_flight(&principal.subject, &publish.id) {
+                return Ok(());
+            }
+            state.schemas.validate(&publish.topic, &publish.value)
+        });
+        let delivery =
+            validated.and_then(|()| deliver(state, publishes, &principal.subject, &publish));
+        let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        outcomes.push(
+            async move {
+                match delivery {
+                    Err(e) => {
+                        metrics::publish_failed(e.code().as_str());
+                        error_result(&id, e.code(), &e)
+                    }
+                    Ok(delivery) => match delivery.await {
+                        Ok(stored) => json!({
+                            "id": id,
+                            "topic": topic,
+                            "partition": stored.partition,
+                            "offset": stored.offset,
+                        }),
+                        Err(e) => {
+                            metrics::publish_failed(e.code().as_str());
+                            error_result(&id, e.code(), &e)
+                        }
+                    },
+                }
+            }
+            .boxed(),
+        );
+    }
+    Ok((count, futures::future::join_all(outcomes).await))
+}
+
+/// Hands a checked record to the producer, or joins the delivery of the
+/// same `(subject, id)` still in flight.
+fn deliver(
+    state: &AppState,
+    publishes: &Arc<Publishes>,
+    subject: &str,
+    publish: &Publish<'_>,
+) -> Result<Delivery, GatewayError> {
+    let key = (subject.to_owned(), publish.id.clone());
+    let mut inflight = publishes.inflight.lock().expect("inflight lock");
+    if let Some(delivery) = inflight.get(&key) {
+        return Ok(delivery.clone());
+    }
+    let delivery = state.publisher.send(publish)?.boxed().shared();
+    inflight.insert(key.clone(), delivery.clone());
+    drop(inflight);
+    // Forget the id once Kafka answered (whoever waits on it or not).
+    let (watch, publishes) = (delivery.clone(), publishes.clone());
+    tokio::spawn(async move {
+        let _ = watch.await;
+        publishes.inflight.lock().expect("inflight lock").remove(&key);
+    });
+    Ok(delivery)
+}
+
+/// Each distinct topic's partition count (creating it where allowed),
+/// looked up together, each bounded by `limits.request_timeout_ms`.
+async fn look_up_topics<E>(
+    state: &Arc<AppState>,
+    decoded: &[Result<Publish<'_>, E>],
+) -> BTreeMap<String, Result<i32, GatewayError>> {
+    let mut topics: Vec<String> =
+        decoded.iter().flatten().map(|p| p.topic.clone()).collect::<Vec<_>>();
+    topics.sort();
+    topics.dedup();
+    let timeout = state.config.limits.request_timeout();
+    let lookups = topics.into_iter().map(|topic| {
+        let topics = state.topics.clone();
+        async move {
+            let found = match tokio::time::timeout(timeout, topics.partitions(&topic)).await {
+                Ok(found) => found,
+                Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
+            };
+            (topic, found)
+        }
+    });
+    futures::future::join_all(lookups).await.into_iter().collect()
+}
+
+fn error_result(id: &str, code: ferry_protocol::ErrorCode, e: &GatewayError) -> Value {
+    let message = match e {
+        GatewayError::Internal(detail) => {
+            tracing::error!(request = id, %detail, "internal error answering an HTTP publish");
+            "internal error; see the gateway log".to_owned()
+        }
+        other => other.to_string(),
+    };
+    json!({"id": id, "error": {"code": code.as_str(), "message": message}})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    records: Vec<&'a RawValue>,
+}
+
+/// Only reads a record's `id`, to know whether to make one up.
+#[derive(Deserialize)]
+struct IdPeek {
+    id: Option<Value>,
+}
+
+/// Why a record cannot be published: the id it named (if usable), the
+/// error, and its wire code.
+type RecordError = (Option<String>, GatewayError, ferry_protocol::ErrorCode);
+
+/// One record as the text of a `publish` frame, decoded by the protocol's
+/// own decoder so that both paths accept exactly the same records.
+struct Frame {
+    /// The record's id, or the one made up for it.
+    id: String,
+    text: Result<String, String>,
+}
+
+impl Frame {
+    fn of(raw: &RawValue) -> Self {
+        let record = raw.get().trim();
+        let Some(rest) = record.strip_prefix('{') else {
+            let id = uuid::Uuid::new_v4().to_string();
+            return Self { id, text: Err("a record must be a JSON object".into()) };
+        };
+        let peeked = serde_json::from_str::<IdPeek>(record).ok().and_then(|p| p.id);
+        let (id, made_up) = match peeked {
+            Some(Value::String(id)) => (id, false),
+            Some(_) => (String::new(), false),
+            None => (uuid::Uuid::new_v4().to_string(), true),
+        };
+        let mut text = String::with_capacity(record.len() + 64);
+        text.push_str(r#"{"type":"publish""#);
+        if made_up {
+            text.push_str(&format!(r#","id":"{id}""#));
+        }
+        if !rest.trim_start().starts_with('}') {
+            text.push(',');
+        }
+        text.push_str(rest);
+        Self { id, text: Ok(text) }
+    }
+
+    fn decode(&self) -> Result<Publish<'_>, RecordError> {
+        let text = match &self.text {
+            Ok(text) => text,
+            Err(why) => {
+                let code = ferry_protocol::ErrorCode::BadRequest;
+                return Err((None, GatewayError::BadRequest(why.clone()), code));
+            }
+        };
+        match decode_client_frame(text) {
+            Ok(ClientFrame::Publish(publish)) => Ok(publish),
+            Ok(_) => {
+                let code = ferry_protocol::ErrorCode::BadRequest;
+                Err((None, GatewayError::BadRequest("not a publish".into()), code))
+            }
+            Err(e) => {
+                let message = e.message.replace(" frame", " record");
+                Err((e.id, GatewayError::BadRequest(message), e.code))
+            }
+        }
+    }
+}
+
+/// The body, gunzipped when `Content-Encoding: gzip`, at most `max` bytes
+/// either way.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> Result<Vec<u8>, Refusal> {
+    let too_large = || {
+        let m = format!("the body is larger than {max} bytes");
+        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)
+    };
+    let gzip = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => false,
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("gzip") => true,
+        Some(Ok(v)) if v.trim().eq_ignore_ascii_case("identity") => false,
+        Some(_) => {
+            return Err(Refusal::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_request",
+                "Content-Encoding must be gzip or identity",
+            ))
+        }
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut raw = Vec::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Refusal::bad_request(format!("reading the body: {e}")))?;
+        if raw.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        raw.extend_from_slice(&chunk);
+    }
+    if !gzip {
+        return Ok(raw);
+    }
+    let mut text = Vec::with_capacity(raw.len().saturating_mul(4).min(max));
+    let decoder = flate2::read::MultiGzDecoder::new(raw.as_slice());
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| Refusal::bad_request(format!("the body is not valid gzip: {e}")))?;
+    if text.len() > max {
+        return Err(too_large());
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn frame(record: &str) -> Frame {
+        let raw: Box<RawValue> = serde_json::from_str(record).unwrap();
+        Frame::of(&raw)
+    }
+
+    #[test]
+    fn records_decode_like_publish_frames() {
+        let f = frame(r#"{"topic":"t","id":"a","value":{"x": 1},"key":"k"}"#);
+        let p = f.decode().unwrap();
+        assert_eq!((p.id.as_str(), p.topic.as_str()), ("a", "t"));
+        assert_eq!(p.value.as_bytes(), br#"{"x": 1}"#, "value bytes kept as sent");
+        assert_eq!(p.key.as_deref(), Some(&b"k"[..]));
+
+        let f = frame(r#"{"topic":"t","value_b64":"AAE="}"#);
+        let p = f.decode().unwrap();
+        assert_eq!(p.id, f.id, "a made-up id is used");
+        assert_eq!(p.value.as_bytes(), &[0, 1]);
+
+        let (_, e, code) =
+            frame(r#"{"topic":"t","value":1,"from":"latest"}"#).decode().unwrap_err();
+        assert_eq!(code, ferry_protocol::ErrorCode::BadRequest);
+        assert!(e.to_string().contains("`from`"), "{e}");
+        let (_, _, code) = frame(r#"{"topic":"a b","value":1}"#).decode().unwrap_err();
+        assert_eq!(code, ferry_protocol::ErrorCode::InvalidTopic);
+        assert!(frame("{}").decode().is_err());
+        assert!(frame("[1]").decode().is_err());
+        let (_, e, _) = frame(r#"{"type":"subscribe","topic":"t"}"#).decode().unwrap_err();
+        assert!(e.to_string().contains("type"), "{e}");
+    }
+
+    #[test]
+    fn bucket_takes_batches_and_says_how_long_to_wait() {
+        let p = Publishes::default();
+        assert!(p.take("s", 10, 10, 10).is_ok());
+        let wait = p.take("s", 5, 10, 10).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(p.take("other", 10, 10, 10).is_ok(), "buckets are per subject");
+    }
+
+    #[tokio::test]
+    async fn gzip_bodies_are_bounded_after_decompression() {
+        use flate2::write::GzEncoder;
+        use std::io::Write as _;
+        let gz = |bytes: &[u8]| {
+            let mut e = GzEncoder::new(Vec::new(), flate2::Compression::best());
+            e.write_all(bytes).unwrap();
+            e.finish().unwrap()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let small = gz(b"{\"records\":[]}");
+        let read = read_body(&headers, Body::from(small), 1024).await.unwrap();
+        assert_eq!(read, b"{\"records\":[]}");
+        let bomb = gz(&vec![b' '; 10 * 1024 * 1024]);
+        assert!(bomb.len() < 20 * 1024, "{}", bomb.len());
+        let refused = read_body(&headers, Body::from(bomb), 1024 * 1024).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let refused = read_body(&headers, Body::from("not gzip"), 1024).await.unwrap_err();
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    }
+}

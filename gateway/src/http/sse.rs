@@ -1,0 +1,490 @@
+//! `GET /sse?topic=A&topic=B[&from=..][&filter=..]`: a subscription as a
+//! Server-Sent Events stream, for clients that cannot open a WebSocket
+//! (proxies that break them, read-only dashboards).
+//!
+//! The request is checked like a socket `subscribe` per topic (the same
+//! decoder, ACL with its imposed filters, `limits.max_subscriptions`
+//! topics at most) and counts as a connection (`limits.max_connections`,
+//! `limits.max_connections_per_subject`). Refusals are HTTP statuses with a
+//! JSON body: 400, 401, 403, 429, 503.
+//!
+//! Events, in order:
+//!
+//! - `event: subscribed`, data `{"topics":{"A":{"0":12,...}}}`: where each
+//!   partition starts;
+//! - `event: gap`, data the protocol's `gap` frame, for a resume position
+//!   lost to retention;
+//! - `event: message`, data the protocol's `message` frame, byte for byte;
+//! - `event: close`, data `{"reason":..}`, best effort, as the stream ends
+//!   (`slow_consumer`, `token_expired`, `going_away`).
+//!
+//! Every `subscribed` and `message` event carries an `id:`, the resume
+//! token ([`crate::resume`]): the next offset of every partition of every
+//! topic. A browser `EventSource` that reconnects sends it back as
+//! `Last-Event-ID` (a client that builds a new stream passes `resume=`):
+//! each topic in it is then read from exactly those offsets (a replay), on
+//! any node, with no gap and no duplicate. Comment lines are heartbeats
+//! (`sse.heartbeat_ms`).
+//!
+//! Delivery is the socket's: the live fan-out or a replay fills an
+//! [`Outlet`], and a task moves its frames into the response body. The
+//! policy for a slow reader is the socket's `disconnect`: when the outlet
+//! overflows, or an event waits longer than `websocket.write_timeout_ms`
+//! for the body to take it, the stream ends (the client resumes).
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use ferry_protocol::{decode_client_frame, AckMode, ClientFrame, Overflow, ServerFrame, StartFrom};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::caller::{self, Refusal, TokenSources};
+use super::server::HandshakeSlot;
+use crate::acl::{Action, SubscribeGrantResult};
+use crate::app::AppState;
+use crate::auth::{AuthMode, Principal};
+use crate::delivery::{self, Held};
+use crate::error::GatewayError;
+use crate::filter::Filter;
+use crate::metrics;
+use crate::outlet::{Drain, Outlet};
+use crate::resume::Positions;
+use crate::session::limits::SubjectGuard;
+
+/// Events waiting for the response body to take them.
+const EVENT_BUFFER: usize = 64;
+
+/// The query parameters `/sse` knows.
+const PARAMS: &[&str] = &["topic", "from", "filter", "access_token", "resume"];
+
+/// `GET /sse`.
+pub(super) async fn stream(
+    State(state): State<Arc<AppState>>,
+    slot: Option<Extension<HandshakeSlot>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let mut response = match open(&state, &headers, query.as_deref().unwrap_or_default()).await {
+        Ok(response) => {
+            // A stream counts as a connection (its permit), no longer as a
+            // connection in the handshake.
+            if let Some(Extension(slot)) = slot {
+                slot.release();
+            }
+            response
+        }
+        Err((reason, refusal)) => {
+            metrics::sse_rejected(reason);
+            refusal.into_response()
+        }
+    };
+    caller::allow_origin(&state, &headers, &mut response);
+    response
+}
+
+/// A refusal and its `ferry_sse_rejected_total` reason.
+type Refused = (&'static str, Refusal);
+
+fn bad(message: impl Into<String>) -> Refused {
+    ("bad_request", Refusal::bad_request(message))
+}
+
+/// What the query asks for.
+#[derive(Debug, Default)]
+struct Request {
+    topics: Vec<String>,
+    from: Option<String>,
+    filter: Option<String>,
+    resume: Option<String>,
+    query: HashMap<String, String>,
+}
+
+fn parse_query(query: &str) -> Result<Request, Refused> {
+    let mut request = Request::default();
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        let once = |slot: &mut Option<String>| {
+            if slot.is_some() {
+                return Err(bad(format!("`{name}` given twice")));
+            }
+            *slot = Some(value.to_string());
+            Ok(())
+        };
+        match name.as_ref() {
+            "topic" => request.topics.push(value.to_string()),
+            "from" => once(&mut request.from)?,
+            "filter" => once(&mut request.filter)?,
+            "resume" => once(&mut request.resume)?,
+            "access_token" => {
+                request.query.insert(name.to_string(), value.to_string());
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown query parameter `{other}`; /sse takes {}",
+                    PARAMS.join(", ")
+                )))
+            }
+        }
+    }
+    if request.topics.is_empty() {
+        return Err(bad("name at least one `topic`"));
+    }
+    let mut seen = HashSet::new();
+    if let Some(dup) = request.topics.iter().find(|t| !seen.insert(t.as_str())) {
+        return Err(bad(format!("topic {dup:?} named twice")));
+    }
+    Ok(request)
+}
+
+/// One topic's subscription, checked.
+struct Wanted {
+    topic: String,
+    from: StartFrom,
+    filter: Option<Arc<Filter>>,
+}
+
+/// Checks each topic as a socket `subscribe` frame would be, and the ACL.
+fn check_topics(
+    state: &AppState,
+    principal: &Principal,
+    request: &Request,
+) -> Result<Vec<Wanted>, Refused> {
+    let max = state.config.limits.max_subscriptions;
+    if request.topics.len() > max {
+        let m = format!("{} topics; at most {max} per stream", request.topics.len());
+        return Err(("limit", Refusal::new(StatusCode::TOO_MANY_REQUESTS, "limit", m)));
+    }
+    let from = match request.from.as_deref() {
+        None => Value::String("latest".into()),
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
+    };
+    let filter = match request.filter.as_deref() {
+        None => Value::Null,
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| bad(format!("`filter` must be JSON, as in a subscribe frame: {e}")))?,
+    };
+    let policy = state.policy();
+    let mut wanted = Vec::with_capacity(request.topics.len());
+    for topic in &request.topics {
+        let mut frame = json!({"type": "subscribe", "id": "sse", "topic": topic, "from": from});
+        if !filter.is_null() {
+            frame["filter"] = filter.clone();
+        }
+        let subscribe = match decode_client_frame(&frame.to_string()) {
+            Ok(ClientFrame::Subscribe(s)) => s,
+            Ok(_) => return Err(bad("not a subscription")),
+            Err(e) => return Err(bad(e.message)),
+        };
+        let imposed = match policy.subscribe_grant(principal, topic) {
+            SubscribeGrantResult::Denied => {
+                metrics::forbidden(Action::Subscribe.as_str());
+                let m = format!("not allowed to subscribe to {topic:?}");
+                return Err(("forbidden", Refusal::new(StatusCode::FORBIDDEN, "forbidden", m)));
+            }
+            SubscribeGrantResult::Allowed { imposed } => imposed,
+        };
+        let requested = match &subscribe.filter {
+            None => None,
+            Some(wire) => Some(Filter::parse(wire).map_err(|e| bad(format!("bad filter: {e}")))?),
+        };
+        let filter = match (requested, imposed) {
+            (None, None) => None,
+            (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
+            (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
+        };
+        wanted.push(Wanted { topic: subscribe.topic, from: subscribe.from, filter });
+    }
+    Ok(wanted)
+}
+
+async fn open(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    query: &str,
+) -> Result<Response, Refused> {
+    if state.shutdown.is_cancelled() {
+        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down");
+        return Err(("shutting_down", e.retry_after(1)));
+    }
+    caller::check_origin(state, headers).map_err(|e| ("origin", e))?;
+    let request = parse_query(query)?;
+    let sse = &state.config.sse;
+    let sources = TokenSources {
+        query: sse.allow_query_token.then_some("access_token"),
+        cookie: sse.token_cookie.as_deref(),
+    };
+    let principal = caller::principal(state, headers, &request.query, sources)
+        .await
+        .map_err(|e| ("unauthorized", e))?;
+    let wanted = check_topics(state, &principal, &request)?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
+        .or(request.resume.as_deref());
+    let resume = match resume {
+        None => None,
+        Some(token) => Some(Positions::decode(token).map_err(|e| bad(e.to_string()))?),
+    };
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        let e =
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "too many connections");
+        return Err(("max_connections", e.retry_after(1)));
+    };
+    let guard = match state.auth.mode() {
+        AuthMode::None => None,
+        AuthMode::Jwt => {
+            let max = state.config.limits.max_connections_per_subject;
+            let Some(guard) = state.subjects.acquire(&principal.subject, max) else {
+                let m = format!("subject already has {max} connections");
+                let e = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "limit", m);
+                return Err(("max_connections_per_subject", e.retry_after(1)));
+            };
+            Some(guard)
+        }
+    };
+
+    let session = state.next_session.fetch_add(1, Ordering::Relaxed);
+    let limits = &state.config.limits;
+    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue);
+    // What the stream holds on the delivery path; dropping it lets go.
+    let mut held = Vec::new();
+    let mut positions = Positions::new();
+    let mut gaps = Vec::new();
+    let timeout = limits.request_timeout();
+    for want in wanted {
+        let from = match resume.as_ref().and_then(|r| r.topic(&want.topic)) {
+            Some(offsets) => StartFrom::Offsets(offsets.clone()),
+            None => want.from,
+        };
+        let request = delivery::Request {
+            session,
+            topic: want.topic.clone(),
+            from,
+            group: None,
+            ack: AckMode::Auto,
+            overflow: Overflow::Disconnect,
+            filter: want.filter,
+            outlet: outlet.clone(),
+        };
+        let opened = tokio::time::timeout(timeout, delivery::open(state, request))
+            .await
+            .unwrap_or(Err(GatewayError::NoAnswer(timeout.as_millis() as u64)));
+        match opened {
+            Ok(opened) => {
+                positions.start(&want.topic, &opened.starts);
+                gaps.extend(opened.gaps);
+                held.push(opened.held);
+            }
+            Err(e) => return Err(refusal_of(&e)),
+        }
+    }
+
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let expires_at = expiry(state, &principal);
+    let stream = Stream {
+        state: state.clone(),
+        session,
+        _held: held,
+        outlet,
+        drain,
+        positions,
+        tx,
+        expires_at,
+        _permit: permit,
+        _guard: guard,
+    };
+    let first = stream.opening_events(gaps);
+    state.sessions.spawn(stream.run(first));
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok::<Event, Infallible>(event), rx))
+    });
+    let keep_alive = KeepAlive::new().interval(sse.heartbeat());
+    let mut response = Sse::new(body).keep_alive(keep_alive).into_response();
+    // Reverse proxies (nginx) must not buffer the stream.
+    response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+fn refusal_of(e: &GatewayError) -> Refused {
+    let message = match e {
+        GatewayError::Internal(detail) => {
+            tracing::error!(%detail, "internal error opening an SSE stream");
+            "internal error; see the gateway log".to_owned()
+        }
+        other => other.to_string(),
+    };
+    let code = e.code().as_str();
+    match e {
+        GatewayError::BadRequest(_) => bad(message),
+        GatewayError::UnknownTopic(_) => {
+            ("bad_request", Refusal::new(StatusCode::NOT_FOUND, code, message))
+        }
+        GatewayError::Limit(_) => {
+            ("limit", Refusal::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(1))
+        }
+        GatewayError::Forbidden(_) => {
+            ("forbidden", Refusal::new(StatusCode::FORBIDDEN, code, message))
+        }
+        _ => (
+            "unavailable",
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1),
+        ),
+    }
+}
+
+/// When the caller's token runs out (plus leeway).
+fn expiry(state: &AppState, principal: &Principal) -> Option<Instant> {
+    let expires_at = principal.expires_at?;
+    let leeway_ms = state.config.auth.leeway_secs as i64 * 1000;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let left = (expires_at + leeway_ms - now_ms).max(0) as u64;
+    Some(Instant::now() + Duration::from_millis(left))
+}
+
+/// The `topic`, `partition` and `offset` of an encoded `message` frame.
+#[derive(Deserialize)]
+struct Position<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    partition: i32,
+    offset: i64,
+}
+
+/// One open stream: moves its outlet's frames into the response body.
+struct Stream {
+    state: Arc<AppState>,
+    session: u64,
+    /// Its subscriptions; dropping them takes the stream off their routes.
+    _held: Vec<Held>,
+    outlet: Outlet,
+    drain: Drain,
+    positions: Positions,
+    tx: mpsc::Sender<Event>,
+    expires_at: Option<Instant>,
+    _permit: OwnedSemaphorePermit,
+    _guard: Option<SubjectGuard>,
+}
+
+impl Stream {
+    fn opening_events(&self, gaps: Vec<ServerFrame>) -> Vec<Event> {
+        let mut topics = serde_json::Map::new();
+        for topic in self.positions.topics() {
+            if let Some(starts) = self.positions.topic(topic) {
+                let starts: serde_json::Map<String, Value> =
+                    starts.iter().map(|(p, o)| (p.to_string(), json!(o))).collect();
+                topics.insert(topic.to_owned(), Value::Object(starts));
+            }
+        }
+        let subscribed = Event::default()
+            .event("subscribed")
+            .id(self.positions.encode())
+            .retry(self.state.config.sse.retry())
+            .data(json!({ "topics": topics }).to_string());
+        let gaps = gaps.into_iter().map(|gap| Event::default().event("gap").data(gap.encode()));
+        std::iter::once(subscribed).chain(gaps).collect()
+    }
+
+    async fn run(mut self, first: Vec<Event>) {
+        let topics = self.positions.topics().count() as f64;
+        metrics::sse_opened();
+        metrics::subscriptions_changed(topics);
+        let reason = self.serve(first).await;
+        if reason != "client_gone" && reason != "write_timeout" {
+            let close =
+                Event::default().event("close").data(json!({ "reason": reason }).to_string());
+            let _ = self.tx.try_send(close);
+        }
+        tracing::debug!(session = self.session, reason, "SSE stream ended");
+        metrics::subscriptions_changed(-topics);
+        metrics::sse_closed(reason);
+    }
+
+    /// Runs until the stream ends; returns why.
+    async fn serve(&mut self, first: Vec<Event>) -> &'static str {
+        let write_timeout = self.state.config.websocket.write_timeout();
+        let kicked = self.outlet.kicked().clone().cancelled_owned();
+        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));
+        tokio::pin!(kicked, shutdown, expiry);
+        // Events to write, each with whether it is a `message`.
+        let mut pending: VecDeque<(Event, bool)> = first.into_iter().map(|e| (e, false)).collect();
+        loop {
+            if let Some((event, is_message)) = pending.pop_front() {
+                tokio::select! {
+                    biased;
+                    () = &mut kicked => return "slow_consumer",
+                    () = &mut shutdown => return "going_away",
+                    () = &mut expiry => return "token_expired",
+                    sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
+                        Ok(Ok(())) => {
+                            if is_message {
+                                metrics::sse_events(1);
+                            }
+                        }
+                        Ok(Err(_)) => return "client_gone",
+                        Err(_) => return "write_timeout",
+                    },
+                }
+                continue;
+            }
+            let frame = tokio::select! {
+                biased;
+                () = &mut kicked => return "slow_consumer",
+                () = &mut shutdown => return "going_away",
+                () = &mut expiry => return "token_expired",
+                () = self.tx.closed() => return "client_gone",
+                Some(frame) = self.drain.live.recv() => frame,
+                Some(paced) = self.drain.paced.recv() => paced.frame,
+            };
+            pending.push_back((self.message(frame.as_str()), true));
+        }
+    }
+
+    /// The `message` event of an encoded frame, with the token that
+    /// includes it.
+    fn message(&mut self, frame: &str) -> Event {
+        match serde_json::from_str::<Position<'_>>(frame) {
+            Ok(at) => self.positions.delivered(&at.topic, at.partition, at.offset),
+            Err(e) => tracing::error!(error = %e, "a message frame without its position"),
+        }
+        // JSON allows a raw CR only as whitespace: dropping it changes
+        // nothing, and SSE would read it as a line break.
+        let data: Cow<'_, str> =
+            if frame.contains('\r') { frame.replace('\r', "").into() } else { frame.into() };
+        Event::default().event("message").id(self.positions.encode()).data(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_names_topics_once_and_refuses_unknown_parameters() {
+        let r = parse_query("topic=a&topic=b%2Ec&from=earliest&access_token=x").unwrap();
+        assert_eq!(r.topics, ["a", "b.c"]);
+        assert_eq!(r.from.as_deref(), Some("earliest"));
+        assert_eq!(r.query.get("access_token").map(String::as_str), Some("x"));
+        let msg = |q: &str| parse_query(q).unwrap_err().1.message;
+        assert!(msg("").contains("at least one"));
+        assert!(msg("topic=a&topic=a").contains("twice"));
+        assert!(msg("topic=a&from=latest&from=earliest").contains("twice"));
+        assert!(msg("topic=a&token=x").contains("unknown query parameter `token`"));
+    }
+}

@@ -1,0 +1,155 @@
+//! The `publish` command: rate limit, ACL, de-duplication of retries, the
+//! in-flight bound; then the producer, at once for a known topic, or after
+//! the topic's look-up (publishes to one topic keep their order).
+
+use ferry_protocol::{CloseCode, Payload, Publish, ServerFrame};
+
+use super::{End, Session};
+use crate::acl::Action;
+use crate::error::GatewayError;
+use crate::metrics;
+
+impl Session {
+    /// The publish rate limit: `Ok(Err(_))` refuses this publish; `Err`
+    /// closes a client that keeps going after `rate_limit_strikes` refusals.
+    pub(super) fn check_rate(&mut self) -> Result<Result<(), GatewayError>, End> {
+        if self.rate.take() {
+            self.strikes = 0;
+            return Ok(Ok(()));
+        }
+        self.strikes += 1;
+        let limits = &self.state.config.limits;
+        if self.strikes >= limits.rate_limit_strikes {
+            return Err(End::Close(CloseCode::RATE_LIMITED));
+        }
+        Ok(Err(GatewayError::RateLimited(limits.publish_rate)))
+    }
+
+    /// Checks a publish and hands it to Kafka, or queues it behind its
+    /// topic's look-up; the reply comes later through `inflight`. An error
+    /// is the publish's reply now (with its id).
+    pub(super) fn publish(&mut self, publish: Publish<'_>) -> Result<(), (String, GatewayError)> {
+        if !self.allowed(Action::Publish, &publish.topic) {
+            let e =
+                GatewayError::Forbidden(format!("not allowed to publish to {:?}", publish.topic));
+            return Err((publish.id, e));
+        }
+        if self.inflight_ids.contains(&publish.id) {
+            // A retry of a publish still awaiting Kafka: not produced twice;
+            // the original's reply answers this id.
+            return Ok(());
+        }
+        let max = self.state.config.limits.max_inflight_publishes;
+        if self.inflight_ids.len() >= max {
+            let e = GatewayError::Limit(format!(
+                "{max} publishes are already awaiting Kafka on this connection"
+            ));
+            return Err((publish.id, e));
+        }
+        // Validated once, here, before it can wait for its topic's look-up.
+        if let Err(e) = self.state.schemas.validate(&publish.topic, &publish.value) {
+            return Err((publish.id, e));
+        }
+        // Known topic, nothing queued before it: produce now. Otherwise the
+        // publish waits for the topic's look-up, behind earlier ones.
+        let known = self.state.topics.cached(&publish.topic);
+        let fits = |n: i32| publish.partition.is_none_or(|p| p < n);
+        if !self.waiting.contains_key(&publish.topic) && known.is_some_and(fits) {
+            return self.produce(&publish).map_err(|e| (publish.id, e));
+        }
+        if !self.state.health.is_ready() {
+            return Err((publish.id, GatewayError::Unavailable("Kafka is unreachable".into())));
+        }
+        self.inflight_ids.insert(publish.id.clone());
+        let topic = publish.topic.clone();
+        let queue = self.waiting.entry(topic.clone()).or_default();
+        queue.push_back(owned(publish));
+        if queue.len() == 1 {
+            let (topics, timeout) = (self.state.topics.clone(), self.request_timeout());
+            self.lookups.push(Box::pin(async move {
+                let found = match tokio::time::timeout(timeout, topics.refresh(&topic)).await {
+                    Ok(found) => found,
+                    Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
+                };
+                (topic, found)
+            }));
+        }
+        Ok(())
+    }
+
+    /// A topic's look-up finished: the publishes that waited for it go to
+    /// Kafka in their order, or get its error.
+    pub(super) async fn lookup_done(
+        &mut self,
+        topic: &str,
+        found: Result<i32, GatewayError>,
+    ) -> Result<(), End> {
+        let queued = self.waiting.remove(topic).unwrap_or_default();
+        for publish in queued {
+            let outcome = match &found {
+                Err(e) => Err(e.clone()),
+                Ok(n) => match publish.partition.filter(|p| p >= n) {
+                    Some(p) => Err(GatewayError::BadRequest(format!(
+                        "topic {topic:?} has {n} partitions; partition {p} does not exist"
+                    ))),
+                    None => {
+                        self.inflight_ids.remove(&publish.id);
+                        self.produce(&publish)
+                    }
+                },
+            };
+            if let Err(e) = outcome {
+                self.inflight_ids.remove(&publish.id);
+                metrics::publish_failed(e.code().as_str());
+                self.send(e.to_frame(Some(&publish.id))).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands a checked publish to the producer; its delivery joins
+    /// `inflight`.
+    pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
+        let delivery = self.state.publisher.send(publish)?;
+        let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        self.inflight_ids.insert(id.clone());
+        let give_up = self.give_up.clone();
+        self.inflight.push(Box::pin(async move {
+            let outcome = tokio::select! {
+                outcome = delivery => outcome,
+                _ = give_up.cancelled() => Err(GatewayError::Timeout),
+            };
+            let reply = match outcome {
+                Ok(stored) => ServerFrame::Ack {
+                    id: id.clone(),
+                    topic,
+                    partition: stored.partition,
+                    offset: stored.offset,
+                },
+                Err(e) => {
+                    metrics::publish_failed(e.code().as_str());
+                    e.to_frame(Some(&id))
+                }
+            };
+            (id, reply)
+        }));
+        Ok(())
+    }
+}
+
+/// A publish that must outlive the frame it was decoded from (it waits for
+/// its topic's look-up).
+fn owned(publish: Publish<'_>) -> Publish<'static> {
+    let value = match publish.value {
+        Payload::Json(raw) => Payload::Bytes(raw.get().as_bytes().to_vec()),
+        Payload::Bytes(bytes) => Payload::Bytes(bytes),
+    };
+    Publish {
+        id: publish.id,
+        topic: publish.topic,
+        value,
+        key: publish.key,
+        headers: publish.headers,
+        partition: publish.partition,
+    }
+}

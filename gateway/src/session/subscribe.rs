@@ -1,0 +1,163 @@
+//! The `subscribe` and `unsubscribe` commands. A subscribe is checked at
+//! once (ACL, filter, limits) and its Kafka work ([`delivery::open`]: the
+//! live fan-out, a replay, or a shared group) then runs beside the read
+//! loop. Whatever it comes to, it is answered once, and undone if the
+//! client unsubscribed meanwhile or the session ended.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::{ServerFrame, Subscribe};
+
+use super::{End, Session};
+use crate::acl::{Action, SubscribeGrantResult};
+use crate::delivery::{self, Held, Opened};
+use crate::error::GatewayError;
+use crate::filter::Filter;
+use crate::metrics;
+
+/// One subscription of the socket.
+#[derive(Debug)]
+pub(super) struct Subscription {
+    /// On its route; dropping it takes the socket off.
+    pub(super) held: Held,
+    /// The canonical ACL-imposed filter it was granted with; a token refresh
+    /// that changes it ends the subscription.
+    pub(super) imposed: Option<String>,
+}
+
+/// A subscribe still waiting on Kafka.
+#[derive(Debug)]
+pub(super) struct Opening {
+    pub(super) id: String,
+    /// The client unsubscribed meanwhile: undo it once it completes.
+    pub(super) cancelled: bool,
+}
+
+/// What a subscribe's Kafka work came to.
+pub(super) struct SubscribeDone {
+    pub(super) id: String,
+    pub(super) topic: String,
+    pub(super) result: Result<Opened, GatewayError>,
+}
+
+impl Session {
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.state.config.limits.request_timeout()
+    }
+
+    /// Checks a subscribe and starts its Kafka work, which answers it when
+    /// done (see [`Session::subscribe_done`]). An error is its reply now.
+    pub(super) fn subscribe(&mut self, request: &Subscribe) -> Result<(), GatewayError> {
+        let topic = request.topic.as_str();
+        let imposed = match self.subscribe_grant(topic) {
+            SubscribeGrantResult::Denied => {
+                return Err(GatewayError::Forbidden(format!(
+                    "not allowed to subscribe to {topic:?}"
+                )))
+            }
+            SubscribeGrantResult::Allowed { imposed } => imposed,
+        };
+        let requested = match &request.filter {
+            None => None,
+            Some(wire) => Some(
+                Filter::parse(wire)
+                    .map_err(|e| GatewayError::BadRequest(format!("bad filter: {e}")))?,
+            ),
+        };
+        let filter = match (requested, imposed) {
+            (None, None) => None,
+            (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
+            (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
+        };
+        if self.subscriptions.contains_key(topic) {
+            return Err(GatewayError::BadRequest(format!(
+                "already subscribed to {topic:?}; unsubscribe first to start elsewhere"
+            )));
+        }
+        if self.openings.contains_key(topic) {
+            return Err(GatewayError::BadRequest(format!(
+                "a subscribe to {topic:?} is still waiting on Kafka"
+            )));
+        }
+        let max = self.state.config.limits.max_subscriptions;
+        if self.subscriptions.len() + self.openings.len() >= max {
+            return Err(GatewayError::Limit(format!(
+                "this connection already has {max} subscriptions"
+            )));
+        }
+        if let Some(group) = &request.group {
+            if !self.allowed(Action::Group, group) {
+                return Err(GatewayError::Forbidden(format!(
+                    "not allowed to join group {group:?}"
+                )));
+            }
+        }
+        let opening = delivery::Request {
+            session: self.id,
+            topic: request.topic.clone(),
+            from: request.from.clone(),
+            group: request.group.clone(),
+            ack: request.ack,
+            overflow: request.overflow,
+            filter,
+            outlet: self.outlet.clone(),
+        };
+        let (state, id, topic) = (self.state.clone(), request.id.clone(), request.topic.clone());
+        let timeout = self.request_timeout();
+        self.openings.insert(topic.clone(), Opening { id: id.clone(), cancelled: false });
+        // Beside the read loop; dropped (and so undone) if the session ends.
+        self.subscribing.push(Box::pin(async move {
+            let result = match tokio::time::timeout(timeout, delivery::open(&state, opening)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
+            };
+            SubscribeDone { id, topic, result }
+        }));
+        Ok(())
+    }
+
+    /// A subscribe's Kafka work finished: answer it, and keep the
+    /// subscription unless the client unsubscribed meanwhile.
+    pub(super) async fn subscribe_done(&mut self, done: SubscribeDone) -> Result<(), End> {
+        let SubscribeDone { id, topic, result } = done;
+        let Some(opening) = self.openings.remove(&topic) else {
+            return Ok(()); // the session is finishing
+        };
+        // An error was undone where it happened; a subscription the client
+        // gave up on meanwhile is undone by dropping it here.
+        let opened = match (result, opening.cancelled) {
+            (Err(e), _) => return self.send(e.to_frame(Some(&id))).await,
+            (Ok(opened), true) => {
+                drop(opened); // off its route before the answer
+                let e = GatewayError::BadRequest(format!(
+                    "unsubscribed from {topic:?} before the subscription was live"
+                ));
+                return self.send(e.to_frame(Some(&id))).await;
+            }
+            (Ok(opened), false) => opened,
+        };
+        let imposed = self.imposed_canonical(&topic);
+        let subscription = Subscription { held: opened.held, imposed };
+        self.subscriptions.insert(topic.clone(), subscription);
+        metrics::subscriptions_changed(1.0);
+        let partitions = opened.starts.into_iter().map(|(p, o)| (p.to_string(), o)).collect();
+        self.send(ServerFrame::Subscribed { id, topic, partitions }).await?;
+        for gap in opened.gaps {
+            self.send(gap).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn unsubscribe(&mut self, topic: &str) {
+        if let Some(opening) = self.openings.get_mut(topic) {
+            opening.cancelled = true;
+            return;
+        }
+        // Dropping it takes the socket off its route.
+        if self.subscriptions.remove(topic).is_some() {
+            metrics::subscriptions_changed(-1.0);
+        }
+    }
+}
