@@ -192,6 +192,9 @@ pub enum UpgradeRefusal {
     OriginForbidden,
     /// The subject already holds `max_connections_per_subject` connections.
     TooManyForSubject,
+    /// The request's headers are more than the gateway reads (100 headers,
+    /// or about 400 KiB). Answered by the HTTP layer before any check above.
+    HeadersTooLarge,
     /// The node is at `limits.max_connections`, or shutting down.
     Unavailable,
 }
@@ -203,6 +206,7 @@ impl UpgradeRefusal {
         Self::Unauthorized,
         Self::OriginForbidden,
         Self::TooManyForSubject,
+        Self::HeadersTooLarge,
         Self::Unavailable,
     ];
 
@@ -213,6 +217,7 @@ impl UpgradeRefusal {
             Self::Unauthorized => 401,
             Self::OriginForbidden => 403,
             Self::TooManyForSubject => 429,
+            Self::HeadersTooLarge => 431,
             Self::Unavailable => 503,
         }
     }
