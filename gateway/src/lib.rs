@@ -24,9 +24,10 @@
 //!   bounded time) and a writer task that is the only owner of the sink.
 //! - [`hub`]: topic → local subscribers, grouped by filter (a registry:
 //!   join/leave say first/last); dispatch never blocks.
-//! - [`outlet`]: one per socket: the bounded queues every delivery path
-//!   fills, with the subscription's policy when full (disconnect, lossy,
-//!   paced); the writer drains it.
+//! - [`outlet`]: one per socket: one bounded queue (one lock, one wake-up)
+//!   that the session's replies and every delivery path fill, with the
+//!   subscription's policy when full (disconnect, lossy, paced); the writer
+//!   takes everything queued in one go.
 //! - [`filter`]: server-side record filters (key, headers, JSON fields):
 //!   parsing, evaluation and the record view in separate files.
 //! - [`kafka`]: producer (publish + acks); the one pump loop
@@ -41,7 +42,7 @@
 //! - [`throttle`]: rate-limited logging of repeated failures.
 //!
 //! Publish: session → ACL and rate limit → topic check → [`kafka::producer`] → delivery future →
-//! `ack`/`error` on the session's reply queue → writer.
+//! `ack`/`error` into the socket's outlet (replies first) → writer.
 //!
 //! Delivery: every consumer runs [`kafka::source::pump`], which hands each
 //! record to its route. The live route ([`kafka::fanout`]) encodes a record

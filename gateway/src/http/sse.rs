@@ -59,12 +59,15 @@ use crate::delivery::{self, Held};
 use crate::error::GatewayError;
 use crate::filter::Filter;
 use crate::metrics;
-use crate::outlet::{Drain, Outlet};
+use crate::outlet::{Drain, Item, Outlet, PacedFrame};
 use crate::resume::Positions;
 use crate::session::limits::SubjectGuard;
 
 /// Events waiting for the response body to take them.
 const EVENT_BUFFER: usize = 64;
+
+/// Most records taken from the outlet at once.
+const TAKE: usize = 64;
 
 /// The query parameters `/sse` knows.
 const PARAMS: &[&str] = &["topic", "from", "filter", "access_token", "resume"];
@@ -424,6 +427,7 @@ impl Stream {
         tokio::pin!(kicked, shutdown, expiry);
         // Events to write, each with whether it is a `message`.
         let mut pending: VecDeque<(Event, bool)> = first.into_iter().map(|e| (e, false)).collect();
+        let mut taken = Vec::new();
         loop {
             if let Some((event, is_message)) = pending.pop_front() {
                 tokio::select! {
@@ -443,16 +447,23 @@ impl Stream {
                 }
                 continue;
             }
-            let frame = tokio::select! {
-                biased;
-                () = &mut kicked => return "slow_consumer",
-                () = &mut shutdown => return "going_away",
-                () = &mut expiry => return "token_expired",
-                () = self.tx.closed() => return "client_gone",
-                Some(frame) = self.drain.live.recv() => frame,
-                Some(paced) = self.drain.paced.recv() => paced.frame,
-            };
-            pending.push_back((self.message(frame.as_str()), true));
+            self.drain.take(TAKE, &mut taken);
+            if taken.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = &mut kicked => return "slow_consumer",
+                    () = &mut shutdown => return "going_away",
+                    () = &mut expiry => return "token_expired",
+                    () = self.tx.closed() => return "client_gone",
+                    () = self.drain.ready() => continue,
+                }
+            }
+            for item in std::mem::take(&mut taken) {
+                // A stream has records only: no replies, no lossy policy.
+                if let Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. }) = item {
+                    pending.push_back((self.message(frame.as_str()), true));
+                }
+            }
         }
     }
 

@@ -1,16 +1,24 @@
-//! A socket's outlet: the bounded queues that every delivery path (the live
-//! fan-out through the [`crate::hub`], replays, shared groups) fills for one
-//! socket, and that its writer drains. The policy when a queue is full is
-//! the subscription's:
+//! A socket's outlet: the one bounded queue that every delivery path (the
+//! live fan-out through the [`crate::hub`], replays, shared groups) and the
+//! session's replies fill for one socket, and that its writer drains. One
+//! lock guards it, one wake-up tells the writer there is work, and the
+//! writer takes everything queued in one go (up to a batch).
 //!
-//! - `disconnect` (live, the default): the queue is bounded by
-//!   `limits.outbound_queue`; a full queue kicks the socket (close 4000) and
-//!   the record is not queued. The hub never waits on a socket.
-//! - `drop_oldest` / `conflate` (live): the [`lossy`] queue drops or
-//!   replaces old records and reports `lagged`; it never kicks.
-//! - paced (replays and group records): the sender waits for room
-//!   (`limits.replay_queue`), so the socket sets the pace of its own
-//!   consumer and nothing is dropped.
+//! What the queue holds, in the order the writer takes it:
+//!
+//! - replies (acks, errors, `subscribed`, …), bounded by the session's
+//!   reply room: [`Replies::send`] waits for room, so a client that does
+//!   not read its answers stops being read;
+//! - records, in arrival order, by the policy of their subscription when
+//!   the socket does not keep up:
+//!   - `disconnect` (live, the default): at most `limits.outbound_queue`
+//!     queued; past that the socket is kicked (close 4000) and the record
+//!     is not queued. The hub never waits on a socket.
+//!   - paced (replays and group records): the sender waits for room
+//!     (`limits.replay_queue`), so the socket sets the pace of its own
+//!     consumer and nothing is dropped;
+//! - `drop_oldest` / `conflate` records ([`lossy`]): never kick, drop or
+//!   replace old records and report `lagged` once drained.
 //!
 //! The outlet knows nothing of Kafka or sessions. A group record carries a
 //! [`Done`], which the writer fires once the frame is flushed: it only sends
@@ -18,31 +26,54 @@
 
 pub mod lossy;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use ferry_protocol::Overflow;
-use tokio::sync::mpsc;
+use ferry_protocol::{CloseCode, Overflow};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use lossy::LossyQueue;
+use lossy::Lossy;
 
 /// The senders' end of a socket's outlet; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Outlet {
-    live: mpsc::Sender<Utf8Bytes>,
-    lossy: Arc<LossyQueue>,
-    paced: mpsc::Sender<PacedFrame>,
-    /// Cancelled when the `disconnect` queue overflows: the session closes.
-    kick: CancellationToken,
+    shared: Arc<Shared>,
 }
 
-/// The writer's end of a socket's outlet.
+/// The session's end: its replies, and the end of the socket. Dropping it
+/// tells the writer to stop once it has written the replies queued before.
+#[derive(Debug)]
+pub struct Replies {
+    shared: Arc<Shared>,
+}
+
+/// The writer's end. Dropping it (the writer stopped) refuses every
+/// sender from then on.
 #[derive(Debug)]
 pub struct Drain {
-    pub live: mpsc::Receiver<Utf8Bytes>,
-    pub lossy: Arc<LossyQueue>,
-    pub paced: mpsc::Receiver<PacedFrame>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer takes from the outlet, in the order to write it.
+#[derive(Debug)]
+pub enum Item {
+    /// A reply, a live record or a notice.
+    Frame(Utf8Bytes),
+    /// A replayed or shared-group record; its `done` fires once flushed.
+    Paced(PacedFrame),
+    /// Send this close frame and stop.
+    Close(CloseCode),
+    /// The client closed: flush the echo of its close frame (queued by the
+    /// socket itself) and stop.
+    Finish,
+}
+
+impl From<Utf8Bytes> for Item {
+    fn from(frame: Utf8Bytes) -> Self {
+        Self::Frame(frame)
+    }
 }
 
 /// A record that flows at its socket's pace (a replay's, or a shared
@@ -65,15 +96,15 @@ pub struct Completion {
 
 /// Reports one group record processed when fired. The channel is
 /// unbounded but holds at most one message per record in flight, which the
-/// paced queues bound.
+/// paced room bounds.
 #[derive(Debug)]
 pub struct Done {
-    to: mpsc::UnboundedSender<Completion>,
+    to: tokio::sync::mpsc::UnboundedSender<Completion>,
     completion: Completion,
 }
 
 impl Done {
-    pub fn new(to: mpsc::UnboundedSender<Completion>, completion: Completion) -> Self {
+    pub fn new(to: tokio::sync::mpsc::UnboundedSender<Completion>, completion: Completion) -> Self {
         Self { to, completion }
     }
 
@@ -84,15 +115,88 @@ impl Done {
     }
 }
 
+#[derive(Debug)]
+struct Shared {
+    /// Short critical sections only (a push, a take); never held across an
+    /// await.
+    queue: Mutex<Queue>,
+    /// The writer waits here when it found nothing to take.
+    ready: Notify,
+    /// Room for paced records: a sender takes a permit, the writer gives it
+    /// back when it takes the record.
+    paced_room: Semaphore,
+    /// Room for replies, likewise (zero until [`Outlet::replies`]).
+    reply_room: Semaphore,
+    /// Cancelled when a `disconnect` record finds no room: the session closes.
+    kick: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Queue {
+    replies: VecDeque<Item>,
+    records: VecDeque<Record>,
+    /// `disconnect` records in `records`, and their bound.
+    live: usize,
+    live_capacity: usize,
+    lossy: Lossy,
+    /// The writer found nothing and may be waiting: the next push wakes it.
+    writer_waiting: bool,
+    /// The session dropped its [`Replies`].
+    session_ended: bool,
+    /// The writer dropped its [`Drain`].
+    writer_gone: bool,
+}
+
+#[derive(Debug)]
+enum Record {
+    Live(Utf8Bytes),
+    Paced(PacedFrame),
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic under this lock leaves plain queues behind: still usable.
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends a push: wakes the writer if it may be waiting.
+    fn pushed(&self, mut queue: MutexGuard<'_, Queue>) {
+        let wake = std::mem::take(&mut queue.writer_waiting);
+        drop(queue);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+}
+
 impl Outlet {
-    /// An outlet whose `disconnect` and lossy queues hold `capacity` records
-    /// and whose paced queue holds `paced_capacity`.
+    /// An outlet whose `disconnect` and lossy records are bounded by
+    /// `capacity` each and whose paced records by `paced_capacity`.
     pub fn new(capacity: usize, paced_capacity: usize) -> (Self, Drain) {
-        let (live, live_rx) = mpsc::channel(capacity);
-        let (paced, paced_rx) = mpsc::channel(paced_capacity);
-        let lossy = Arc::new(LossyQueue::new(capacity));
-        let outlet = Self { live, lossy: lossy.clone(), paced, kick: CancellationToken::new() };
-        (outlet, Drain { live: live_rx, lossy, paced: paced_rx })
+        let queue = Queue {
+            replies: VecDeque::new(),
+            records: VecDeque::new(),
+            live: 0,
+            live_capacity: capacity,
+            lossy: Lossy::new(capacity),
+            writer_waiting: false,
+            session_ended: false,
+            writer_gone: false,
+        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(queue),
+            ready: Notify::new(),
+            paced_room: Semaphore::new(paced_capacity),
+            reply_room: Semaphore::new(0),
+            kick: CancellationToken::new(),
+        });
+        (Self { shared: shared.clone() }, Drain { shared })
+    }
+
+    /// The session's end, with room for `capacity` replies. Once per outlet.
+    pub fn replies(&self, capacity: usize) -> Replies {
+        self.shared.reply_room.add_permits(capacity);
+        Replies { shared: self.shared.clone() }
     }
 
     /// Queues a live record by the subscription's `overflow` policy; false
@@ -105,42 +209,275 @@ impl Outlet {
         key: Option<&[u8]>,
         frame: &Utf8Bytes,
     ) -> bool {
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            // The session is ending and will leave on its own.
+            return false;
+        }
         match overflow {
-            Overflow::Disconnect => match self.live.try_send(frame.clone()) {
-                Ok(()) => true,
-                // Policy when full: the socket is too slow; close it rather
-                // than wait for it or grow its queue.
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.kick.cancel();
-                    false
+            Overflow::Disconnect => {
+                if queue.live >= queue.live_capacity {
+                    // Policy when full: the socket is too slow; close it
+                    // rather than wait for it or grow its queue.
+                    drop(queue);
+                    self.shared.kick.cancel();
+                    return false;
                 }
-                // The session is ending and will leave on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            },
-            Overflow::DropOldest => {
-                self.lossy.push(topic, None, frame.clone());
-                true
+                queue.live += 1;
+                queue.records.push_back(Record::Live(frame.clone()));
             }
+            Overflow::DropOldest => queue.lossy.push(topic, None, frame.clone()),
             Overflow::Conflate => {
-                self.lossy.push(topic, key.map(|k| (partition, k)), frame.clone());
-                true
+                queue.lossy.push(topic, key.map(|k| (partition, k)), frame.clone())
             }
         }
+        self.shared.pushed(queue);
+        true
     }
 
     /// Queues a paced record, waiting for room; gives it back when the
     /// socket is gone.
     pub async fn send_paced(&self, frame: PacedFrame) -> Result<(), PacedFrame> {
-        self.paced.send(frame).await.map_err(|e| e.0)
+        match self.shared.paced_room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return Err(frame),
+        }
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            return Err(frame);
+        }
+        queue.records.push_back(Record::Paced(frame));
+        self.shared.pushed(queue);
+        Ok(())
     }
 
-    /// Whether the paced queue has room now.
+    /// Whether a paced record would be queued now without waiting.
     pub fn has_paced_room(&self) -> bool {
-        self.paced.capacity() > 0
+        self.shared.paced_room.available_permits() > 0
     }
 
     /// Cancelled when the socket was kicked for being too slow.
     pub fn kicked(&self) -> &CancellationToken {
-        &self.kick
+        &self.shared.kick
+    }
+}
+
+/// The writer is gone: nothing more can be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterGone;
+
+impl Replies {
+    /// Queues a reply, waiting while the socket's replies are at their bound.
+    pub async fn send(&self, frame: Utf8Bytes) -> Result<(), WriterGone> {
+        match self.shared.reply_room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return Err(WriterGone),
+        }
+        self.push(Item::Frame(frame))
+    }
+
+    /// Queues the close frame (best effort, past the bound): the writer
+    /// writes the replies before it, then stops.
+    pub fn close(&self, code: CloseCode) {
+        let _ = self.push(Item::Close(code));
+    }
+
+    /// The client closed: the writer flushes the echo and stops.
+    pub fn finish(&self) {
+        let _ = self.push(Item::Finish);
+    }
+
+    fn push(&self, item: Item) -> Result<(), WriterGone> {
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            return Err(WriterGone);
+        }
+        queue.replies.push_back(item);
+        self.shared.pushed(queue);
+        Ok(())
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.session_ended = true;
+        queue.writer_waiting = true;
+        self.shared.pushed(queue);
+    }
+}
+
+/// What [`Drain::take`] found besides the items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Go on (wait on [`Drain::ready`] if nothing was taken).
+    More,
+    /// The session ended: write what was taken, then stop.
+    Ended,
+}
+
+impl Drain {
+    /// Moves up to `max` items into `out`: replies first, then records in
+    /// their order, then lossy records (with their `lagged` notices).
+    pub fn take(&mut self, max: usize, out: &mut Vec<Item>) -> Taken {
+        let start = out.len();
+        let (mut replies, mut paced) = (0, 0);
+        let mut queue = self.shared.lock();
+        while out.len() - start < max {
+            let Some(item) = queue.replies.pop_front() else { break };
+            replies += usize::from(matches!(item, Item::Frame(_)));
+            out.push(item);
+        }
+        while out.len() - start < max {
+            match queue.records.pop_front() {
+                Some(Record::Live(frame)) => {
+                    queue.live -= 1;
+                    out.push(Item::Frame(frame));
+                }
+                Some(Record::Paced(frame)) => {
+                    paced += 1;
+                    out.push(Item::Paced(frame));
+                }
+                None => break,
+            }
+        }
+        let room = max - (out.len() - start);
+        if room > 0 && !queue.lossy.is_empty() {
+            queue.lossy.drain_into(room, out);
+        }
+        let ended = queue.session_ended;
+        if out.len() == start {
+            queue.writer_waiting = true;
+        }
+        drop(queue);
+        self.shared.reply_room.add_permits(replies);
+        self.shared.paced_room.add_permits(paced);
+        if ended {
+            Taken::Ended
+        } else {
+            Taken::More
+        }
+    }
+
+    /// Waits until something may have been queued since a [`Drain::take`]
+    /// that found nothing.
+    pub async fn ready(&self) {
+        self.shared.ready.notified().await
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let mut queue = self.shared.lock();
+        queue.writer_gone = true;
+        queue.replies.clear();
+        queue.records.clear();
+        drop(queue);
+        self.shared.paced_room.close();
+        self.shared.reply_room.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(items: &[Item]) -> Vec<&str> {
+        items
+            .iter()
+            .map(|item| match item {
+                Item::Frame(f) => f.as_str(),
+                Item::Paced(p) => p.frame.as_str(),
+                Item::Close(_) => "close",
+                Item::Finish => "finish",
+            })
+            .collect()
+    }
+
+    fn live(outlet: &Outlet, frame: &str) -> bool {
+        outlet.offer(Overflow::Disconnect, &"t".into(), 0, None, &frame.into())
+    }
+
+    #[tokio::test]
+    async fn replies_go_first_then_records_in_order_then_lossy() {
+        let (outlet, mut drain) = Outlet::new(4, 4);
+        let replies = outlet.replies(4);
+        outlet.offer(Overflow::DropOldest, &"t".into(), 0, None, &"lossy".into());
+        assert!(live(&outlet, "r1"));
+        outlet.send_paced(PacedFrame { frame: "p1".into(), done: None }).await.unwrap();
+        assert!(live(&outlet, "r2"));
+        replies.send("ack".into()).await.unwrap();
+        let mut out = Vec::new();
+        assert_eq!(drain.take(64, &mut out), Taken::More);
+        assert_eq!(frames(&out), ["ack", "r1", "p1", "r2", "lossy"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_disconnect_queue_kicks_and_takes_nothing_more() {
+        let (outlet, mut drain) = Outlet::new(2, 2);
+        assert!(live(&outlet, "a") && live(&outlet, "b"));
+        assert!(!outlet.kicked().is_cancelled());
+        assert!(!live(&outlet, "c"), "no room: not queued");
+        assert!(outlet.kicked().is_cancelled());
+        let mut out = Vec::new();
+        drain.take(64, &mut out);
+        assert_eq!(frames(&out), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_paced_sender_waits_for_room_and_the_take_gives_it_back() {
+        let (outlet, mut drain) = Outlet::new(2, 1);
+        outlet.send_paced(PacedFrame { frame: "p1".into(), done: None }).await.unwrap();
+        assert!(!outlet.has_paced_room());
+        let sender = outlet.clone();
+        let second = tokio::spawn(async move {
+            sender.send_paced(PacedFrame { frame: "p2".into(), done: None }).await.is_ok()
+        });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "waits while the queue is full");
+        let mut out = Vec::new();
+        drain.take(64, &mut out);
+        assert!(second.await.unwrap());
+        drain.take(64, &mut out);
+        assert_eq!(frames(&out), ["p1", "p2"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_at_most_max_and_leaves_the_rest() {
+        let (outlet, mut drain) = Outlet::new(8, 8);
+        for i in 0..5 {
+            assert!(live(&outlet, &i.to_string()));
+        }
+        let mut out = Vec::new();
+        drain.take(3, &mut out);
+        assert_eq!(frames(&out), ["0", "1", "2"]);
+        out.clear();
+        drain.take(3, &mut out);
+        assert_eq!(frames(&out), ["3", "4"]);
+        assert!(live(&outlet, "5") && live(&outlet, "6") && live(&outlet, "7"));
+    }
+
+    #[tokio::test]
+    async fn when_the_writer_is_gone_senders_are_refused() {
+        let (outlet, drain) = Outlet::new(2, 2);
+        let replies = outlet.replies(2);
+        drop(drain);
+        assert!(!live(&outlet, "x"));
+        assert!(!outlet.kicked().is_cancelled(), "not a slow consumer");
+        assert!(outlet.send_paced(PacedFrame { frame: "p".into(), done: None }).await.is_err());
+        assert_eq!(replies.send("ack".into()).await, Err(WriterGone));
+    }
+
+    #[tokio::test]
+    async fn the_session_ending_wakes_the_writer_and_ends_it() {
+        let (outlet, mut drain) = Outlet::new(2, 2);
+        let replies = outlet.replies(2);
+        let mut out = Vec::new();
+        assert_eq!(drain.take(64, &mut out), Taken::More);
+        replies.close(CloseCode::GOING_AWAY);
+        drop(replies);
+        drain.ready().await;
+        assert_eq!(drain.take(64, &mut out), Taken::Ended);
+        assert_eq!(frames(&out), ["close"]);
     }
 }

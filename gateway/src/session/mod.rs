@@ -2,10 +2,10 @@
 //!
 //! The session task reads frames and owns the connection's state (its
 //! subscriptions and in-flight publishes); a [`writer`] task owns the sink.
-//! They talk over two bounded queues: replies (sized so every in-flight
-//! publish can be answered) and fan-out frames (`limits.outbound_queue`,
-//! filled by the hub with `try_send`; full means the socket is too slow and
-//! is closed with 4000).
+//! They talk through the socket's [`Outlet`]: one bounded queue that holds
+//! the replies (room for every in-flight publish's answer) and the records
+//! of every delivery path (see [`crate::outlet`] for the policies when it
+//! is full; a full `disconnect` queue closes the socket with 4000).
 //!
 //! Requests that wait on Kafka (a subscribe, a publish's delivery, the topic
 //! look-up before a publish to a topic the node has not seen recently) run
@@ -37,7 +37,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Publish, ServerFrame};
 use futures::stream::{FuturesUnordered, SplitStream};
 use futures::{Future, StreamExt};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,9 +45,9 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
-use crate::outlet::Outlet;
+use crate::outlet::{Outlet, Replies};
 use limits::{SubjectGuard, TokenBucket};
-use writer::{Outbound, WriterConfig};
+use writer::WriterConfig;
 
 /// Replies beyond the in-flight publishes the reply queue has room for
 /// (subscribe answers, pongs, errors).
@@ -131,8 +131,8 @@ pub async fn run(
     metrics::connection_opened();
     let limits = &state.config.limits;
     let (sink, stream) = socket.split();
-    let (replies, replies_rx) = mpsc::channel(limits.max_inflight_publishes + REPLY_SLACK);
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue);
+    let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &state.config.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
@@ -141,7 +141,7 @@ pub async fn run(
     let writer_gone = CancellationToken::new();
     let writer_done = writer_gone.clone().drop_guard();
     let writer = tokio::spawn(async move {
-        writer::run(sink, replies_rx, drain, writer_config).await;
+        writer::run(sink, drain, writer_config).await;
         drop(writer_done);
     });
 
@@ -185,7 +185,7 @@ struct Session {
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
     state: Arc<AppState>,
-    replies: mpsc::Sender<Outbound>,
+    replies: Replies,
     /// The queues every delivery path fills for this socket; kicks the
     /// session when a `disconnect` subscription overflows.
     outlet: Outlet,
@@ -346,7 +346,7 @@ impl Session {
 
     async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
         let text = Utf8Bytes::from(frame.encode());
-        self.replies.send(Outbound::Frame(text)).await.map_err(|_| End::WriterGone)
+        self.replies.send(text).await.map_err(|_| End::WriterGone)
     }
 
     /// Leaves every topic, answers what must be answered, closes the socket.
@@ -390,7 +390,7 @@ impl Session {
             End::ClientClosed => {
                 // The socket queued the echo of the client's close frame
                 // itself; the writer only has to flush it.
-                let _ = self.replies.try_send(Outbound::Finish);
+                self.replies.finish();
                 None
             }
             End::ClientGone | End::WriterGone => None,
@@ -398,7 +398,7 @@ impl Session {
         if let Some(code) = close {
             // The writer may be stuck on a socket that does not read; the
             // close frame is best effort and the wait below is bounded.
-            let _ = self.replies.try_send(Outbound::Close(code));
+            self.replies.close(code);
         }
         drop(self);
         let abort = writer.abort_handle();

@@ -1,39 +1,22 @@
 //! The writer task: the only owner of a socket's sink.
 //!
-//! It takes replies (acks, errors, …) before fan-out frames, writes every
-//! frame that is already queued before one flush (one syscall for a burst
-//! rather than one per frame), sends WebSocket pings, and gives up on a
-//! socket whose writes do not complete within the write timeout.
+//! It drains the socket's [`outlet`](crate::outlet) (replies before
+//! records), writes every item already queued before one flush (one
+//! syscall for a burst rather than one per frame), sends WebSocket pings,
+//! and gives up on a socket whose writes do not complete within the write
+//! timeout.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
-use ferry_protocol::CloseCode;
+use axum::extract::ws::{CloseFrame, Message};
 use futures::{Sink, SinkExt};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::metrics;
-use crate::outlet::{Drain, PacedFrame};
+use crate::outlet::{Drain, Item, Taken};
 
-/// Most frames written before a flush.
+/// Most items written before a flush.
 const MAX_BATCH: usize = 64;
-
-/// What the session asks the writer to send.
-#[derive(Debug)]
-pub enum Outbound {
-    Frame(Utf8Bytes),
-    /// A replayed or shared-group record; its `done` fires once flushed.
-    Paced(PacedFrame),
-    Close(CloseCode),
-    /// The client closed: flush the echo of its close frame (queued by the
-    /// socket itself) and stop.
-    Finish,
-    /// Internal to the writer: a ping is due.
-    Ping,
-    /// Internal to the writer: records taken from the lossy queue.
-    Lossy(Vec<Utf8Bytes>),
-}
 
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
@@ -42,50 +25,46 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
 }
 
-/// Runs until a close frame is sent, the session drops its sender, or a
-/// write fails or times out. `sink` is the socket's (any `Sink` of
-/// messages: the unit tests use a recording one).
+/// Runs until a close frame is sent, the session ends, or a write fails or
+/// times out. `sink` is the socket's (any `Sink` of messages: the unit
+/// tests use a recording one).
 ///
-/// One timer serves the writer: while it waits for frames it is the next
+/// One timer serves the writer: while it waits for items it is the next
 /// ping's deadline (pings go out every `ping_interval`, busy or not), while
 /// it writes it is the write's.
-pub async fn run<S>(
-    mut sink: S,
-    mut replies: mpsc::Receiver<Outbound>,
-    drain: Drain,
-    config: WriterConfig,
-) where
+pub async fn run<S>(mut sink: S, mut drain: Drain, config: WriterConfig)
+where
     S: Sink<Message> + Unpin,
     S::Error: std::fmt::Display,
 {
-    let Drain { live: mut fanout, lossy, mut paced } = drain;
     let mut next_ping = Instant::now() + config.ping_interval;
     let timer = tokio::time::sleep_until(next_ping);
     tokio::pin!(timer);
+    let mut batch = Vec::new();
     loop {
-        let first = tokio::select! {
-            biased;
-            // First, or a steady stream of frames would starve the pings.
-            () = &mut timer => Outbound::Ping,
-            reply = replies.recv() => match reply {
-                Some(outbound) => outbound,
-                None => break,
-            },
-            Some(frame) = fanout.recv() => Outbound::Frame(frame),
-            Some(delivery) = paced.recv() => Outbound::Paced(delivery),
-            () = lossy.ready() => Outbound::Lossy(lossy.drain(MAX_BATCH)),
-        };
-        if matches!(first, Outbound::Ping) {
+        let taken = drain.take(MAX_BATCH, &mut batch);
+        let ping_due = Instant::now() >= next_ping;
+        if batch.is_empty() && !ping_due {
+            if taken == Taken::Ended {
+                break;
+            }
+            tokio::select! {
+                biased;
+                () = &mut timer => {}
+                () = drain.ready() => {
+                    // Let the producers of a burst queue the rest of it, so
+                    // that it goes out in one write rather than one per frame.
+                    tokio::task::yield_now().await;
+                }
+            }
+            continue;
+        }
+        if ping_due {
             next_ping = Instant::now() + config.ping_interval;
-        } else if !matches!(first, Outbound::Lossy(_)) {
-            // Let the producers of a burst queue the rest of it, so that it
-            // goes out in one write rather than one per frame.
-            tokio::task::yield_now().await;
         }
         timer.as_mut().reset(Instant::now() + config.write_timeout);
-        let queues = Queues { replies: &mut replies, fanout: &mut fanout, paced: &mut paced };
         let written = tokio::select! {
-            written = write_batch(&mut sink, first, queues) => written,
+            written = write_batch(&mut sink, &mut batch, ping_due) => written,
             () = &mut timer => {
                 tracing::debug!("socket write timed out");
                 break;
@@ -111,65 +90,39 @@ enum Flow {
     Closed,
 }
 
-/// The queues a batch takes more frames from, in priority order.
-struct Queues<'a> {
-    replies: &'a mut mpsc::Receiver<Outbound>,
-    fanout: &'a mut mpsc::Receiver<Utf8Bytes>,
-    paced: &'a mut mpsc::Receiver<PacedFrame>,
-}
-
-impl Queues<'_> {
-    fn next(&mut self) -> Option<Outbound> {
-        self.replies.try_recv().ok().or_else(|| {
-            let frame = self.fanout.try_recv().ok().map(Outbound::Frame);
-            frame.or_else(|| self.paced.try_recv().ok().map(Outbound::Paced))
-        })
-    }
-}
-
-async fn write_batch<S>(
-    sink: &mut S,
-    first: Outbound,
-    mut queues: Queues<'_>,
-) -> Result<Flow, S::Error>
+/// Writes `batch` (emptying it) and a ping first if one is due, then
+/// flushes once.
+async fn write_batch<S>(sink: &mut S, batch: &mut Vec<Item>, ping: bool) -> Result<Flow, S::Error>
 where
     S: Sink<Message> + Unpin,
 {
-    let mut next = Some(first);
+    if ping {
+        sink.feed(Message::Ping(Default::default())).await?;
+    }
     let mut written = 0u64;
     let mut done = Vec::new();
-    while let Some(outbound) = next.take() {
-        match outbound {
-            Outbound::Frame(text) => {
+    for item in batch.drain(..) {
+        match item {
+            Item::Frame(text) => {
                 sink.feed(Message::Text(text)).await?;
                 written += 1;
             }
-            Outbound::Paced(delivery) => {
+            Item::Paced(delivery) => {
                 sink.feed(Message::Text(delivery.frame)).await?;
                 done.extend(delivery.done);
                 written += 1;
             }
-            Outbound::Lossy(frames) => {
-                written += frames.len() as u64;
-                for frame in frames {
-                    sink.feed(Message::Text(frame)).await?;
-                }
-            }
-            Outbound::Ping => sink.feed(Message::Ping(Default::default())).await?,
-            Outbound::Finish => {
+            Item::Finish => {
                 sink.flush().await?;
                 metrics::frames_sent(written);
                 return Ok(Flow::Closed);
             }
-            Outbound::Close(code) => {
+            Item::Close(code) => {
                 let frame = CloseFrame { code: code.0, reason: code.reason().into() };
                 sink.send(Message::Close(Some(frame))).await?;
                 metrics::frames_sent(written);
                 return Ok(Flow::Closed);
             }
-        }
-        if written < MAX_BATCH as u64 {
-            next = queues.next();
         }
     }
     sink.flush().await?;
@@ -188,7 +141,8 @@ mod tests {
     use std::task::{Context, Poll};
 
     use super::*;
-    use crate::outlet::{Completion, Done, Outlet};
+    use crate::outlet::{Completion, Done, Outlet, PacedFrame};
+    use ferry_protocol::CloseCode;
 
     /// What the writer did to the sink, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,12 +219,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_goes_out_in_one_flush_replies_first() {
         let sink = Recorder::default();
-        let (replies, replies_rx) = mpsc::channel(8);
         let (outlet, drain) = Outlet::new(8, 8);
+        let replies = outlet.replies(8);
         record(&outlet, "r1");
         record(&outlet, "r2");
-        replies.send(Outbound::Frame("ack".into())).await.unwrap();
-        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        replies.send("ack".into()).await.unwrap();
+        let writer = tokio::spawn(run(sink.clone(), drain, CONFIG));
         tokio::task::yield_now().await;
         drop(replies); // the session ended: the writer stops
         writer.await.unwrap();
@@ -280,13 +234,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_group_record_is_completed_only_once_flushed() {
         let sink = Recorder::default();
-        let (replies, replies_rx) = mpsc::channel(8);
         let (outlet, drain) = Outlet::new(8, 8);
-        let (to_group, mut completions) = mpsc::unbounded_channel();
+        let replies = outlet.replies(8);
+        let (to_group, mut completions) = tokio::sync::mpsc::unbounded_channel();
         let completion = Completion { session: 1, partition: 0, offset: 7 };
         let paced = PacedFrame { frame: "g".into(), done: Some(Done::new(to_group, completion)) };
         outlet.send_paced(paced).await.unwrap();
-        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        let writer = tokio::spawn(run(sink.clone(), drain, CONFIG));
         let completed = completions.recv().await.expect("completion");
         assert_eq!(completed, completion);
         assert_eq!(sink.events(), [text("g"), Event::Flush], "flushed before the completion");
@@ -297,9 +251,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_keep_their_schedule_on_a_busy_socket() {
         let sink = Recorder::default();
-        let (replies, replies_rx) = mpsc::channel(8);
         let (outlet, drain) = Outlet::new(8, 8);
-        let writer = tokio::spawn(run(sink.clone(), replies_rx, drain, CONFIG));
+        let replies = outlet.replies(8);
+        let writer = tokio::spawn(run(sink.clone(), drain, CONFIG));
         // A record every second for 45 s: two pings are due meanwhile.
         for i in 0..45 {
             record(&outlet, &i.to_string());
@@ -314,11 +268,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_socket_ends_the_writer_after_the_write_timeout() {
         let sink = Recorder { stalled: true, ..Recorder::default() };
-        let (_replies, replies_rx) = mpsc::channel(8);
         let (outlet, drain) = Outlet::new(8, 8);
+        let _replies = outlet.replies(8);
         record(&outlet, "stuck");
         let started = Instant::now();
-        run(sink, replies_rx, drain, CONFIG).await;
+        run(sink, drain, CONFIG).await;
         let waited = started.elapsed();
         assert!(waited >= CONFIG.write_timeout, "gave up after {waited:?}");
         assert!(waited < CONFIG.write_timeout + Duration::from_secs(1), "{waited:?}");
@@ -327,11 +281,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_sends_the_code_and_ends_the_writer() {
         let sink = Recorder::default();
-        let (replies, replies_rx) = mpsc::channel(8);
-        let (_outlet, drain) = Outlet::new(8, 8);
-        replies.send(Outbound::Frame("bye".into())).await.unwrap();
-        replies.send(Outbound::Close(CloseCode::IDLE_TIMEOUT)).await.unwrap();
-        run(sink.clone(), replies_rx, drain, CONFIG).await;
+        let (outlet, drain) = Outlet::new(8, 8);
+        let replies = outlet.replies(8);
+        replies.send("bye".into()).await.unwrap();
+        replies.close(CloseCode::IDLE_TIMEOUT);
+        run(sink.clone(), drain, CONFIG).await;
         let code = CloseCode::IDLE_TIMEOUT.0;
         assert_eq!(sink.events(), [text("bye"), Event::Close(code), Event::Flush]);
     }
