@@ -159,8 +159,9 @@ impl StartFrom {
 /// One record to produce.
 #[derive(Debug)]
 pub struct Publish<'a> {
-    pub id: String,
-    pub topic: String,
+    /// Borrowed from the frame's text when it has no escapes.
+    pub id: Cow<'a, str>,
+    pub topic: Cow<'a, str>,
     pub value: Payload<'a>,
     pub key: Option<Vec<u8>>,
     pub headers: BTreeMap<String, String>,
@@ -213,8 +214,12 @@ impl RequestError {
 struct RawFrame<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
-    id: Option<String>,
-    topic: Option<String>,
+    // Borrowed from the frame's text unless escaped: a publish copies
+    // neither (see `Publish`).
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "present_raw")]
     value: Option<&'a RawValue>,
     value_b64: Option<String>,
@@ -276,7 +281,7 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl<'a> RawFrame<'a> {
-    fn validate(self) -> Result<ClientFrame<'a>, RequestError> {
+    fn validate(mut self) -> Result<ClientFrame<'a>, RequestError> {
         if self.kind == "auth" {
             return self.into_auth();
         }
@@ -322,6 +327,10 @@ impl<'a> RawFrame<'a> {
         };
         validate_topic(topic)
             .map_err(|why| RequestError::new(Some(id.to_owned()), ErrorCode::InvalidTopic, why))?;
+        if kind == "publish" {
+            let (id, topic) = (self.id.take(), self.topic.take());
+            return self.into_publish(id.unwrap_or_default(), topic.unwrap_or_default());
+        }
         let (id, topic) = (id.to_owned(), topic.to_owned());
         match kind {
             "subscribe" => {
@@ -370,8 +379,7 @@ impl<'a> RawFrame<'a> {
                     ack,
                 }))
             }
-            "unsubscribe" => Ok(ClientFrame::Unsubscribe { id, topic }),
-            _ => self.into_publish(id, topic),
+            _ => Ok(ClientFrame::Unsubscribe { id, topic }),
         }
     }
 
@@ -400,7 +408,7 @@ impl<'a> RawFrame<'a> {
     /// first thing, before it has anything to correlate.
     fn into_auth(self) -> Result<ClientFrame<'a>, RequestError> {
         let extra = self.present_fields().find(|f| *f != "token");
-        let id = match self.id {
+        let id = match self.id.map(Cow::into_owned) {
             Some(id) if !valid_id(&id) => {
                 return Err(RequestError::bad_request(
                     None,
@@ -424,7 +432,7 @@ impl<'a> RawFrame<'a> {
     /// `commit` is sent often; like `auth` its `id` is optional (no reply
     /// without one, unless it fails).
     fn into_commit(self) -> Result<ClientFrame<'a>, RequestError> {
-        let id = self.id.clone().filter(|id| valid_id(id));
+        let id = self.id.as_deref().filter(|id| valid_id(id)).map(str::to_owned);
         let bad = |why: &str| Err(RequestError::bad_request(id.as_deref(), why));
         if self.id.as_deref().is_some_and(|i| !valid_id(i)) {
             return bad("`id` must be 1 to 64 characters");
@@ -438,7 +446,7 @@ impl<'a> RawFrame<'a> {
             ));
         }
         let (Some(topic), Some(partition), Some(offset)) =
-            (self.topic, self.partition, self.offset)
+            (self.topic.map(Cow::into_owned), self.partition, self.offset)
         else {
             return bad("a commit needs `topic`, `partition` and `offset`");
         };
@@ -450,7 +458,11 @@ impl<'a> RawFrame<'a> {
         Ok(ClientFrame::Commit { id, topic, partition, offset })
     }
 
-    fn into_publish(self, id: String, topic: String) -> Result<ClientFrame<'a>, RequestError> {
+    fn into_publish(
+        self,
+        id: Cow<'a, str>,
+        topic: Cow<'a, str>,
+    ) -> Result<ClientFrame<'a>, RequestError> {
         let bad = |msg: &str| Err(RequestError::bad_request(Some(&id), msg));
         let value = match (self.value, self.value_b64) {
             (Some(raw), None) => Payload::Json(raw),

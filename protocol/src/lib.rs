@@ -23,7 +23,7 @@ pub use client::{
     Subscribe,
 };
 pub use codes::{CloseCode, ErrorCode, UpgradeRefusal};
-pub use server::{Limits, MessageFrame, ServerFrame};
+pub use server::{AckFrame, Limits, MessageFrame, ServerFrame};
 
 /// The protocol version carried in `welcome.protocol`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -186,7 +186,7 @@ async fn handle(
                 continue;
             }
         };
-        let checked = match partitions.get(publish.topic.as_str()) {
+        let checked = match partitions.get(&*publish.topic) {
             Some(Err(e)) => Err(e.clone()),
             Some(Ok(n)) => match publish.partition.filter(|p| p >= n) {
                 Some(p) => Err(GatewayError::BadRequest(format!(
@@ -207,7 +207,7 @@ async fn handle(
         });
         let delivery =
             validated.and_then(|()| deliver(state, publishes, &principal.subject, &publish));
-        let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        let (id, topic) = (publish.id.to_string(), publish.topic.to_string());
         outcomes.push(
             async move {
                 match delivery {
@@ -243,7 +243,7 @@ fn deliver(
     subject: &str,
     publish: &Publish<'_>,
 ) -> Result<Delivery, GatewayError> {
-    let key = (subject.to_owned(), publish.id.clone());
+    let key = (subject.to_owned(), publish.id.to_string());
     let mut inflight = publishes.inflight.lock().expect("inflight lock");
     if let Some(delivery) = inflight.get(&key) {
         return Ok(delivery.clone());
@@ -267,7 +267,7 @@ async fn look_up_topics<E>(
     decoded: &[Result<Publish<'_>, E>],
 ) -> BTreeMap<String, Result<i32, GatewayError>> {
     let mut topics: Vec<String> =
-        decoded.iter().flatten().map(|p| p.topic.clone()).collect::<Vec<_>>();
+        decoded.iter().flatten().map(|p| p.topic.to_string()).collect::<Vec<_>>();
     topics.sort();
     topics.dedup();
     let timeout = state.config.limits.request_timeout();
@@ -431,7 +431,7 @@ mod tests {
     fn records_decode_like_publish_frames() {
         let f = frame(r#"{"topic":"t","id":"a","value":{"x": 1},"key":"k"}"#);
         let p = f.decode().unwrap();
-        assert_eq!((p.id.as_str(), p.topic.as_str()), ("a", "t"));
+        assert_eq!((&*p.id, &*p.topic), ("a", "t"));
         assert_eq!(p.value.as_bytes(), br#"{"x": 1}"#, "value bytes kept as sent");
         assert_eq!(p.key.as_deref(), Some(&b"k"[..]));
 

@@ -57,7 +57,7 @@ const REPLY_SLACK: usize = 64;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// An in-flight publish: resolves to its request id and reply.
-type PendingReply = Pin<Box<dyn Future<Output = (String, ServerFrame)> + Send>>;
+type PendingReply = Pin<Box<dyn Future<Output = (String, Utf8Bytes)> + Send>>;
 
 /// A subscribe waiting on Kafka.
 type PendingSubscribe = Pin<Box<dyn Future<Output = SubscribeDone> + Send>>;
@@ -237,7 +237,7 @@ impl Session {
                 () = &mut shutdown => return End::Shutdown,
                 Some((id, reply)) = self.inflight.next(), if !self.inflight.is_empty() => {
                     self.inflight_ids.remove(&id);
-                    if let Err(end) = self.send(reply).await {
+                    if let Err(end) = self.send_text(reply).await {
                         return end;
                     }
                 }
@@ -345,7 +345,10 @@ impl Session {
     }
 
     async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
-        let text = Utf8Bytes::from(frame.encode());
+        self.send_text(Utf8Bytes::from(frame.encode())).await
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
         self.replies.send(text).await.map_err(|_| End::WriterGone)
     }
 
@@ -438,7 +441,7 @@ impl Session {
                 }
             };
             let Some((_, reply)) = next else { break };
-            if self.send(reply).await.is_err() {
+            if self.send_text(reply).await.is_err() {
                 return;
             }
         }

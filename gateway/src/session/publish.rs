@@ -2,7 +2,8 @@
 //! in-flight bound; then the producer, at once for a known topic, or after
 //! the topic's look-up (publishes to one topic keep their order).
 
-use ferry_protocol::{CloseCode, Payload, Publish, ServerFrame};
+use axum::extract::ws::Utf8Bytes;
+use ferry_protocol::{AckFrame, CloseCode, Payload, Publish};
 
 use super::{End, Session};
 use crate::acl::Action;
@@ -32,9 +33,9 @@ impl Session {
         if !self.allowed(Action::Publish, &publish.topic) {
             let e =
                 GatewayError::Forbidden(format!("not allowed to publish to {:?}", publish.topic));
-            return Err((publish.id, e));
+            return Err((publish.id.into_owned(), e));
         }
-        if self.inflight_ids.contains(&publish.id) {
+        if self.inflight_ids.contains(&*publish.id) {
             // A retry of a publish still awaiting Kafka: not produced twice;
             // the original's reply answers this id.
             return Ok(());
@@ -44,24 +45,25 @@ impl Session {
             let e = GatewayError::Limit(format!(
                 "{max} publishes are already awaiting Kafka on this connection"
             ));
-            return Err((publish.id, e));
+            return Err((publish.id.into_owned(), e));
         }
         // Validated once, here, before it can wait for its topic's look-up.
         if let Err(e) = self.state.schemas.validate(&publish.topic, &publish.value) {
-            return Err((publish.id, e));
+            return Err((publish.id.into_owned(), e));
         }
         // Known topic, nothing queued before it: produce now. Otherwise the
         // publish waits for the topic's look-up, behind earlier ones.
         let known = self.state.topics.cached(&publish.topic);
         let fits = |n: i32| publish.partition.is_none_or(|p| p < n);
-        if !self.waiting.contains_key(&publish.topic) && known.is_some_and(fits) {
-            return self.produce(&publish).map_err(|e| (publish.id, e));
+        if !self.waiting.contains_key(&*publish.topic) && known.is_some_and(fits) {
+            return self.produce(&publish).map_err(|e| (publish.id.into_owned(), e));
         }
         if !self.state.health.is_ready() {
-            return Err((publish.id, GatewayError::Unavailable("Kafka is unreachable".into())));
+            let e = GatewayError::Unavailable("Kafka is unreachable".into());
+            return Err((publish.id.into_owned(), e));
         }
-        self.inflight_ids.insert(publish.id.clone());
-        let topic = publish.topic.clone();
+        self.inflight_ids.insert(publish.id.to_string());
+        let topic = publish.topic.to_string();
         let queue = self.waiting.entry(topic.clone()).or_default();
         queue.push_back(owned(publish));
         if queue.len() == 1 {
@@ -93,13 +95,13 @@ impl Session {
                         "topic {topic:?} has {n} partitions; partition {p} does not exist"
                     ))),
                     None => {
-                        self.inflight_ids.remove(&publish.id);
+                        self.inflight_ids.remove(&*publish.id);
                         self.produce(&publish)
                     }
                 },
             };
             if let Err(e) = outcome {
-                self.inflight_ids.remove(&publish.id);
+                self.inflight_ids.remove(&*publish.id);
                 metrics::publish_failed(e.code().as_str());
                 self.send(e.to_frame(Some(&publish.id))).await?;
             }
@@ -108,10 +110,11 @@ impl Session {
     }
 
     /// Hands a checked publish to the producer; its delivery joins
-    /// `inflight`.
+    /// `inflight`, answered with the ack written as soon as Kafka stored it.
     pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
         let delivery = self.state.publisher.send(publish)?;
-        let (id, topic) = (publish.id.clone(), publish.topic.clone());
+        let id = publish.id.to_string();
+        let ack = AckFrame::new(&id, &publish.topic);
         self.inflight_ids.insert(id.clone());
         let give_up = self.give_up.clone();
         self.inflight.push(Box::pin(async move {
@@ -120,18 +123,13 @@ impl Session {
                 _ = give_up.cancelled() => Err(GatewayError::Timeout),
             };
             let reply = match outcome {
-                Ok(stored) => ServerFrame::Ack {
-                    id: id.clone(),
-                    topic,
-                    partition: stored.partition,
-                    offset: stored.offset,
-                },
+                Ok(stored) => ack.finish(stored.partition, stored.offset),
                 Err(e) => {
                     metrics::publish_failed(e.code().as_str());
-                    e.to_frame(Some(&id))
+                    e.to_frame(Some(&id)).encode()
                 }
             };
-            (id, reply)
+            (id, Utf8Bytes::from(reply))
         }));
         Ok(())
     }
@@ -145,8 +143,8 @@ fn owned(publish: Publish<'_>) -> Publish<'static> {
         Payload::Bytes(bytes) => Payload::Bytes(bytes),
     };
     Publish {
-        id: publish.id,
-        topic: publish.topic,
+        id: publish.id.into_owned().into(),
+        topic: publish.topic.into_owned().into(),
         value,
         key: publish.key,
         headers: publish.headers,
