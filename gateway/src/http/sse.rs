@@ -458,7 +458,7 @@ impl Stream {
                     () = self.drain.ready() => continue,
                 }
             }
-            for item in std::mem::take(&mut taken) {
+            for item in taken.drain(..) {
                 // A stream has records only: no replies, no lossy policy.
                 if let Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. }) = item {
                     pending.push_back((self.message(frame.as_str()), true));
