@@ -368,7 +368,7 @@ mod tests {
     fn principal(sub: &str, claims: Value) -> Principal {
         Principal {
             subject: sub.into(),
-            claims: claims.as_object().cloned().unwrap_or_default(),
+            claims: claims.as_object().cloned().unwrap_or_default().into(),
             expires_at: None,
         }
     }

@@ -7,7 +7,9 @@
 //! takes plain characters only; a filter string takes any text), so this
 //! module only parses and looks values up.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::auth::Claims;
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +24,7 @@ pub enum Part {
 impl Part {
     /// The text a placeholder stands for (literal text as is); `None` when
     /// the claim is missing or neither a string nor a number.
-    pub fn value(&self, subject: &str, claims: &Map<String, Value>) -> Option<String> {
+    pub fn value(&self, subject: &str, claims: &Claims) -> Option<String> {
         match self {
             Self::Text(text) => Some(text.clone()),
             Self::Subject => Some(subject.to_owned()),
@@ -123,8 +125,8 @@ mod tests {
     #[test]
     fn values_come_from_subject_and_string_or_number_claims() {
         let claims = json!({"tenant": "acme", "level": 3, "admin": true});
-        let claims = claims.as_object().unwrap();
-        let value = |p: &str| parse(p).unwrap()[0].value("dev-1", claims);
+        let claims = Claims::from(claims.as_object().unwrap().clone());
+        let value = |p: &str| parse(p).unwrap()[0].value("dev-1", &claims);
         assert_eq!(value("{sub}").as_deref(), Some("dev-1"));
         assert_eq!(value("{claims.tenant}").as_deref(), Some("acme"));
         assert_eq!(value("{claims.level}").as_deref(), Some("3"));

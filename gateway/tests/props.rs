@@ -164,7 +164,7 @@ fn scalar_eq(a: &Value, b: &Value) -> bool {
 }
 
 fn principal(subject: &str, claims: Map<String, Value>) -> Principal {
-    Principal { subject: subject.to_owned(), claims, expires_at: None }
+    Principal { subject: subject.to_owned(), claims: claims.into(), expires_at: None }
 }
 
 fn plain_segment(text: &str) -> bool {
@@ -209,7 +209,7 @@ proptest! {
         let mut claims = Map::new();
         claims.insert("tenant".into(), claim);
         let checked = Filter::check_template(&template);
-        let built = Filter::from_template(&template, &subject, &claims);
+        let built = Filter::from_template(&template, &subject, &claims.into());
         // Errors depend only on the template.
         prop_assert_eq!(checked.is_ok(), built.is_ok());
     }
@@ -288,7 +288,7 @@ proptest! {
         let template = json!({"key": {"prefix": "{claims.tenant}."}});
         let mut claims = Map::new();
         claims.insert("tenant".into(), claim.clone());
-        let f = Filter::from_template(&template, "someone", &claims).unwrap();
+        let f = Filter::from_template(&template, "someone", &claims.into()).unwrap();
         if matches(&f, &rec) {
             let text = match &claim {
                 Value::String(s) => s.clone(),

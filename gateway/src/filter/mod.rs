@@ -75,6 +75,8 @@ use std::cmp::Ordering;
 
 use serde_json::{Map, Number, Value};
 
+use crate::auth::Claims;
+
 mod eval;
 mod parse;
 mod record;
@@ -196,7 +198,7 @@ impl Filter {
     pub fn from_template(
         template: &Value,
         subject: &str,
-        claims: &Map<String, Value>,
+        claims: &Claims,
     ) -> Result<Filter, FilterError> {
         Parser { template: Some((subject, claims)), unusable: false }.run(template)
     }
@@ -204,7 +206,7 @@ impl Filter {
     /// Checks a filter template (e.g. when the ACL policy is loaded) without a
     /// principal; succeeds exactly when [`Filter::from_template`] would.
     pub fn check_template(template: &Value) -> Result<(), FilterError> {
-        Self::from_template(template, "", &Map::new()).map(drop)
+        Self::from_template(template, "", &Claims::default()).map(drop)
     }
 
     /// A filter that matches no record.

@@ -28,7 +28,7 @@ fn larger_than(value: &Value, limit: usize) -> bool {
 
 pub(super) struct Parser<'a> {
     /// Subject and claims when parsing an ACL template.
-    pub(super) template: Option<(&'a str, &'a Map<String, Value>)>,
+    pub(super) template: Option<(&'a str, &'a Claims)>,
     /// A placeholder had no usable value: the result is `nothing`.
     pub(super) unusable: bool,
 }

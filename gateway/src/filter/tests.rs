@@ -31,8 +31,8 @@ fn canonical(value: Value) -> String {
     filter(value).canonical()
 }
 
-fn claims(value: Value) -> Map<String, Value> {
-    value.as_object().cloned().expect("object")
+fn claims(value: Value) -> Claims {
+    value.as_object().cloned().expect("object").into()
 }
 
 // ---- matching ----
@@ -736,7 +736,7 @@ fn template_substitutes_subject_and_claims() {
 #[test]
 fn template_without_placeholders_is_a_plain_filter() {
     let template = json!({"value": {"path": "kind", "eq": 1}});
-    let f = Filter::from_template(&template, "alice", &Map::new()).expect("template");
+    let f = Filter::from_template(&template, "alice", &Claims::default()).expect("template");
     assert_eq!(f, filter(template));
 }
 
@@ -778,11 +778,11 @@ fn template_unusable_claim_yields_nothing() {
         assert!(!key_matches(&f, Some(".1")), "never the wider prefix \".\"");
     }
     let sub = json!({"key": {"eq": "{sub}"}});
-    assert_eq!(Filter::from_template(&sub, "", &Map::new()), Ok(Filter::nothing()));
+    assert_eq!(Filter::from_template(&sub, "", &Claims::default()), Ok(Filter::nothing()));
     // One unusable placeholder among others still gives nothing.
     let mixed =
         json!({"all": [{"key": {"eq": "{sub}"}}, {"header": {"name": "t", "eq": "{claims.t}"}}]});
-    assert_eq!(Filter::from_template(&mixed, "bob", &Map::new()), Ok(Filter::nothing()));
+    assert_eq!(Filter::from_template(&mixed, "bob", &Claims::default()), Ok(Filter::nothing()));
 }
 
 #[test]
@@ -814,7 +814,7 @@ fn template_errors() {
     ];
     for (template, expected) in cases {
         // Errors do not depend on the principal: found with or without claims.
-        for claims in [Map::new(), claims(json!({"tenant": "acme"}))] {
+        for claims in [Claims::default(), claims(json!({"tenant": "acme"}))] {
             let message = Filter::from_template(&template, "bob", &claims).expect_err("error").0;
             assert!(message.contains(expected), "{template}: {message:?} lacks {expected:?}");
         }

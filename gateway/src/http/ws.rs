@@ -20,7 +20,7 @@ use crate::{metrics, session};
 
 /// Read buffer per socket; it grows only for frames that need more. Small,
 /// since client frames are small and idle sockets are many.
-const READ_BUFFER: usize = 2 * 1024;
+const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write reaches the socket (flushes write sooner).
 const WRITE_BUFFER: usize = 16 * 1024;
 /// A socket whose unsent bytes pass this is failed rather than buffered.
@@ -93,7 +93,11 @@ pub(super) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            sessions.track_future(session::run(socket, state, permit, authenticated))
+            let session = session::run(socket, state, permit, authenticated);
+            // A task of its own rather than the upgrade's, which also holds
+            // the handshake's state for as long as it runs.
+            tokio::spawn(sessions.track_future(session));
+            std::future::ready(())
         })
 }
 

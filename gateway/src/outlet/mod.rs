@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{CloseCode, Overflow};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use lossy::Lossy;
@@ -96,22 +96,20 @@ pub struct Completion {
 
 /// Reports one group record processed when fired. The channel is
 /// unbounded but holds at most one message per record in flight, which the
-/// paced room bounds.
+/// paced room bounds. Boxed, so that the queue's items stay small.
 #[derive(Debug)]
-pub struct Done {
-    to: tokio::sync::mpsc::UnboundedSender<Completion>,
-    completion: Completion,
-}
+pub struct Done(Box<(tokio::sync::mpsc::UnboundedSender<Completion>, Completion)>);
 
 impl Done {
     pub fn new(to: tokio::sync::mpsc::UnboundedSender<Completion>, completion: Completion) -> Self {
-        Self { to, completion }
+        Self(Box::new((to, completion)))
     }
 
     pub fn complete(self) {
+        let (to, completion) = *self.0;
         // The group is gone: its next owner starts from the committed
         // offset and delivers the record again (at least once).
-        let _ = self.to.send(self.completion);
+        let _ = to.send(completion);
     }
 }
 
@@ -262,6 +260,15 @@ impl Outlet {
     }
 }
 
+/// Why [`Replies::try_send`] did not queue a reply.
+#[derive(Debug)]
+pub enum TrySendError {
+    /// The replies are at their bound: the frame, to send with a wait.
+    Full(Utf8Bytes),
+    /// The writer is gone.
+    Gone,
+}
+
 /// The writer is gone: nothing more can be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterGone;
@@ -274,6 +281,17 @@ impl Replies {
             Err(_closed) => return Err(WriterGone),
         }
         self.push(Item::Frame(frame))
+    }
+
+    /// Queues a reply if there is room now; gives it back when there is not
+    /// (then [`Replies::send`] waits for room).
+    pub fn try_send(&self, frame: Utf8Bytes) -> Result<(), TrySendError> {
+        match self.shared.reply_room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Err(TrySendError::Full(frame)),
+            Err(TryAcquireError::Closed) => return Err(TrySendError::Gone),
+        }
+        self.push(Item::Frame(frame)).map_err(|WriterGone| TrySendError::Gone)
     }
 
     /// Queues the close frame (best effort, past the bound): the writer
@@ -455,6 +473,24 @@ mod tests {
         drain.take(3, &mut out);
         assert_eq!(frames(&out), ["3", "4"]);
         assert!(live(&outlet, "5") && live(&outlet, "6") && live(&outlet, "7"));
+    }
+
+    #[tokio::test]
+    async fn try_send_queues_while_there_is_room_and_gives_the_frame_back_when_full() {
+        let (outlet, mut drain) = Outlet::new(2, 2);
+        let replies = outlet.replies(1);
+        assert!(replies.try_send("a".into()).is_ok());
+        match replies.try_send("b".into()) {
+            Err(TrySendError::Full(frame)) => assert_eq!(frame.as_str(), "b"),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        let mut out = Vec::new();
+        drain.take(64, &mut out);
+        assert!(replies.try_send("b".into()).is_ok(), "the take gave the room back");
+        drain.take(64, &mut out);
+        assert_eq!(frames(&out), ["a", "b"]);
+        drop(drain);
+        assert!(matches!(replies.try_send("c".into()), Err(TrySendError::Gone)));
     }
 
     #[tokio::test]

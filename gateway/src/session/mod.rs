@@ -25,7 +25,7 @@ mod publish;
 mod subscribe;
 pub mod writer;
 
-use subscribe::{Opening, SubscribeDone, Subscription};
+use subscribe::{Opening, SubscribeDone, Subscriptions};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
@@ -36,7 +36,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Publish, ServerFrame};
 use futures::stream::{FuturesUnordered, SplitStream};
-use futures::{Future, StreamExt};
+use futures::{Future, FutureExt, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,7 @@ use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
-use crate::outlet::{Outlet, Replies};
+use crate::outlet::{Outlet, Replies, TrySendError};
 use limits::{SubjectGuard, TokenBucket};
 use writer::WriterConfig;
 
@@ -64,6 +64,23 @@ type PendingSubscribe = Pin<Box<dyn Future<Output = SubscribeDone> + Send>>;
 
 /// The look-up of a topic that publishes to it wait for.
 type PendingLookup = Pin<Box<dyn Future<Output = (String, Result<i32, GatewayError>)> + Send>>;
+
+/// What is left to do for a client frame once it was handled.
+enum Step {
+    Done,
+    /// The encoded reply.
+    Reply(Utf8Bytes),
+    Authenticate {
+        id: Option<String>,
+        token: String,
+    },
+}
+
+impl Step {
+    fn reply(frame: ServerFrame) -> Self {
+        Self::Reply(Utf8Bytes::from(frame.encode()))
+    }
+}
 
 /// Why the read loop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,12 +139,16 @@ pub struct Authenticated {
 
 /// Serves one upgraded WebSocket until it closes. Without `authenticated`
 /// the socket must send an `auth` frame within the auth timeout.
-pub async fn run(
+///
+/// Sets the session up at once (and spawns its writer); the future it
+/// returns holds only what the session needs while it runs, since an idle
+/// socket's memory is mostly its task.
+pub fn run(
     socket: WebSocket,
     state: Arc<AppState>,
     permit: OwnedSemaphorePermit,
     authenticated: Option<Authenticated>,
-) {
+) -> impl Future<Output = ()> + Send {
     metrics::connection_opened();
     let limits = &state.config.limits;
     let (sink, stream) = socket.split();
@@ -140,10 +161,10 @@ pub async fn run(
     // session then ends too, rather than keep a socket nobody writes to.
     let writer_gone = CancellationToken::new();
     let writer_done = writer_gone.clone().drop_guard();
-    let writer = tokio::spawn(async move {
-        writer::run(sink, drain, writer_config).await;
-        drop(writer_done);
-    });
+    // The writer's task is its future alone (the guard rides in the map),
+    // so that an idle socket's writer takes no more room than it needs.
+    let writer = writer::run(sink, drain, writer_config).map(move |()| drop(writer_done));
+    let writer = tokio::spawn(writer);
 
     let (principal, subject_guard) = match authenticated {
         Some(a) => (Some(a.principal), a.guard),
@@ -160,7 +181,7 @@ pub async fn run(
         outlet,
         writer_gone,
         give_up: CancellationToken::new(),
-        subscriptions: HashMap::new(),
+        subscriptions: Subscriptions::default(),
         openings: HashMap::new(),
         subscribing: FuturesUnordered::new(),
         inflight: FuturesUnordered::new(),
@@ -168,12 +189,16 @@ pub async fn run(
         waiting: HashMap::new(),
         lookups: FuturesUnordered::new(),
     };
-    let mut stream = stream;
-    let end = session.serve(&mut stream).await;
-    tracing::debug!(session = session.id, end = end.label(), "session ended");
-    session.finish(end, writer, stream).await;
-    metrics::connection_closed(end.label());
-    drop(permit);
+    async move {
+        let mut stream = stream;
+        let end = session.serve(&mut stream).await;
+        tracing::debug!(session = session.id, end = end.label(), "session ended");
+        // Boxed, like every rare step: only what an idle socket waits in
+        // stays in its task.
+        Box::pin(session.finish(end, writer, stream)).await;
+        metrics::connection_closed(end.label());
+        drop(permit);
+    }
 }
 
 struct Session {
@@ -195,7 +220,7 @@ struct Session {
     /// then answered with `timeout`.
     give_up: CancellationToken,
     /// Topic → the subscription.
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: Subscriptions,
     /// Topic → the subscribe waiting on Kafka for it.
     openings: HashMap<String, Opening>,
     subscribing: FuturesUnordered<PendingSubscribe>,
@@ -210,7 +235,7 @@ struct Session {
 impl Session {
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
         if self.principal.is_some() {
-            if let Err(end) = self.welcome().await {
+            if let Err(end) = Box::pin(self.welcome()).await {
                 return end;
             }
         }
@@ -242,12 +267,12 @@ impl Session {
                     }
                 }
                 Some(done) = self.subscribing.next(), if !self.subscribing.is_empty() => {
-                    if let Err(end) = self.subscribe_done(done).await {
+                    if let Err(end) = Box::pin(self.subscribe_done(done)).await {
                         return end;
                     }
                 }
                 Some((topic, found)) = self.lookups.next(), if !self.lookups.is_empty() => {
-                    if let Err(end) = self.lookup_done(&topic, found).await {
+                    if let Err(end) = Box::pin(self.lookup_done(&topic, found)).await {
                         return end;
                     }
                 }
@@ -264,7 +289,10 @@ impl Session {
                     let result = match incoming {
                         None => Err(End::ClientGone),
                         Some(Err(e)) => Err(End::from_read_error(e)),
-                        Some(Ok(Message::Text(text))) => self.handle_text(&text).await,
+                        Some(Ok(Message::Text(text))) => match self.handle_text(&text) {
+                            Ok(step) => self.finish_step(step).await,
+                            Err(end) => Err(end),
+                        },
                         Some(Ok(Message::Binary(_))) => {
                             Err(End::Close(CloseCode::UNSUPPORTED_DATA))
                         }
@@ -285,18 +313,21 @@ impl Session {
         }
     }
 
-    async fn handle_text(&mut self, text: &str) -> Result<(), End> {
+    /// Decodes and carries out one client frame. Synchronous, so that the
+    /// read loop's task stays small: what must wait (the reply's room, a
+    /// token check) is returned for the loop to do.
+    fn handle_text(&mut self, text: &str) -> Result<Step, End> {
         metrics::frame_received();
         let frame = match decode_client_frame(text) {
             Ok(frame) => frame,
-            Err(err) => return self.send(request_error_frame(err)).await,
+            Err(err) => return Ok(Step::reply(request_error_frame(err))),
         };
         if let ClientFrame::Auth { id, token } = frame {
-            return self.authenticate(id, &token).await;
+            return Ok(Step::Authenticate { id, token });
         }
         if self.principal.is_none() {
             let err = GatewayError::Unauthorized("authenticate first: send an auth frame".into());
-            return self.send(err.to_frame(Some(frame.id()))).await;
+            return Ok(Step::reply(err.to_frame(Some(frame.id()))));
         }
         let reply = match frame {
             ClientFrame::Publish(publish) => {
@@ -305,7 +336,7 @@ impl Session {
                     e.to_frame(Some(&publish.id))
                 } else {
                     match self.publish(publish) {
-                        Ok(()) => return Ok(()),
+                        Ok(()) => return Ok(Step::Done),
                         Err((id, e)) => {
                             metrics::publish_failed(e.code().as_str());
                             e.to_frame(Some(&id))
@@ -314,7 +345,7 @@ impl Session {
                 }
             }
             ClientFrame::Subscribe(request) => match self.subscribe(&request) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Step::Done),
                 Err(e) => e.to_frame(Some(&request.id)),
             },
             ClientFrame::Unsubscribe { id, topic } => {
@@ -334,22 +365,44 @@ impl Session {
                     }
                 };
                 match (result, id) {
-                    (Ok(()), None) => return Ok(()),
+                    (Ok(()), None) => return Ok(Step::Done),
                     (Ok(()), Some(id)) => ServerFrame::Committed { id, topic, partition, offset },
                     (Err(e), id) => e.to_frame(id.as_deref()),
                 }
             }
             ClientFrame::Auth { .. } => unreachable!("handled above"),
         };
-        self.send(reply).await
+        Ok(Step::reply(reply))
     }
 
-    async fn send(&mut self, frame: ServerFrame) -> Result<(), End> {
-        self.send_text(Utf8Bytes::from(frame.encode())).await
+    /// Does what [`Session::handle_text`] left to do.
+    async fn finish_step(&mut self, step: Step) -> Result<(), End> {
+        match step {
+            Step::Done => Ok(()),
+            Step::Reply(text) => self.send_text(text).await,
+            // Boxed: a rare, large future (the token check) that would
+            // otherwise take room in every idle socket's task.
+            Step::Authenticate { id, token } => Box::pin(self.authenticate(id, &token)).await,
+        }
     }
 
+    /// Queues a reply (see [`Session::send_text`]). Not an `async fn`: the
+    /// frame is encoded before the wait, so the future does not hold it.
+    fn send(&mut self, frame: ServerFrame) -> impl Future<Output = Result<(), End>> + '_ {
+        self.send_text(Utf8Bytes::from(frame.encode()))
+    }
+
+    /// Queues a reply, waiting for room while the client does not read its
+    /// answers. The wait is rare and boxed, so that the futures that send
+    /// (and the read loop holding them) stay small.
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), End> {
-        self.replies.send(text).await.map_err(|_| End::WriterGone)
+        match self.replies.try_send(text) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(text)) => {
+                Box::pin(self.replies.send(text)).await.map_err(|_| End::WriterGone)
+            }
+            Err(TrySendError::Gone) => Err(End::WriterGone),
+        }
     }
 
     /// Leaves every topic, answers what must be answered, closes the socket.
@@ -359,7 +412,7 @@ impl Session {
         writer: tokio::task::JoinHandle<()>,
         mut stream: SplitStream<WebSocket>,
     ) {
-        let topics: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let topics = self.subscriptions.topics();
         for topic in topics {
             self.unsubscribe(&topic);
         }

@@ -4,6 +4,7 @@
 //! loop. Whatever it comes to, it is answered once, and undone if the
 //! client unsubscribed meanwhile or the session ended.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,46 @@ pub(super) struct Subscription {
     /// The canonical ACL-imposed filter it was granted with; a token refresh
     /// that changes it ends the subscription.
     pub(super) imposed: Option<String>,
+}
+
+/// The socket's subscriptions, by topic. A short list rather than a map:
+/// a socket has a few (at most `limits.max_subscriptions`), and an idle
+/// socket's memory counts; a map allocates room for several at the first.
+#[derive(Debug, Default)]
+pub(super) struct Subscriptions(Vec<(String, Subscription)>);
+
+impl Subscriptions {
+    pub(super) fn get(&self, topic: &str) -> Option<&Subscription> {
+        self.0.iter().find(|(t, _)| t == topic).map(|(_, sub)| sub)
+    }
+
+    pub(super) fn contains(&self, topic: &str) -> bool {
+        self.get(topic).is_some()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Adds a subscription to a topic the socket has none for.
+    pub(super) fn insert(&mut self, topic: String, subscription: Subscription) {
+        debug_assert!(!self.contains(&topic));
+        self.0.reserve_exact(1);
+        self.0.push((topic, subscription));
+    }
+
+    pub(super) fn remove(&mut self, topic: &str) -> Option<Subscription> {
+        let at = self.0.iter().position(|(t, _)| t == topic)?;
+        Some(self.0.swap_remove(at).1)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &(String, Subscription)> {
+        self.0.iter()
+    }
+
+    pub(super) fn topics(&self) -> Vec<String> {
+        self.0.iter().map(|(topic, _)| topic.clone()).collect()
+    }
 }
 
 /// A subscribe still waiting on Kafka.
@@ -70,7 +111,7 @@ impl Session {
             (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
             (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
         };
-        if self.subscriptions.contains_key(topic) {
+        if self.subscriptions.contains(topic) {
             return Err(GatewayError::BadRequest(format!(
                 "already subscribed to {topic:?}; unsubscribe first to start elsewhere"
             )));
@@ -125,6 +166,11 @@ impl Session {
         let Some(opening) = self.openings.remove(&topic) else {
             return Ok(()); // the session is finishing
         };
+        if self.openings.is_empty() {
+            // Most sockets subscribe once and then sit idle: give the room
+            // back rather than keep it for the next subscribe.
+            self.openings = HashMap::new();
+        }
         // An error was undone where it happened; a subscription the client
         // gave up on meanwhile is undone by dropping it here.
         let opened = match (result, opening.cancelled) {
