@@ -233,6 +233,13 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// Starts the gateway's shutdown, as SIGTERM does.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         self.shutdown.cancel();

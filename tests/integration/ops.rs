@@ -75,6 +75,47 @@ async fn undeliverable_publish_is_answered_timeout_within_the_message_timeout() 
     assert!(started.elapsed() < Duration::from_secs(10), "within the message timeout");
 }
 
+/// Shutdown: a publish Kafka has not answered when the shutdown grace runs
+/// out is answered `timeout` (outcome unknown), then the socket closes with
+/// 1001. On the embedded Kafka in both CI passes (`spawn_gateway_config`
+/// ignores `FERRY_TEST_KAFKA`): only it can be told to fail produce requests.
+#[ferry_test]
+async fn publishes_kafka_has_not_answered_when_the_shutdown_grace_ends_get_timeout() {
+    let mut config = test_config();
+    // Far beyond the frame wait: only the grace can answer in time.
+    config.kafka.message_timeout_ms = 120_000;
+    config.shutdown_grace_ms = 500;
+    let gw = spawn_gateway_config(config).await;
+    let kafka = gw.embedded.clone().expect("an embedded Kafka");
+    let topic = unique_topic("grace");
+    let mut client = gw.client().await;
+    client.acked(&topic, json!("warm-up")).await;
+    kafka.fail_produce_requests(100_000);
+    const N: usize = 3;
+    for i in 0..N {
+        client.send(json!({"type":"publish","id":format!("g{i}"),"topic":topic,"value":i})).await;
+    }
+    // Answered in order: the gateway has read the publishes.
+    assert_eq!(client.request(json!({"type":"ping"})).await["type"], "pong");
+
+    gw.begin_shutdown();
+    let mut answers = std::collections::BTreeMap::new();
+    let close = loop {
+        match client.next_frame_or_close().await {
+            Ok(frame) => {
+                let id = frame["id"].as_str().expect("a publish's answer").to_owned();
+                assert!(answers.insert(id, frame).is_none(), "one answer per publish");
+            }
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(answers.len(), N, "{answers:?}");
+    for frame in answers.values() {
+        assert_eq!((&frame["type"], &frame["code"]), (&json!("error"), &json!("timeout")));
+    }
+    assert_eq!(close, Some(1001));
+}
+
 #[ferry_test]
 async fn a_silent_client_is_closed_after_the_idle_timeout() {
     let gw = spawn_gateway_with(|c| {

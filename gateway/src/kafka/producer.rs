@@ -7,12 +7,14 @@
 //! when Kafka has stored the record or `message.timeout.ms` has passed.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use ferry_protocol::Publish;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::error::GatewayError;
 use crate::kafka::context::KafkaContext;
@@ -47,13 +49,9 @@ impl Publisher {
         Self { producer, health }
     }
 
-    /// Enqueues `publish` for Kafka. The returned future resolves to where
-    /// the record was stored, or why it was not.
-    pub fn send(
-        &self,
-        publish: &Publish<'_>,
-    ) -> Result<impl Future<Output = Result<Stored, GatewayError>> + Send + 'static, GatewayError>
-    {
+    /// Enqueues `publish` for Kafka. The returned [`Delivery`] resolves to
+    /// where the record was stored, or why it was not.
+    pub fn send(&self, publish: &Publish<'_>) -> Result<Delivery, GatewayError> {
         if !self.health.is_ready() {
             return Err(GatewayError::Unavailable("Kafka is unreachable".into()));
         }
@@ -76,16 +74,37 @@ impl Publisher {
             .insert(Header { key: FERRY_ID_HEADER, value: Some(publish.id.as_bytes()) });
         record = record.headers(headers);
         let started = Instant::now();
-        let delivery = self.producer.send_result(record).map_err(|(err, _)| classify(&err))?;
-        Ok(async move {
-            match delivery.await {
-                Ok(Ok(d)) => {
-                    crate::metrics::publish_acked(started.elapsed());
-                    Ok(Stored { partition: d.partition, offset: d.offset })
-                }
-                Ok(Err((err, _))) => Err(classify(&err)),
-                Err(_canceled) => Err(GatewayError::Internal("producer went away".into())),
+        let report = self.producer.send_result(record).map_err(|(err, _)| classify(&err))?;
+        Ok(Delivery { report, started })
+    }
+}
+
+/// One record's way into Kafka: resolves to where it was stored, or why it
+/// was not. A named type, so that a session keeps its publishes in flight
+/// without boxing each one.
+pub struct Delivery {
+    report: DeliveryFuture,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("started", &self.started).finish_non_exhaustive()
+    }
+}
+
+impl Future for Delivery {
+    type Output = Result<Stored, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = self.started;
+        Pin::new(&mut self.report).poll(cx).map(|report| match report {
+            Ok(Ok(d)) => {
+                crate::metrics::publish_acked(started.elapsed());
+                Ok(Stored { partition: d.partition, offset: d.offset })
             }
+            Ok(Err((err, _))) => Err(classify(&err)),
+            Err(_canceled) => Err(GatewayError::Internal("producer went away".into())),
         })
     }
 }

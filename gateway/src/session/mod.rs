@@ -25,6 +25,7 @@ mod publish;
 mod subscribe;
 pub mod writer;
 
+use publish::InFlight;
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -55,9 +56,6 @@ const REPLY_SLACK: usize = 64;
 
 /// How long a closing session waits for its writer to send the close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
-
-/// An in-flight publish: resolves to its request id and reply.
-type PendingReply = Pin<Box<dyn Future<Output = (String, Utf8Bytes)> + Send>>;
 
 /// A subscribe waiting on Kafka.
 type PendingSubscribe = Pin<Box<dyn Future<Output = SubscribeDone> + Send>>;
@@ -180,7 +178,6 @@ pub fn run(
         replies,
         outlet,
         writer_gone,
-        give_up: CancellationToken::new(),
         subscriptions: Subscriptions::default(),
         openings: HashMap::new(),
         subscribing: FuturesUnordered::new(),
@@ -216,15 +213,12 @@ struct Session {
     outlet: Outlet,
     /// Cancelled when the writer task has stopped.
     writer_gone: CancellationToken,
-    /// Cancelled when the shutdown grace runs out: in-flight publishes are
-    /// then answered with `timeout`.
-    give_up: CancellationToken,
     /// Topic → the subscription.
     subscriptions: Subscriptions,
     /// Topic → the subscribe waiting on Kafka for it.
     openings: HashMap<String, Opening>,
     subscribing: FuturesUnordered<PendingSubscribe>,
-    inflight: FuturesUnordered<PendingReply>,
+    inflight: FuturesUnordered<InFlight>,
     /// Ids of the publishes not answered yet: in `inflight` or `waiting`.
     inflight_ids: HashSet<String>,
     /// Topic → publishes waiting for its look-up, in arrival order.
@@ -478,23 +472,26 @@ impl Session {
     }
 
     /// Shutdown: every in-flight publish gets its `ack` or `error`, waiting
-    /// at most the shutdown grace for Kafka.
+    /// at most the shutdown grace for Kafka; past it, the rest get `timeout`.
     async fn drain_inflight(&mut self) {
         let deadline = Instant::now() + self.state.config.shutdown_grace();
         loop {
-            let next = if self.give_up.is_cancelled() {
-                self.inflight.next().await
-            } else {
-                match tokio::time::timeout_at(deadline, self.inflight.next()).await {
-                    Ok(next) => next,
-                    Err(_) => {
-                        self.give_up.cancel();
-                        continue;
+            match tokio::time::timeout_at(deadline, self.inflight.next()).await {
+                Ok(Some((_, reply))) => {
+                    if self.send_text(reply).await.is_err() {
+                        return;
                     }
                 }
-            };
-            let Some((_, reply)) = next else { break };
-            if self.send_text(reply).await.is_err() {
+                Ok(None) => return,
+                Err(_grace_over) => break,
+            }
+        }
+        let unanswered: Vec<String> = self.inflight.iter().map(|p| p.id().to_owned()).collect();
+        self.inflight.clear();
+        for id in unanswered {
+            let timeout = GatewayError::Timeout;
+            metrics::publish_failed(timeout.code().as_str());
+            if self.send(timeout.to_frame(Some(&id))).await.is_err() {
                 return;
             }
         }

@@ -2,13 +2,52 @@
 //! in-flight bound; then the producer, at once for a known topic, or after
 //! the topic's look-up (publishes to one topic keep their order).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{AckFrame, CloseCode, Payload, Publish};
 
 use super::{End, Session};
 use crate::acl::Action;
 use crate::error::GatewayError;
+use crate::kafka::producer::Delivery;
 use crate::metrics;
+
+/// A publish Kafka has yet to answer: resolves to its id and its reply (the
+/// `ack`, or the `error`). A plain struct rather than a boxed `async`
+/// block: there is one per publish.
+pub(super) struct InFlight {
+    id: String,
+    /// Taken when the reply is written.
+    ack: Option<AckFrame>,
+    delivery: Delivery,
+}
+
+impl InFlight {
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Future for InFlight {
+    type Output = (String, Utf8Bytes);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = ready!(Pin::new(&mut this.delivery).poll(cx));
+        let reply = match (outcome, this.ack.take()) {
+            (Ok(stored), Some(ack)) => ack.finish(stored.partition, stored.offset),
+            (Ok(_), None) => unreachable!("an in-flight publish is answered once"),
+            (Err(e), _) => {
+                metrics::publish_failed(e.code().as_str());
+                e.to_frame(Some(&this.id)).encode()
+            }
+        };
+        Poll::Ready((std::mem::take(&mut this.id), Utf8Bytes::from(reply)))
+    }
+}
 
 impl Session {
     /// The publish rate limit: `Ok(Err(_))` refuses this publish; `Err`
@@ -114,23 +153,9 @@ impl Session {
     pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
         let delivery = self.state.publisher.send(publish)?;
         let id = publish.id.to_string();
-        let ack = AckFrame::new(&id, &publish.topic);
+        let ack = Some(AckFrame::new(&id, &publish.topic));
         self.inflight_ids.insert(id.clone());
-        let give_up = self.give_up.clone();
-        self.inflight.push(Box::pin(async move {
-            let outcome = tokio::select! {
-                outcome = delivery => outcome,
-                _ = give_up.cancelled() => Err(GatewayError::Timeout),
-            };
-            let reply = match outcome {
-                Ok(stored) => ack.finish(stored.partition, stored.offset),
-                Err(e) => {
-                    metrics::publish_failed(e.code().as_str());
-                    e.to_frame(Some(&id)).encode()
-                }
-            };
-            (id, Utf8Bytes::from(reply))
-        }));
+        self.inflight.push(InFlight { id, ack, delivery });
         Ok(())
     }
 }
