@@ -307,12 +307,16 @@ async fn offsets_lost_to_retention_are_reported_as_gaps() {
 async fn real_broker_killed_mid_stream() {
     let bootstrap =
         real_kafka().expect("FERRY_TEST_KAFKA names the broker started by scripts/kafka");
-    let script = format!("{}/../scripts/kafka", env!("CARGO_MANIFEST_DIR"));
-    let broker = |action: &str| {
-        let status = std::process::Command::new(&script).arg(action).status().unwrap();
+    let broker = |action: &'static str| async move {
+        let script = format!("{}/../scripts/kafka", env!("CARGO_MANIFEST_DIR"));
+        let run = move || std::process::Command::new(&script).arg(action).status().unwrap();
+        let status = tokio::task::spawn_blocking(run).await.unwrap();
         assert!(status.success(), "scripts/kafka {action}");
     };
-    let gw = spawn_gateway().await;
+    // The clients sit silent while the broker restarts, which took up to
+    // 65 s here (log recovery after the SIGKILL, with every topic the suite
+    // made): longer than the default idle timeout, which is not under test.
+    let gw = spawn_gateway_with(|c| c.websocket.idle_timeout_ms = 600_000).await;
     let topic = unique_topic("sigkill");
     gw.kafka().create_topic(&topic, 3).await;
     let mut live = gw.client().await;
@@ -323,14 +327,14 @@ async fn real_broker_killed_mid_stream() {
         acked.insert(publisher.acked(&topic, json!({"phase": "before", "i": i})).await);
     }
 
-    broker("kill");
+    broker("kill").await;
     assert_eq!(gw.wait_readyz(503, WAIT).await, 503, "/readyz reports the outage");
     let started = std::time::Instant::now();
     let reply = publisher.publish(&topic, json!({"phase": "down"})).await;
     assert_eq!(reply["code"], "unavailable", "{reply}");
     assert!(started.elapsed() < Duration::from_secs(5), "prompt");
 
-    broker("start");
+    broker("start").await;
     let status = gw.wait_readyz(200, Duration::from_secs(60)).await;
     assert_eq!(status, 200, "ready again without a restart");
     for i in 0..6 {
