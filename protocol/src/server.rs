@@ -249,7 +249,7 @@ impl MessageFrame<'_> {
 /// the part known when the publish goes to Kafka, then the position once
 /// Kafka stored the record. One allocation; the same JSON as
 /// [`ServerFrame::Ack`] (the publish path's hottest reply).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AckFrame(Vec<u8>);
 
 impl AckFrame {

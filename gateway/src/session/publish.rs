@@ -20,8 +20,8 @@ use crate::metrics;
 /// block: there is one per publish.
 pub(super) struct InFlight {
     id: String,
-    /// Taken when the reply is written.
-    ack: Option<AckFrame>,
+    /// Its beginning, taken (left empty) when the reply is written.
+    ack: AckFrame,
     delivery: Delivery,
 }
 
@@ -37,10 +37,9 @@ impl Future for InFlight {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let outcome = ready!(Pin::new(&mut this.delivery).poll(cx));
-        let reply = match (outcome, this.ack.take()) {
-            (Ok(stored), Some(ack)) => ack.finish(stored.partition, stored.offset),
-            (Ok(_), None) => unreachable!("an in-flight publish is answered once"),
-            (Err(e), _) => {
+        let reply = match outcome {
+            Ok(stored) => std::mem::take(&mut this.ack).finish(stored.partition, stored.offset),
+            Err(e) => {
                 metrics::publish_failed(e.code().as_str());
                 e.to_frame(Some(&this.id)).encode()
             }
@@ -153,7 +152,7 @@ impl Session {
     pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
         let delivery = self.state.publisher.send(publish)?;
         let id = publish.id.to_string();
-        let ack = Some(AckFrame::new(&id, &publish.topic));
+        let ack = AckFrame::new(&id, &publish.topic);
         self.inflight_ids.insert(id.clone());
         self.inflight.push(InFlight { id, ack, delivery });
         Ok(())
