@@ -11,6 +11,9 @@ use ferry_gateway::App;
 use rdkafka::error::KafkaError;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Ferry: a WebSocket ⇄ Kafka event hub.
 ///
 /// With no brokers configured it starts an embedded Kafka in-process.
