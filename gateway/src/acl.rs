@@ -15,6 +15,7 @@
 //! records matching it, AND-ed with whatever filter the client asks for.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -87,6 +88,30 @@ pub enum SubscribeGrant {
 pub struct Policy {
     rules: Vec<Rule>,
     grants_claim: Option<String>,
+}
+
+/// The policy in force: swapped whole on reload, read under a short lock
+/// (never held across an await).
+#[derive(Debug)]
+pub struct CurrentPolicy(RwLock<Arc<Policy>>);
+
+impl CurrentPolicy {
+    pub fn new(policy: Policy) -> Self {
+        Self(RwLock::new(Arc::new(policy)))
+    }
+
+    pub fn get(&self) -> Arc<Policy> {
+        self.0.read().expect("policy lock").clone()
+    }
+
+    /// Whether the current policy lets `principal` do `action` on `topic`.
+    pub fn allows(&self, principal: &Principal, action: Action, topic: &str) -> bool {
+        self.0.read().expect("policy lock").allows(principal, action, topic)
+    }
+
+    pub fn replace(&self, policy: Policy) {
+        *self.0.write().expect("policy lock") = Arc::new(policy);
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,9 +23,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::acl::{Action, Policy};
-use crate::auth::{AuthMode, Authenticator, Principal};
+use crate::acl::{CurrentPolicy, Policy};
+use crate::auth::{AuthMode, Authenticator};
 use crate::config::Config;
+use crate::delivery::Routes;
 use crate::hub::Hub;
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
@@ -38,7 +39,7 @@ use crate::kafka::replay::Replays;
 use crate::kafka::topics::{Creator, Topics};
 use crate::schema::Schemas;
 use crate::session::limits::SubjectConnections;
-use crate::{http, metrics};
+use crate::{http, metrics, session};
 
 /// State shared by the HTTP handlers and every session.
 #[derive(Debug)]
@@ -47,16 +48,17 @@ pub struct AppState {
     pub node_id: String,
     pub publisher: Publisher,
     pub topics: Arc<Topics>,
-    pub fanout: Arc<Fanout>,
-    pub replays: Replays,
-    pub groups: Groups,
+    /// The live fan-out, replays and shared groups.
+    pub routes: Arc<Routes>,
     pub health: Arc<Health>,
-    pub auth: Authenticator,
-    /// The ACL, swapped whole on reload; read under a short lock.
-    pub policy: RwLock<Arc<Policy>>,
+    pub auth: Arc<Authenticator>,
+    /// The ACL, swapped whole on reload.
+    pub policy: Arc<CurrentPolicy>,
     /// JSON Schemas of record values, compiled at start (not reloaded).
-    pub schemas: Schemas,
+    pub schemas: Arc<Schemas>,
     pub subjects: Arc<SubjectConnections>,
+    /// What a WebSocket session uses of the above, shared by every session.
+    pub session: Arc<session::Context>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,
@@ -68,24 +70,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Whether the current ACL lets `principal` do `action` on `topic`.
-    pub fn allows(&self, principal: &Principal, action: Action, topic: &str) -> bool {
-        self.policy.read().expect("policy lock").allows(principal, action, topic)
-    }
-
-    /// The current ACL (swapped whole on reload).
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().expect("policy lock").clone()
-    }
-
     /// Re-reads the ACL from `path`; a bad policy is logged and the old one
     /// stays.
     pub fn reload_policy(&self, path: &std::path::Path) {
         let compiled = crate::config::reload_acl(path).and_then(|acl| Policy::compile(&acl));
         match compiled {
             Ok(policy) => {
-                *self.policy.write().expect("policy lock") =
-                    Arc::new(effective_policy(&self.config, policy));
+                self.policy.replace(effective_policy(&self.config, policy));
                 tracing::info!(file = %path.display(), "ACL policy reloaded");
             }
             Err(errors) => tracing::error!(
@@ -239,10 +230,8 @@ impl App {
             .local_addr()
             .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
 
-        let state = Arc::new(AppState {
-            node_id: config.node_id(),
-            publisher: Publisher::new(producer.clone(), health.clone()),
-            topics,
+        let routes = Arc::new(Routes {
+            topics: topics.clone(),
             fanout,
             replays: Replays::new(
                 settings.clone(),
@@ -251,16 +240,40 @@ impl App {
                 timeout,
             ),
             groups: Groups::new(settings, context, config.kafka.group_prefix.clone(), timeout),
-            health,
-            auth,
-            policy: RwLock::new(Arc::new(policy)),
-            schemas,
+        });
+        let session = Arc::new(session::Context {
+            node_id: config.node_id(),
+            limits: config.limits.clone(),
+            websocket: config.websocket.clone(),
+            auth_timeout: config.auth.auth_timeout(),
+            auth_leeway: Duration::from_secs(config.auth.leeway_secs),
+            shutdown_grace: config.shutdown_grace(),
+            auth: Arc::new(auth),
+            policy: Arc::new(CurrentPolicy::new(policy)),
             subjects: Arc::default(),
-            metrics: metrics::prometheus(),
+            schemas: Arc::new(schemas),
+            publisher: Publisher::new(producer.clone(), health.clone()),
+            topics,
+            health,
+            routes,
             shutdown: CancellationToken::new(),
+        });
+        let state = Arc::new(AppState {
+            node_id: session.node_id.clone(),
+            publisher: session.publisher.clone(),
+            topics: session.topics.clone(),
+            routes: session.routes.clone(),
+            health: session.health.clone(),
+            auth: session.auth.clone(),
+            policy: session.policy.clone(),
+            schemas: session.schemas.clone(),
+            subjects: session.subjects.clone(),
+            metrics: metrics::prometheus(),
+            shutdown: session.shutdown.clone(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sessions: TaskTracker::new(),
             next_session: AtomicU64::new(1),
+            session,
             config,
         });
         Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded })
@@ -290,7 +303,7 @@ impl App {
     pub async fn run(self) {
         let state = self.state.clone();
         let background = CancellationToken::new();
-        tokio::spawn(state.fanout.clone().run(background.clone()));
+        tokio::spawn(state.routes.fanout.clone().run(background.clone()));
         tokio::spawn(state.health.clone().run(
             self.producer.clone(),
             state.config.kafka.metadata_timeout(),

@@ -7,8 +7,8 @@
 //! ([`crate::kafka::replay`]). Records then flow into the socket's
 //! [`Outlet`], whatever the route.
 //!
-//! [`open`] answers with where each partition starts, the `gap` notices to
-//! send, and a [`Held`] subscription: dropping it takes the socket off its
+//! [`Routes::open`] answers with where each partition starts, the `gap`
+//! notices to send, and a [`Held`] subscription: dropping it takes the socket off its
 //! route. It is made before any Kafka work, so a subscribe that fails, times
 //! out or is abandoned half way is undone by the same drop.
 
@@ -17,13 +17,25 @@ use std::sync::Arc;
 
 use ferry_protocol::{AckMode, Overflow, ServerFrame, StartFrom};
 
-use crate::app::AppState;
 use crate::error::GatewayError;
 use crate::filter::Filter;
 use crate::hub::Subscriber;
-use crate::kafka::groups::Member;
-use crate::kafka::replay::ReplayHandle;
+use crate::kafka::fanout::Fanout;
+use crate::kafka::groups::{Groups, Member};
+use crate::kafka::replay::{ReplayHandle, Replays};
+use crate::kafka::topics::Topics;
 use crate::outlet::Outlet;
+
+/// The routes a subscription can take, shared by every transport.
+#[derive(Debug)]
+pub struct Routes {
+    /// Partition counts (and creation) of the topics subscribed to.
+    pub topics: Arc<Topics>,
+    /// The node's live fan-out.
+    pub fanout: Arc<Fanout>,
+    pub replays: Replays,
+    pub groups: Groups,
+}
 
 /// What a transport asks for.
 #[derive(Debug, Clone)]
@@ -54,7 +66,7 @@ pub struct Opened {
 /// A subscription on its route; dropping it takes the socket off.
 #[derive(Debug)]
 pub struct Held {
-    state: Arc<AppState>,
+    routes: Arc<Routes>,
     session: u64,
     topic: String,
     route: Route,
@@ -81,42 +93,44 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         match &self.route {
-            Route::Live => self.state.fanout.unsubscribe(&self.topic, self.session),
-            Route::Group(group) => self.state.groups.leave(group, &self.topic, self.session),
+            Route::Live => self.routes.fanout.unsubscribe(&self.topic, self.session),
+            Route::Group(group) => self.routes.groups.leave(group, &self.topic, self.session),
             Route::Replay(_) => {} // its handle stops it
         }
     }
 }
 
-/// Opens `request` on its route; returns once the subscription is live.
-/// Not bounded in time itself: callers bound it (`limits.request_timeout_ms`)
-/// and drop it on timeout, which undoes it.
-pub async fn open(state: &Arc<AppState>, request: Request) -> Result<Opened, GatewayError> {
-    let Request { session, topic, from, group, ack, overflow, filter, outlet } = request;
-    let route = match (&group, &from) {
-        (Some(group), _) => Route::Group(group.clone()),
-        (None, StartFrom::Latest) => Route::Live,
-        (None, _) => Route::Replay(None),
-    };
-    // Held before any Kafka work: an error or a drop below undoes it.
-    let mut held = Held { state: state.clone(), session, topic: topic.clone(), route };
-    let partitions = state.topics.partitions(&topic).await?;
-    match &mut held.route {
-        Route::Group(group) => {
-            let member = Member { session, ack, outlet, filter };
-            state.groups.join(group, &topic, partitions, &from, member).await?;
-            Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
-        }
-        Route::Live => {
-            let subscriber =
-                Subscriber { session, topic: topic.as_str().into(), overflow, outlet, filter };
-            let starts = state.fanout.subscribe(&topic, partitions, subscriber).await?;
-            Ok(Opened { starts, gaps: Vec::new(), held })
-        }
-        Route::Replay(handle) => {
-            let started = state.replays.start(&topic, partitions, &from, filter, outlet).await?;
-            *handle = Some(started.handle);
-            Ok(Opened { starts: started.starts, gaps: started.gaps, held })
+impl Routes {
+    /// Opens `request` on its route; returns once the subscription is live.
+    /// Not bounded in time itself: callers bound it (`limits.request_timeout_ms`)
+    /// and drop it on timeout, which undoes it.
+    pub async fn open(self: &Arc<Self>, request: Request) -> Result<Opened, GatewayError> {
+        let Request { session, topic, from, group, ack, overflow, filter, outlet } = request;
+        let route = match (&group, &from) {
+            (Some(group), _) => Route::Group(group.clone()),
+            (None, StartFrom::Latest) => Route::Live,
+            (None, _) => Route::Replay(None),
+        };
+        // Held before any Kafka work: an error or a drop below undoes it.
+        let mut held = Held { routes: self.clone(), session, topic: topic.clone(), route };
+        let partitions = self.topics.partitions(&topic).await?;
+        match &mut held.route {
+            Route::Group(group) => {
+                let member = Member { session, ack, outlet, filter };
+                self.groups.join(group, &topic, partitions, &from, member).await?;
+                Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
+            }
+            Route::Live => {
+                let subscriber =
+                    Subscriber { session, topic: topic.as_str().into(), overflow, outlet, filter };
+                let starts = self.fanout.subscribe(&topic, partitions, subscriber).await?;
+                Ok(Opened { starts, gaps: Vec::new(), held })
+            }
+            Route::Replay(handle) => {
+                let started = self.replays.start(&topic, partitions, &from, filter, outlet).await?;
+                *handle = Some(started.handle);
+                Ok(Opened { starts: started.starts, gaps: started.gaps, held })
+            }
         }
     }
 }

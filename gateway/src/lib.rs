@@ -8,7 +8,8 @@
 //! - [`acl`]: deny-by-default topic policy with claim templates, reloadable.
 //! - [`template`]: the one parser of `{sub}` / `{claims.NAME}` placeholders,
 //!   for ACL patterns and ACL-imposed filters.
-//! - [`app`]: builds Kafka clients, hub, fan-out and HTTP server; runs and drains.
+//! - [`app`]: builds Kafka clients, hub, fan-out and HTTP server, and the
+//!   [`app::AppState`] the HTTP handlers share; runs and drains.
 //! - [`http`]: the listener (plain or TLS with hot reload, header-read
 //!   timeout, pending-handshake bound) and the router: `/ws` upgrade,
 //!   `/healthz`, `/readyz`, `/metrics`, `/console` (the embedded web
@@ -16,14 +17,16 @@
 //!   acked once stored) and `GET /sse` (Server-Sent Events, resumable on
 //!   any node).
 //! - [`resume`]: the SSE resume token (every partition's next offset).
-//! - [`delivery`]: opening a subscription on its route (live fan-out,
-//!   replay, shared group) for any transport; what it returns undoes it
-//!   when dropped.
+//! - [`delivery`]: the routes ([`delivery::Routes`]: live fan-out, replay,
+//!   shared group) and opening a subscription on one for any transport;
+//!   what it returns undoes it when dropped.
 //! - [`session`]: one client: a read loop that owns the connection state
 //!   (requests that wait on Kafka run beside it, each answered once, in
 //!   bounded time) and a writer task that is the only owner of the sink.
+//!   A session sees the gateway through [`session::Context`] (its limits,
+//!   auth and ACL, producer, routes), not the whole [`app::AppState`].
 //!   Both tasks are kept small for idle sockets (frames are handled
-//!   synchronously, rare steps are boxed): ~7.4 KiB per idle subscriber.
+//!   synchronously, rare steps are boxed): ~7.8 KiB per idle subscriber.
 //! - [`hub`]: topic → local subscribers, grouped by filter (a registry:
 //!   join/leave say first/last); dispatch never blocks.
 //! - [`outlet`]: one per socket: one bounded queue (one lock, one wake-up)

@@ -159,7 +159,7 @@ async fn handle(
     let decoded: Vec<Result<Publish<'_>, RecordError>> = frames.iter().map(Frame::decode).collect();
     // All or nothing: a batch with a forbidden topic produces nothing.
     for publish in decoded.iter().flatten() {
-        if !state.allows(&principal, Action::Publish, &publish.topic) {
+        if !state.policy.allows(&principal, Action::Publish, &publish.topic) {
             metrics::forbidden(Action::Publish.as_str());
             let m = format!("not allowed to publish to {:?}; nothing was published", publish.topic);
             return Err((count, Refusal::new(StatusCode::FORBIDDEN, "forbidden", m)));

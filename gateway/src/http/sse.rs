@@ -177,7 +177,7 @@ fn check_topics(
         Some(text) => serde_json::from_str(text)
             .map_err(|e| bad(format!("`filter` must be JSON, as in a subscribe frame: {e}")))?,
     };
-    let policy = state.policy();
+    let policy = state.policy.get();
     let mut wanted = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let mut frame = json!({"type": "subscribe", "id": "sse", "topic": topic, "from": from});
@@ -281,7 +281,7 @@ async fn open(
             filter: want.filter,
             outlet: outlet.clone(),
         };
-        let opened = tokio::time::timeout(timeout, delivery::open(state, request))
+        let opened = tokio::time::timeout(timeout, state.routes.open(request))
             .await
             .unwrap_or(Err(GatewayError::NoAnswer(timeout.as_millis() as u64)));
         match opened {

@@ -4,6 +4,7 @@
 //! an HTTP status of [`UpgradeRefusal`] with a one-line body.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -86,6 +87,7 @@ pub(super) async fn upgrade(
     };
     let max_frame = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
+    let (context, id) = (state.session.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
@@ -93,7 +95,7 @@ pub(super) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            let session = session::run(socket, state, permit, authenticated);
+            let session = session::run(socket, context, id, permit, authenticated);
             // A task of its own rather than the upgrade's, which also holds
             // the handshake's state for as long as it runs.
             tokio::spawn(sessions.track_future(session));

@@ -23,7 +23,7 @@ impl Session {
         let Some(expires_at) = self.expires_at() else {
             return far;
         };
-        let leeway_ms = self.state.config.auth.leeway_secs as i64 * 1000;
+        let leeway_ms = self.context.auth_leeway.as_millis() as i64;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -33,13 +33,13 @@ impl Session {
     }
 
     pub(super) async fn welcome(&mut self) -> Result<(), End> {
-        let limits = &self.state.config.limits;
-        let jwt = self.state.auth.mode() == AuthMode::Jwt;
+        let limits = &self.context.limits;
+        let jwt = self.context.auth.mode() == AuthMode::Jwt;
         let principal = self.principal.as_ref();
         let welcome = ServerFrame::Welcome {
             protocol: ferry_protocol::PROTOCOL_VERSION,
             session: uuid::Uuid::new_v4().to_string(),
-            node: self.state.node_id.clone(),
+            node: self.context.node_id.clone(),
             limits: Limits {
                 max_frame_bytes: limits.max_frame_bytes,
                 max_inflight_publishes: limits.max_inflight_publishes,
@@ -61,13 +61,13 @@ impl Session {
         id: Option<String>,
         token: &str,
     ) -> Result<(), End> {
-        if self.state.auth.mode() == AuthMode::None {
+        if self.context.auth.mode() == AuthMode::None {
             let err = GatewayError::BadRequest(
                 "authentication is disabled (auth.mode = \"none\")".into(),
             );
             return self.send(err.to_frame(id.as_deref())).await;
         }
-        let principal = match self.state.auth.verify(token).await {
+        let principal = match self.context.auth.verify(token).await {
             Ok(principal) => principal,
             Err(e) => {
                 let err = GatewayError::Unauthorized(e.to_string());
@@ -76,8 +76,8 @@ impl Session {
         };
         match &self.principal {
             None => {
-                let max = self.state.config.limits.max_connections_per_subject;
-                let Some(guard) = self.state.subjects.acquire(&principal.subject, max) else {
+                let max = self.context.limits.max_connections_per_subject;
+                let Some(guard) = self.context.subjects.acquire(&principal.subject, max) else {
                     return Err(End::Close(CloseCode::TOO_MANY_CONNECTIONS));
                 };
                 self.subject_guard = Some(guard);
@@ -115,7 +115,7 @@ impl Session {
 
     pub(super) fn subscribe_grant(&self, topic: &str) -> SubscribeGrantResult {
         let grant = match &self.principal {
-            Some(p) => self.state.policy().subscribe_grant(p, topic),
+            Some(p) => self.context.policy.get().subscribe_grant(p, topic),
             None => SubscribeGrantResult::Denied,
         };
         if grant == SubscribeGrantResult::Denied {
@@ -133,7 +133,8 @@ impl Session {
     }
 
     pub(super) fn allowed(&self, action: Action, topic: &str) -> bool {
-        let allowed = self.principal.as_ref().is_some_and(|p| self.state.allows(p, action, topic));
+        let allowed =
+            self.principal.as_ref().is_some_and(|p| self.context.policy.allows(p, action, topic));
         if !allowed {
             metrics::forbidden(action.as_str());
         }

@@ -20,17 +20,18 @@
 //! per-subject limits), [`writer`] (the socket's only writer).
 
 mod auth;
+mod context;
 pub mod limits;
 mod publish;
 mod subscribe;
 pub mod writer;
 
+pub use context::Context;
 use publish::InFlight;
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
 use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
@@ -135,24 +135,26 @@ pub struct Authenticated {
     pub guard: Option<SubjectGuard>,
 }
 
-/// Serves one upgraded WebSocket until it closes. Without `authenticated`
-/// the socket must send an `auth` frame within the auth timeout.
+/// Serves one upgraded WebSocket until it closes; `id` names the socket in
+/// the gateway's logs and Kafka bookkeeping. Without `authenticated` the
+/// socket must send an `auth` frame within the auth timeout.
 ///
 /// Sets the session up at once (and spawns its writer); the future it
 /// returns holds only what the session needs while it runs, since an idle
 /// socket's memory is mostly its task.
 pub fn run(
     socket: WebSocket,
-    state: Arc<AppState>,
+    context: Arc<Context>,
+    id: u64,
     permit: OwnedSemaphorePermit,
     authenticated: Option<Authenticated>,
 ) -> impl Future<Output = ()> + Send {
     metrics::connection_opened();
-    let limits = &state.config.limits;
+    let limits = &context.limits;
     let (sink, stream) = socket.split();
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
-    let ws = &state.config.websocket;
+    let ws = &context.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
     // Cancelled when the writer stops (a write failed or timed out): the
@@ -169,12 +171,12 @@ pub fn run(
         None => (None, None),
     };
     let mut session = Session {
-        id: state.next_session.fetch_add(1, Ordering::Relaxed),
+        id,
         rate: TokenBucket::new(limits.publish_rate, limits.publish_burst),
         strikes: 0,
         principal,
         subject_guard,
-        state: state.clone(),
+        context: context.clone(),
         replies,
         outlet,
         writer_gone,
@@ -206,7 +208,7 @@ struct Session {
     rate: TokenBucket,
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
-    state: Arc<AppState>,
+    context: Arc<Context>,
     replies: Replies,
     /// The queues every delivery path fills for this socket; kicks the
     /// session when a `disconnect` subscription overflows.
@@ -233,15 +235,15 @@ impl Session {
                 return end;
             }
         }
-        let idle = self.state.config.websocket.idle_timeout();
+        let idle = self.context.websocket.idle_timeout();
         let mut last_heard = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
-        let auth_timer = tokio::time::sleep(self.state.config.auth.auth_timeout());
+        let auth_timer = tokio::time::sleep(self.context.auth_timeout);
         let expiry_timer = tokio::time::sleep_until(self.expiry());
         // Made once, not on every turn of the loop.
         let kicked = self.outlet.kicked().clone().cancelled_owned();
         let writer_gone = self.writer_gone.clone().cancelled_owned();
-        let shutdown = self.state.shutdown.clone().cancelled_owned();
+        let shutdown = self.context.shutdown.clone().cancelled_owned();
         tokio::pin!(idle_timer, auth_timer, expiry_timer, kicked, writer_gone, shutdown);
         let mut armed_for = self.expires_at();
         loop {
@@ -354,9 +356,11 @@ impl Session {
                     None => Err(GatewayError::BadRequest(format!(
                         "no group subscription to {topic:?} on this socket"
                     ))),
-                    Some(group) => {
-                        self.state.groups.commit(&group, &topic, self.id, partition, offset)
-                    }
+                    Some(group) => self
+                        .context
+                        .routes
+                        .groups
+                        .commit(&group, &topic, self.id, partition, offset),
                 };
                 match (result, id) {
                     (Ok(()), None) => return Ok(Step::Done),
@@ -474,7 +478,7 @@ impl Session {
     /// Shutdown: every in-flight publish gets its `ack` or `error`, waiting
     /// at most the shutdown grace for Kafka; past it, the rest get `timeout`.
     async fn drain_inflight(&mut self) {
-        let deadline = Instant::now() + self.state.config.shutdown_grace();
+        let deadline = Instant::now() + self.context.shutdown_grace;
         loop {
             match tokio::time::timeout_at(deadline, self.inflight.next()).await {
                 Ok(Some((_, reply))) => {

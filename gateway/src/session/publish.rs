@@ -57,7 +57,7 @@ impl Session {
             return Ok(Ok(()));
         }
         self.strikes += 1;
-        let limits = &self.state.config.limits;
+        let limits = &self.context.limits;
         if self.strikes >= limits.rate_limit_strikes {
             return Err(End::Close(CloseCode::RATE_LIMITED));
         }
@@ -78,7 +78,7 @@ impl Session {
             // the original's reply answers this id.
             return Ok(());
         }
-        let max = self.state.config.limits.max_inflight_publishes;
+        let max = self.context.limits.max_inflight_publishes;
         if self.inflight_ids.len() >= max {
             let e = GatewayError::Limit(format!(
                 "{max} publishes are already awaiting Kafka on this connection"
@@ -86,17 +86,17 @@ impl Session {
             return Err((publish.id.into_owned(), e));
         }
         // Validated once, here, before it can wait for its topic's look-up.
-        if let Err(e) = self.state.schemas.validate(&publish.topic, &publish.value) {
+        if let Err(e) = self.context.schemas.validate(&publish.topic, &publish.value) {
             return Err((publish.id.into_owned(), e));
         }
         // Known topic, nothing queued before it: produce now. Otherwise the
         // publish waits for the topic's look-up, behind earlier ones.
-        let known = self.state.topics.cached(&publish.topic);
+        let known = self.context.topics.cached(&publish.topic);
         let fits = |n: i32| publish.partition.is_none_or(|p| p < n);
         if !self.waiting.contains_key(&*publish.topic) && known.is_some_and(fits) {
             return self.produce(&publish).map_err(|e| (publish.id.into_owned(), e));
         }
-        if !self.state.health.is_ready() {
+        if !self.context.health.is_ready() {
             let e = GatewayError::Unavailable("Kafka is unreachable".into());
             return Err((publish.id.into_owned(), e));
         }
@@ -105,7 +105,7 @@ impl Session {
         let queue = self.waiting.entry(topic.clone()).or_default();
         queue.push_back(owned(publish));
         if queue.len() == 1 {
-            let (topics, timeout) = (self.state.topics.clone(), self.request_timeout());
+            let (topics, timeout) = (self.context.topics.clone(), self.request_timeout());
             self.lookups.push(Box::pin(async move {
                 let found = match tokio::time::timeout(timeout, topics.refresh(&topic)).await {
                     Ok(found) => found,
@@ -150,7 +150,7 @@ impl Session {
     /// Hands a checked publish to the producer; its delivery joins
     /// `inflight`, answered with the ack written as soon as Kafka stored it.
     pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
-        let delivery = self.state.publisher.send(publish)?;
+        let delivery = self.context.publisher.send(publish)?;
         let id = publish.id.to_string();
         let ack = AckFrame::new(&id, &publish.topic);
         self.inflight_ids.insert(id.clone());

@@ -1,5 +1,5 @@
 //! The `subscribe` and `unsubscribe` commands. A subscribe is checked at
-//! once (ACL, filter, limits) and its Kafka work ([`delivery::open`]: the
+//! once (ACL, filter, limits) and its Kafka work ([`Routes::open`](delivery::Routes::open): the
 //! live fan-out, a replay, or a shared group) then runs beside the read
 //! loop. Whatever it comes to, it is answered once, and undone if the
 //! client unsubscribed meanwhile or the session ended.
@@ -84,7 +84,7 @@ pub(super) struct SubscribeDone {
 
 impl Session {
     pub(super) fn request_timeout(&self) -> Duration {
-        self.state.config.limits.request_timeout()
+        self.context.limits.request_timeout()
     }
 
     /// Checks a subscribe and starts its Kafka work, which answers it when
@@ -121,7 +121,7 @@ impl Session {
                 "a subscribe to {topic:?} is still waiting on Kafka"
             )));
         }
-        let max = self.state.config.limits.max_subscriptions;
+        let max = self.context.limits.max_subscriptions;
         if self.subscriptions.len() + self.openings.len() >= max {
             return Err(GatewayError::Limit(format!(
                 "this connection already has {max} subscriptions"
@@ -144,13 +144,13 @@ impl Session {
             filter,
             outlet: self.outlet.clone(),
         };
-        let (state, id, topic) = (self.state.clone(), request.id.clone(), request.topic.clone());
+        let (routes, id, topic) =
+            (self.context.routes.clone(), request.id.clone(), request.topic.clone());
         let timeout = self.request_timeout();
         self.openings.insert(topic.clone(), Opening { id: id.clone(), cancelled: false });
         // Beside the read loop; dropped (and so undone) if the session ends.
         self.subscribing.push(Box::pin(async move {
-            let result = match tokio::time::timeout(timeout, delivery::open(&state, opening)).await
-            {
+            let result = match tokio::time::timeout(timeout, routes.open(opening)).await {
                 Ok(result) => result,
                 Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
             };
