@@ -49,6 +49,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::caller::{self, Refusal, TokenSources};
 use super::server::HandshakeSlot;
@@ -260,7 +261,8 @@ async fn open(
 
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &state.config.limits;
-    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue);
+    let (outlet, drain) =
+        Outlet::new(limits.outbound_queue, limits.replay_queue, CancellationToken::new());
     // What the stream holds on the delivery path; dropping it lets go.
     let mut held = Vec::new();
     let mut positions = Positions::new();
@@ -420,7 +422,8 @@ impl Stream {
     /// Runs until the stream ends; returns why.
     async fn serve(&mut self, first: Vec<Event>) -> &'static str {
         let write_timeout = self.state.config.websocket.write_timeout();
-        let kicked = self.outlet.kicked().clone().cancelled_owned();
+        // Cancelled when the stream is kicked (it holds the drain itself).
+        let kicked = self.outlet.stop().clone().cancelled_owned();
         let shutdown = self.state.shutdown.clone().cancelled_owned();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));

@@ -125,8 +125,9 @@ struct Shared {
     paced_room: Semaphore,
     /// Room for replies, likewise (zero until [`Outlet::replies`]).
     reply_room: Semaphore,
-    /// Cancelled when a `disconnect` record finds no room: the session closes.
-    kick: CancellationToken,
+    /// Cancelled when a `disconnect` record finds no room (the socket is
+    /// kicked) or the writer dropped its [`Drain`]: the session closes.
+    stop: CancellationToken,
 }
 
 #[derive(Debug)]
@@ -143,6 +144,8 @@ struct Queue {
     session_ended: bool,
     /// The writer dropped its [`Drain`].
     writer_gone: bool,
+    /// A `disconnect` record found no room.
+    kicked: bool,
 }
 
 #[derive(Debug)]
@@ -169,8 +172,11 @@ impl Shared {
 
 impl Outlet {
     /// An outlet whose `disconnect` and lossy records are bounded by
-    /// `capacity` each and whose paced records by `paced_capacity`.
-    pub fn new(capacity: usize, paced_capacity: usize) -> (Self, Drain) {
+    /// `capacity` each and whose paced records by `paced_capacity`. `stop`
+    /// is cancelled when the socket is kicked for being too slow and when
+    /// the writer's [`Drain`] is dropped: the one signal its session waits
+    /// on (with the gateway's shutdown as its parent, say).
+    pub fn new(capacity: usize, paced_capacity: usize, stop: CancellationToken) -> (Self, Drain) {
         let queue = Queue {
             replies: VecDeque::new(),
             records: VecDeque::new(),
@@ -180,13 +186,14 @@ impl Outlet {
             writer_waiting: false,
             session_ended: false,
             writer_gone: false,
+            kicked: false,
         };
         let shared = Arc::new(Shared {
             queue: Mutex::new(queue),
             ready: Notify::new(),
             paced_room: Semaphore::new(paced_capacity),
             reply_room: Semaphore::new(0),
-            kick: CancellationToken::new(),
+            stop,
         });
         (Self { shared: shared.clone() }, Drain { shared })
     }
@@ -217,8 +224,9 @@ impl Outlet {
                 if queue.live >= queue.live_capacity {
                     // Policy when full: the socket is too slow; close it
                     // rather than wait for it or grow its queue.
+                    queue.kicked = true;
                     drop(queue);
-                    self.shared.kick.cancel();
+                    self.shared.stop.cancel();
                     return false;
                 }
                 queue.live += 1;
@@ -254,9 +262,19 @@ impl Outlet {
         self.shared.paced_room.available_permits() > 0
     }
 
-    /// Cancelled when the socket was kicked for being too slow.
-    pub fn kicked(&self) -> &CancellationToken {
-        &self.shared.kick
+    /// The `stop` token given to [`Outlet::new`].
+    pub fn stop(&self) -> &CancellationToken {
+        &self.shared.stop
+    }
+
+    /// Whether the socket was kicked for being too slow.
+    pub fn was_kicked(&self) -> bool {
+        self.shared.lock().kicked
+    }
+
+    /// Whether the writer dropped its end.
+    pub fn writer_gone(&self) -> bool {
+        self.shared.lock().writer_gone
     }
 }
 
@@ -393,6 +411,7 @@ impl Drop for Drain {
         drop(queue);
         self.shared.paced_room.close();
         self.shared.reply_room.close();
+        self.shared.stop.cancel();
     }
 }
 
@@ -418,7 +437,7 @@ mod tests {
 
     #[tokio::test]
     async fn replies_go_first_then_records_in_order_then_lossy() {
-        let (outlet, mut drain) = Outlet::new(4, 4);
+        let (outlet, mut drain) = Outlet::new(4, 4, CancellationToken::new());
         let replies = outlet.replies(4);
         outlet.offer(Overflow::DropOldest, &"t".into(), 0, None, &"lossy".into());
         assert!(live(&outlet, "r1"));
@@ -432,11 +451,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_disconnect_queue_kicks_and_takes_nothing_more() {
-        let (outlet, mut drain) = Outlet::new(2, 2);
+        let (outlet, mut drain) = Outlet::new(2, 2, CancellationToken::new());
         assert!(live(&outlet, "a") && live(&outlet, "b"));
-        assert!(!outlet.kicked().is_cancelled());
+        assert!(!outlet.was_kicked() && !outlet.stop().is_cancelled());
         assert!(!live(&outlet, "c"), "no room: not queued");
-        assert!(outlet.kicked().is_cancelled());
+        assert!(outlet.was_kicked() && outlet.stop().is_cancelled(), "the session is told");
         let mut out = Vec::new();
         drain.take(64, &mut out);
         assert_eq!(frames(&out), ["a", "b"]);
@@ -444,7 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_paced_sender_waits_for_room_and_the_take_gives_it_back() {
-        let (outlet, mut drain) = Outlet::new(2, 1);
+        let (outlet, mut drain) = Outlet::new(2, 1, CancellationToken::new());
         outlet.send_paced(PacedFrame { frame: "p1".into(), done: None }).await.unwrap();
         assert!(!outlet.has_paced_room());
         let sender = outlet.clone();
@@ -462,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_takes_at_most_max_and_leaves_the_rest() {
-        let (outlet, mut drain) = Outlet::new(8, 8);
+        let (outlet, mut drain) = Outlet::new(8, 8, CancellationToken::new());
         for i in 0..5 {
             assert!(live(&outlet, &i.to_string()));
         }
@@ -477,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn try_send_queues_while_there_is_room_and_gives_the_frame_back_when_full() {
-        let (outlet, mut drain) = Outlet::new(2, 2);
+        let (outlet, mut drain) = Outlet::new(2, 2, CancellationToken::new());
         let replies = outlet.replies(1);
         assert!(replies.try_send("a".into()).is_ok());
         match replies.try_send("b".into()) {
@@ -495,18 +514,20 @@ mod tests {
 
     #[tokio::test]
     async fn when_the_writer_is_gone_senders_are_refused() {
-        let (outlet, drain) = Outlet::new(2, 2);
+        let (outlet, drain) = Outlet::new(2, 2, CancellationToken::new());
         let replies = outlet.replies(2);
+        assert!(!outlet.stop().is_cancelled());
         drop(drain);
+        assert!(outlet.stop().is_cancelled() && outlet.writer_gone(), "the session is told");
         assert!(!live(&outlet, "x"));
-        assert!(!outlet.kicked().is_cancelled(), "not a slow consumer");
+        assert!(!outlet.was_kicked(), "not a slow consumer");
         assert!(outlet.send_paced(PacedFrame { frame: "p".into(), done: None }).await.is_err());
         assert_eq!(replies.send("ack".into()).await, Err(WriterGone));
     }
 
     #[tokio::test]
     async fn the_session_ending_wakes_the_writer_and_ends_it() {
-        let (outlet, mut drain) = Outlet::new(2, 2);
+        let (outlet, mut drain) = Outlet::new(2, 2, CancellationToken::new());
         let replies = outlet.replies(2);
         let mut out = Vec::new();
         assert_eq!(drain.take(64, &mut out), Taken::More);

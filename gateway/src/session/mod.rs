@@ -33,15 +33,15 @@ use subscribe::{Opening, SubscribeDone, Subscriptions};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Publish, ServerFrame};
 use futures::stream::{FuturesUnordered, SplitStream};
-use futures::{Future, FutureExt, StreamExt};
+use futures::{Future, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
@@ -152,19 +152,16 @@ pub fn run(
     metrics::connection_opened();
     let limits = &context.limits;
     let (sink, stream) = socket.split();
-    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue);
+    // The one signal the read loop waits on besides the socket: the
+    // gateway shuts down, the socket is kicked for being too slow, or the
+    // writer stopped (a write failed or timed out). `stopped` tells which.
+    let stop = context.shutdown.child_token();
+    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &context.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
-    // Cancelled when the writer stops (a write failed or timed out): the
-    // session then ends too, rather than keep a socket nobody writes to.
-    let writer_gone = CancellationToken::new();
-    let writer_done = writer_gone.clone().drop_guard();
-    // The writer's task is its future alone (the guard rides in the map),
-    // so that an idle socket's writer takes no more room than it needs.
-    let writer = writer::run(sink, drain, writer_config).map(move |()| drop(writer_done));
-    let writer = tokio::spawn(writer);
+    let writer = tokio::spawn(writer::run(sink, drain, writer_config));
 
     let (principal, subject_guard) = match authenticated {
         Some(a) => (Some(a.principal), a.guard),
@@ -179,7 +176,6 @@ pub fn run(
         context: context.clone(),
         replies,
         outlet,
-        writer_gone,
         subscriptions: Subscriptions::default(),
         openings: HashMap::new(),
         subscribing: FuturesUnordered::new(),
@@ -210,11 +206,9 @@ struct Session {
     strikes: u32,
     context: Arc<Context>,
     replies: Replies,
-    /// The queues every delivery path fills for this socket; kicks the
-    /// session when a `disconnect` subscription overflows.
+    /// The queues every delivery path fills for this socket; its `stop`
+    /// token ends the read loop (see [`Session::stopped`]).
     outlet: Outlet,
-    /// Cancelled when the writer task has stopped.
-    writer_gone: CancellationToken,
     /// Topic → the subscription.
     subscriptions: Subscriptions,
     /// Topic → the subscribe waiting on Kafka for it.
@@ -241,10 +235,8 @@ impl Session {
         let auth_timer = tokio::time::sleep(self.context.auth_timeout);
         let expiry_timer = tokio::time::sleep_until(self.expiry());
         // Made once, not on every turn of the loop.
-        let kicked = self.outlet.kicked().clone().cancelled_owned();
-        let writer_gone = self.writer_gone.clone().cancelled_owned();
-        let shutdown = self.context.shutdown.clone().cancelled_owned();
-        tokio::pin!(idle_timer, auth_timer, expiry_timer, kicked, writer_gone, shutdown);
+        let stop = self.outlet.stop().clone().cancelled_owned();
+        tokio::pin!(idle_timer, auth_timer, expiry_timer, stop);
         let mut armed_for = self.expires_at();
         loop {
             if self.expires_at() != armed_for {
@@ -253,12 +245,9 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                () = &mut kicked => return End::Close(CloseCode::SLOW_CONSUMER),
-                () = &mut writer_gone => return End::WriterGone,
-                () = &mut shutdown => return End::Shutdown,
-                Some((id, reply)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.inflight_ids.remove(&id);
-                    if let Err(end) = self.send_text(reply).await {
+                () = &mut stop => return self.stopped(),
+                Some(answer) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Err(end) = self.answer_ready(answer).await {
                         return end;
                     }
                 }
@@ -307,6 +296,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Why the outlet's `stop` token was cancelled.
+    fn stopped(&self) -> End {
+        if self.outlet.was_kicked() {
+            End::Close(CloseCode::SLOW_CONSUMER)
+        } else if self.outlet.writer_gone() {
+            End::WriterGone
+        } else {
+            End::Shutdown
+        }
+    }
+
+    /// Sends a publish's answer, and those of every other publish already
+    /// answered: one produce response settles many publishes, and answering
+    /// them in one turn spares the loop a turn (and its polls) for each.
+    async fn answer_ready(&mut self, first: (String, Utf8Bytes)) -> Result<(), End> {
+        let mut next = Some(first);
+        while let Some((id, reply)) = next {
+            self.inflight_ids.remove(&id);
+            self.send_text(reply).await?;
+            // Polled with this task's own waker, so nothing is missed when
+            // the set is not ready.
+            let polled =
+                std::future::poll_fn(|cx| Poll::Ready(self.inflight.poll_next_unpin(cx))).await;
+            next = match polled {
+                Poll::Ready(answer) => answer,
+                Poll::Pending => None,
+            };
+        }
+        Ok(())
     }
 
     /// Decodes and carries out one client frame. Synchronous, so that the

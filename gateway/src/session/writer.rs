@@ -143,6 +143,7 @@ mod tests {
     use super::*;
     use crate::outlet::{Completion, Done, Outlet, PacedFrame};
     use ferry_protocol::CloseCode;
+    use tokio_util::sync::CancellationToken;
 
     /// What the writer did to the sink, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +220,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_burst_goes_out_in_one_flush_replies_first() {
         let sink = Recorder::default();
-        let (outlet, drain) = Outlet::new(8, 8);
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
         let replies = outlet.replies(8);
         record(&outlet, "r1");
         record(&outlet, "r2");
@@ -234,7 +235,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_group_record_is_completed_only_once_flushed() {
         let sink = Recorder::default();
-        let (outlet, drain) = Outlet::new(8, 8);
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
         let replies = outlet.replies(8);
         let (to_group, mut completions) = tokio::sync::mpsc::unbounded_channel();
         let completion = Completion { session: 1, partition: 0, offset: 7 };
@@ -251,7 +252,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_keep_their_schedule_on_a_busy_socket() {
         let sink = Recorder::default();
-        let (outlet, drain) = Outlet::new(8, 8);
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
         let replies = outlet.replies(8);
         let writer = tokio::spawn(run(sink.clone(), drain, CONFIG));
         // A record every second for 45 s: two pings are due meanwhile.
@@ -268,7 +269,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_socket_ends_the_writer_after_the_write_timeout() {
         let sink = Recorder { stalled: true, ..Recorder::default() };
-        let (outlet, drain) = Outlet::new(8, 8);
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
         let _replies = outlet.replies(8);
         record(&outlet, "stuck");
         let started = Instant::now();
@@ -281,7 +282,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn close_sends_the_code_and_ends_the_writer() {
         let sink = Recorder::default();
-        let (outlet, drain) = Outlet::new(8, 8);
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
         let replies = outlet.replies(8);
         replies.send("bye".into()).await.unwrap();
         replies.close(CloseCode::IDLE_TIMEOUT);
