@@ -26,7 +26,7 @@
 //!   A session sees the gateway through [`session::Context`] (its limits,
 //!   auth and ACL, producer, routes), not the whole [`app::AppState`].
 //!   Both tasks are kept small for idle sockets (frames are handled
-//!   synchronously, rare steps are boxed): ~7.8 KiB per idle subscriber.
+//!   synchronously, rare steps are boxed): ~7.5 KiB per idle subscriber.
 //! - [`hub`]: topic → local subscribers, grouped by filter (a registry:
 //!   join/leave say first/last); dispatch never blocks.
 //! - [`outlet`]: one per socket: one bounded queue (one lock, one wake-up)
