@@ -41,7 +41,8 @@ use crate::schema::Schemas;
 use crate::session::limits::SubjectConnections;
 use crate::{http, metrics, session};
 
-/// State shared by the HTTP handlers and every session.
+/// State shared by the HTTP handlers. A WebSocket session gets only
+/// [`AppState::session`], built from the same handles.
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,

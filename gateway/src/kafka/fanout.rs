@@ -11,7 +11,7 @@
 //!
 //! The [`Hub`] only says who is subscribed. Whether Kafka should deliver a
 //! topic is decided here, per topic, under that topic's own lock
-//! ([`Fanout::reconcile`]): it compares what the hub wants with what is
+//! (`Fanout::reconcile`): it compares what the hub wants with what is
 //! assigned and assigns or releases partitions to match. Every join and
 //! every last leave reconciles, so a last-unsubscribe and a new
 //! first-subscribe of the same topic cannot leave it wrongly assigned,
