@@ -28,6 +28,7 @@ use crate::auth::{AuthMode, Authenticator};
 use crate::config::Config;
 use crate::delivery::Routes;
 use crate::hub::Hub;
+use crate::kafka::catchup;
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
 use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
@@ -35,8 +36,8 @@ use crate::kafka::fanout::Fanout;
 use crate::kafka::groups::Groups;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
-use crate::kafka::replay::Replays;
 use crate::kafka::topics::{Creator, Topics};
+use crate::recent::Budget;
 use crate::schema::Schemas;
 use crate::session::limits::SubjectConnections;
 use crate::{http, metrics, session};
@@ -212,12 +213,23 @@ impl App {
                 "Kafka does not answer yet; serving anyway (/readyz is 503 until it does)"
             );
         }
+        let limits = &config.limits;
+        let budget = Budget::new(limits.recent_bytes, Duration::from_millis(limits.recent_age_ms));
+        let catchup = catchup::Settings {
+            readers: limits.catchup_readers,
+            max_followers: limits.max_catching_up,
+            timeout,
+        };
         let fanout = Arc::new(Fanout::new(
             consumer,
-            Arc::new(Hub::default()),
+            Arc::new(Hub::new(budget)),
             topics.clone(),
             timeout,
             config.kafka.partition_refresh(),
+            settings.clone(),
+            context.clone(),
+            catchup,
+            limits.rewind_records,
         ));
 
         let tls = match config.tls.files() {
@@ -234,12 +246,6 @@ impl App {
         let routes = Arc::new(Routes {
             topics: topics.clone(),
             fanout,
-            replays: Replays::new(
-                settings.clone(),
-                context.clone(),
-                config.limits.max_replays,
-                timeout,
-            ),
             groups: Groups::new(settings, context, config.kafka.group_prefix.clone(), timeout),
         });
         let session = Arc::new(session::Context {

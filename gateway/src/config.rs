@@ -157,11 +157,27 @@ pub struct LimitsConfig {
     /// A connection whose publishes are refused this many times in a row
     /// for the rate limit is closed (4004).
     pub rate_limit_strikes: u32,
-    /// Subscriptions from `earliest`, offsets or a timestamp running at once
-    /// on this node (each has its own Kafka consumer); more get `limit`.
-    pub max_replays: usize,
-    /// Replayed records queued for one socket; a full queue pauses the
-    /// replay (it never disconnects the socket).
+    /// Bytes of recent records the node keeps in memory, over all topics,
+    /// so that resumes and other starts a little back are served without a
+    /// Kafka read. 0 keeps none.
+    pub recent_bytes: usize,
+    /// Longest a recent record is kept.
+    pub recent_age_ms: u64,
+    /// Shared Kafka readers for catch-up running at once on this node (one
+    /// per topic serves every subscriber behind its recent records); other
+    /// topics wait for one.
+    pub catchup_readers: usize,
+    /// Subscriptions catching up at once on this node (resumes, `earliest`,
+    /// timestamps, until they join the live fan-out); more get `limit` with
+    /// `retry_after_ms`.
+    pub max_catching_up: usize,
+    /// How far back (records per partition) the live consumer may start when
+    /// a topic's first subscription on this node is a resume: its position
+    /// is then read once and kept for the resumes that follow. Older starts
+    /// go through the shared reader.
+    pub rewind_records: i64,
+    /// Catch-up records queued for one socket; a full queue pauses its
+    /// catch-up (it never disconnects the socket).
     pub replay_queue: usize,
     /// Longest a subscribe, or the topic look-up before a publish, may wait
     /// for Kafka; past it the client gets `timeout` (not subscribed, not
@@ -352,7 +368,11 @@ impl Default for LimitsConfig {
             publish_rate: 2_000,
             publish_burst: 4_000,
             rate_limit_strikes: 100,
-            max_replays: 256,
+            recent_bytes: 64 * 1024 * 1024,
+            recent_age_ms: 60_000,
+            catchup_readers: 4,
+            max_catching_up: 20_000,
+            rewind_records: 100_000,
             replay_queue: 256,
             request_timeout_ms: 30_000,
             max_pending_handshakes: 1_024,
@@ -434,7 +454,9 @@ impl Config {
         check(l.publish_rate >= 1, "limits.publish_rate must be at least 1");
         check(l.publish_burst >= 1, "limits.publish_burst must be at least 1");
         check(l.rate_limit_strikes >= 1, "limits.rate_limit_strikes must be at least 1");
-        check(l.max_replays >= 1, "limits.max_replays must be at least 1");
+        check(l.catchup_readers >= 1, "limits.catchup_readers must be at least 1");
+        check(l.max_catching_up >= 1, "limits.max_catching_up must be at least 1");
+        check(l.rewind_records >= 0, "limits.rewind_records must not be negative");
         check(l.replay_queue >= 1, "limits.replay_queue must be at least 1");
         check(l.request_timeout_ms >= 1_000, "limits.request_timeout_ms must be at least 1000");
         check(l.max_pending_handshakes >= 1, "limits.max_pending_handshakes must be at least 1");

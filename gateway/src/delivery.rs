@@ -2,10 +2,11 @@
 //! WebSocket session, an SSE stream).
 //!
 //! The route follows from the request: a `group` joins a shared group
-//! ([`crate::kafka::groups`]); `latest` joins the node's live fan-out
-//! ([`crate::kafka::fanout`]); any other start is a replay
-//! ([`crate::kafka::replay`]). Records then flow into the socket's
-//! [`Outlet`], whatever the route.
+//! ([`crate::kafka::groups`]); every other subscription goes to the node's
+//! live fan-out ([`crate::kafka::fanout`]): `latest` at once, any other
+//! start after catching up ([`crate::kafka::catchup`]: from the recent
+//! records, or the topic's shared Kafka reader). Records then flow into
+//! the socket's [`Outlet`], whatever the route.
 //!
 //! [`Routes::open`] answers with where each partition starts, the `gap`
 //! notices to send, and a [`Held`] subscription: dropping it takes the socket off its
@@ -16,13 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ferry_protocol::{AckMode, Overflow, ServerFrame, StartFrom};
+use tokio_util::sync::DropGuard;
 
 use crate::error::GatewayError;
 use crate::filter::Filter;
 use crate::hub::Subscriber;
 use crate::kafka::fanout::Fanout;
 use crate::kafka::groups::{Groups, Member};
-use crate::kafka::replay::{ReplayHandle, Replays};
 use crate::kafka::topics::Topics;
 use crate::outlet::Outlet;
 
@@ -31,9 +32,8 @@ use crate::outlet::Outlet;
 pub struct Routes {
     /// Partition counts (and creation) of the topics subscribed to.
     pub topics: Arc<Topics>,
-    /// The node's live fan-out.
+    /// The node's live fan-out, and the catch-up that leads into it.
     pub fanout: Arc<Fanout>,
-    pub replays: Replays,
     pub groups: Groups,
 }
 
@@ -58,7 +58,8 @@ pub struct Opened {
     /// Where each partition's delivery starts: every record at or past
     /// these offsets arrives. Empty for a group (Kafka assigns).
     pub starts: BTreeMap<i32, i64>,
-    /// `gap` notices to send after `subscribed` (replays).
+    /// `gap` notices to send after `subscribed` (a start Kafka no longer,
+    /// or not yet, has).
     pub gaps: Vec<ServerFrame>,
     pub held: Held,
 }
@@ -74,10 +75,10 @@ pub struct Held {
 
 #[derive(Debug)]
 enum Route {
-    Live,
+    /// On the fan-out, live or catching up (its catch-up stops when the
+    /// guard drops).
+    Live(Option<DropGuard>),
     Group(String),
-    /// Stopped when the handle drops; `None` until the replay started.
-    Replay(Option<ReplayHandle>),
 }
 
 impl Held {
@@ -93,9 +94,8 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         match &self.route {
-            Route::Live => self.routes.fanout.unsubscribe(&self.topic, self.session),
+            Route::Live(_) => self.routes.fanout.unsubscribe(&self.topic, self.session),
             Route::Group(group) => self.routes.groups.leave(group, &self.topic, self.session),
-            Route::Replay(_) => {} // its handle stops it
         }
     }
 }
@@ -106,10 +106,9 @@ impl Routes {
     /// and drop it on timeout, which undoes it.
     pub async fn open(self: &Arc<Self>, request: Request) -> Result<Opened, GatewayError> {
         let Request { session, topic, from, group, ack, overflow, filter, outlet } = request;
-        let route = match (&group, &from) {
-            (Some(group), _) => Route::Group(group.clone()),
-            (None, StartFrom::Latest) => Route::Live,
-            (None, _) => Route::Replay(None),
+        let route = match &group {
+            Some(group) => Route::Group(group.clone()),
+            None => Route::Live(None),
         };
         // Held before any Kafka work: an error or a drop below undoes it.
         let mut held = Held { routes: self.clone(), session, topic: topic.clone(), route };
@@ -120,16 +119,13 @@ impl Routes {
                 self.groups.join(group, &topic, partitions, &from, member).await?;
                 Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
             }
-            Route::Live => {
+            Route::Live(guard) => {
                 let subscriber =
                     Subscriber { session, topic: topic.as_str().into(), overflow, outlet, filter };
-                let starts = self.fanout.subscribe(&topic, partitions, subscriber).await?;
-                Ok(Opened { starts, gaps: Vec::new(), held })
-            }
-            Route::Replay(handle) => {
-                let started = self.replays.start(&topic, partitions, &from, filter, outlet).await?;
-                *handle = Some(started.handle);
-                Ok(Opened { starts: started.starts, gaps: started.gaps, held })
+                let subscribed =
+                    self.fanout.subscribe(&topic, partitions, subscriber, &from).await?;
+                *guard = subscribed.catching_up;
+                Ok(Opened { starts: subscribed.starts, gaps: subscribed.gaps, held })
             }
         }
     }

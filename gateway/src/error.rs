@@ -5,7 +5,8 @@
 
 use ferry_protocol::{ErrorCode, RequestError, ServerFrame};
 
-/// How long a client should wait before retrying after `unavailable`.
+/// How long a client should wait before retrying after `unavailable`, or
+/// after `limit` when the node itself is overloaded.
 pub const RETRY_AFTER_MS: u64 = 1_000;
 
 /// Why a request could not be carried out.
@@ -27,6 +28,10 @@ pub enum GatewayError {
     TooLarge,
     #[error("{0}")]
     Limit(String),
+    /// The node is at a bound of its own (memory, Kafka consumers), not the
+    /// client's: `limit` with `retry_after_ms`, and a retry soon succeeds.
+    #[error("{0}")]
+    Overloaded(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -51,7 +56,7 @@ impl GatewayError {
             Self::Unavailable(_) => ErrorCode::Unavailable,
             Self::Timeout | Self::NoAnswer(_) => ErrorCode::Timeout,
             Self::TooLarge => ErrorCode::TooLarge,
-            Self::Limit(_) => ErrorCode::Limit,
+            Self::Limit(_) | Self::Overloaded(_) => ErrorCode::Limit,
             Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::RateLimited(_) => ErrorCode::RateLimited,
@@ -73,7 +78,8 @@ impl GatewayError {
             id: id.map(str::to_owned),
             code: self.code(),
             message,
-            retry_after_ms: matches!(self, Self::Unavailable(_)).then_some(RETRY_AFTER_MS),
+            retry_after_ms: matches!(self, Self::Unavailable(_) | Self::Overloaded(_))
+                .then_some(RETRY_AFTER_MS),
         }
     }
 }

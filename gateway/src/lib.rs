@@ -70,6 +70,7 @@ pub mod hub;
 pub mod kafka;
 pub mod metrics;
 pub mod outlet;
+pub mod recent;
 pub mod resume;
 pub mod schema;
 pub mod session;

@@ -38,6 +38,12 @@ pub const SSE_STREAMS_TOTAL: &str = "ferry_sse_streams_total";
 pub const SSE_REJECTED: &str = "ferry_sse_rejected_total";
 pub const SSE_CLOSED: &str = "ferry_sse_closed_total";
 pub const SSE_EVENTS: &str = "ferry_sse_events_total";
+pub const RECENT_BYTES: &str = "ferry_recent_bytes";
+pub const RESUMES: &str = "ferry_resumes_total";
+pub const CATCHUP_READERS: &str = "ferry_catchup_readers";
+pub const CATCHING_UP: &str = "ferry_catching_up";
+pub const HANDOVERS: &str = "ferry_handovers_total";
+pub const CATCHUP_SECONDS: &str = "ferry_catchup_seconds";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -234,9 +240,31 @@ fn register_at_zero() {
     for reason in SSE_CLOSE_REASONS {
         counter!(SSE_CLOSED, "reason" => reason).absolute(0);
     }
-    // Registering the histogram makes it render (count 0) before the
-    // first publish.
+    describe_gauge!(RECENT_BYTES, Unit::Bytes, "Bytes of recent records kept for resumes.");
+    describe_counter!(
+        RESUMES,
+        "Subscriptions catching up (resume, earliest, timestamp), by where they started: \
+         recent (kept records, no Kafka read) or kafka (the topic's shared reader)."
+    );
+    describe_gauge!(CATCHUP_READERS, "Shared Kafka readers serving catch-up now.");
+    describe_gauge!(CATCHING_UP, "Subscriptions catching up now.");
+    describe_counter!(HANDOVERS, "Catching-up subscriptions that joined the live fan-out.");
+    describe_histogram!(
+        CATCHUP_SECONDS,
+        Unit::Seconds,
+        "Time from a catching-up subscribe to joining the live fan-out."
+    );
+    gauge!(RECENT_BYTES).set(0.0);
+    gauge!(CATCHUP_READERS).set(0.0);
+    gauge!(CATCHING_UP).set(0.0);
+    counter!(HANDOVERS).absolute(0);
+    for source in ["recent", "kafka"] {
+        counter!(RESUMES, "source" => source).absolute(0);
+    }
+    // Registering the histograms makes them render (count 0) before the
+    // first publish or catch-up.
     let _ = histogram!(PUBLISH_LATENCY);
+    let _ = histogram!(CATCHUP_SECONDS);
 }
 
 pub fn connection_opened() {
@@ -299,6 +327,30 @@ pub fn fanout_record(deliveries: usize) {
             counter!(FANOUT_DELIVERIES).increment(deliveries as u64);
         }
     }
+}
+
+pub fn recent_bytes(bytes: usize) {
+    gauge!(RECENT_BYTES).set(bytes as f64);
+}
+
+/// A catching-up subscription found its start in the recent records
+/// (`recent`) or needed the topic's Kafka reader (`kafka`).
+pub fn resume_source(source: &'static str) {
+    counter!(RESUMES, "source" => source).increment(1);
+}
+
+pub fn catchup_readers(delta: f64) {
+    gauge!(CATCHUP_READERS).increment(delta);
+}
+
+pub fn catching_up(delta: f64) {
+    gauge!(CATCHING_UP).increment(delta);
+}
+
+/// A catching-up subscription joined the live fan-out after `took`.
+pub fn handed_over(took: Duration) {
+    counter!(HANDOVERS).increment(1);
+    histogram!(CATCHUP_SECONDS).record(took.as_secs_f64());
 }
 
 pub fn slow_consumer() {

@@ -168,20 +168,54 @@ async fn unavailable_offsets_are_reported_as_gaps() {
     assert_eq!(bad["code"], "bad_request");
 }
 
+/// Past `limits.max_catching_up`, a catch-up subscribe is refused with
+/// `limit` and a `retry_after_ms`; once the others have caught up, the
+/// retry succeeds. Live subscriptions are not counted.
 #[ferry_test]
-async fn replays_are_capped_per_node() {
-    let gw = spawn_gateway_with(|c| c.limits.max_replays = 2).await;
-    let mut client = gw.client().await;
-    for i in 0..2 {
-        let reply = client.request(json!({"type":"subscribe","topic":unique_topic(&format!("r{i}")),"from":"earliest"})).await;
-        assert_eq!(reply["type"], "subscribed", "{reply}");
+async fn catching_up_is_bounded_and_the_refusal_says_when_to_retry() {
+    let gw = spawn_gateway_with(|c| {
+        c.limits.max_catching_up = 1;
+        c.limits.replay_queue = 4;
+        c.websocket.write_timeout_ms = 120_000;
+    })
+    .await;
+    let topic = unique_topic("bounded");
+    gw.kafka().create_topic(&topic, 4).await;
+    // More than the socket buffers hold (18 MB; the embedded Kafka keeps
+    // 5 MB per partition): a client that does not read stays catching up.
+    let producer = producer(&gw.bootstrap);
+    let value = format!("{{\"pad\":\"{}\"}}", "x".repeat(16_000));
+    let n = 1_120;
+    for i in 0..n {
+        produce(&producer, &topic, Some(i % 4), None, value.as_bytes(), &[]).await;
     }
-    let reply = client
-        .request(json!({"type":"subscribe","topic":unique_topic("r3"),"from":"earliest"}))
-        .await;
-    assert_eq!(reply["code"], "limit", "{reply}");
-    // Live subscriptions are not replays and are not capped by it.
-    client.subscribed(&unique_topic("live")).await;
+    let mut slow = gw.client().await;
+    let reply = slow.request(json!({"type":"subscribe","topic":topic,"from":"earliest"})).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+
+    let mut other = gw.client().await;
+    let refused = other.request(json!({"type":"subscribe","topic":topic,"from":"earliest"})).await;
+    assert_eq!(refused["code"], "limit", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{refused}");
+    other.subscribed(&unique_topic("live")).await;
+
+    for _ in 0..n {
+        slow.next_message().await;
+    }
+    // The others caught up: a retry after `retry_after_ms` is accepted.
+    loop {
+        let reply =
+            other.request(json!({"type":"subscribe","topic":topic,"from":"earliest"})).await;
+        if reply["type"] == "subscribed" {
+            break;
+        }
+        assert_eq!(reply["code"], "limit", "{reply}");
+        let wait = reply["retry_after_ms"].as_u64().unwrap();
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    for _ in 0..n {
+        other.next_message().await;
+    }
 }
 
 #[ferry_test]

@@ -263,6 +263,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The gateway binary, run as a separate process.
+/// Writes a config file pointing a gateway process at `kafka`, with
+/// `extra` TOML appended; returns its path.
+pub fn node_config(kafka: &TestKafka, name: &str, extra: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{name}-{}.toml", uuid::Uuid::new_v4().simple()));
+    let mut text = format!("{extra}\n[kafka]\nbrokers = \"{}\"\n", kafka.bootstrap());
+    if kafka.is_embedded() {
+        text.push_str("[kafka.librdkafka]\n\"fetch.wait.max.ms\" = \"5\"\n");
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
@@ -366,7 +378,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A protocol v1 client for tests. Frames that arrive while the test waits
 /// for something else are kept, so nothing is lost between calls.

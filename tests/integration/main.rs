@@ -12,6 +12,7 @@ mod auth;
 mod console;
 mod delivery;
 mod errors;
+mod failover;
 mod fanout;
 mod filters;
 mod groups;

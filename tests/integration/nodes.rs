@@ -8,17 +8,6 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use ferry_test_macros::ferry_test;
 
-/// Writes a config file pointing a gateway process at `kafka`.
-fn config_file(kafka: &TestKafka, name: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("{name}-{}.toml", uuid::Uuid::new_v4().simple()));
-    let mut text = format!("[kafka]\nbrokers = \"{}\"\n", kafka.bootstrap());
-    if kafka.is_embedded() {
-        text.push_str("[kafka.librdkafka]\n\"fetch.wait.max.ms\" = \"5\"\n");
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// `cargo run` on a fresh machine: the embedded Kafka's address is logged,
 /// and an outside Kafka client (here an independent rdkafka producer, as
 /// kcat would be) can produce to it and reach subscribed sockets.
@@ -42,7 +31,7 @@ async fn two_gateway_processes_on_one_kafka() {
     let kafka = TestKafka::start().await;
     let topic = unique_topic("nodes");
     kafka.create_topic(&topic, 3).await;
-    let file = config_file(&kafka, "ferry-node");
+    let file = node_config(&kafka, "ferry-node", "");
     let file = file.to_str().unwrap();
     let a = GatewayProcess::start(&["--config", file, "--node-id", "a"], &[]);
     let b = GatewayProcess::start(&["--config", file, "--node-id", "b"], &[]);
@@ -78,7 +67,7 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
     let kafka = TestKafka::start().await;
     let topic = unique_topic("term");
     kafka.create_topic(&topic, 3).await;
-    let file = config_file(&kafka, "ferry-term");
+    let file = node_config(&kafka, "ferry-term", "");
     let mut gw = GatewayProcess::start(&["--config", file.to_str().unwrap()], &[]);
     let mut client = Client::connect(&gw.ws_url()).await;
     client.acked(&topic, json!("warm-up")).await;

@@ -7,7 +7,19 @@
 //! client is told `subscribed`, every record produced after that reply has
 //! an offset at or past the assigned position: the subscription is live.
 //! A new subscription costs one watermark request per partition and no
-//! rebalance. Each record is encoded once and handed to the [`Hub`].
+//! rebalance. Each record is encoded once and handed to the [`Hub`], which
+//! keeps it among the topic's recent records ([`crate::recent`]).
+//!
+//! Every subscription that is not a shared group comes here. `latest`
+//! joins the hub at once. Any other start (a resume from offsets,
+//! `earliest`, a timestamp) is planned, then caught up by
+//! [`crate::kafka::catchup`]: from the recent records when they reach back
+//! far enough, else from the topic's one shared Kafka reader, and joined to
+//! the live path at its exact next offset. When such a subscription is the
+//! first of a topic on this node (a node taking over another's clients),
+//! the live consumer itself starts at its position, up to
+//! `limits.rewind_records` back: it reads what the first resumes need once
+//! and keeps it for the ones that follow.
 //!
 //! The [`Hub`] only says who is subscribed. Whether Kafka should deliver a
 //! topic is decided here, per topic, under that topic's own lock
@@ -30,14 +42,19 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use ferry_protocol::{ServerFrame, StartFrom};
+use tokio_util::sync::DropGuard;
+
 use crate::error::GatewayError;
-use crate::filter::RecordView;
 use crate::hub::{Hub, Subscriber};
+use crate::kafka::catchup::{self, CatchUp};
+use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
 use crate::kafka::retry_blocking;
 use crate::kafka::source::{self, Flow, Route};
 use crate::kafka::topics::Topics;
 use crate::metrics;
+use crate::recent::Record;
 
 /// A record's headers as `(name, value)` pairs, borrowed.
 pub fn record_headers<'a>(record: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
@@ -59,11 +76,41 @@ pub fn encode_record(record: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8
     Utf8Bytes::from(frame.encode())
 }
 
-/// What the consumer is assigned of one topic: partition → the offset it
-/// was assigned at. Empty while the topic is not assigned.
+/// A record as the live path and the catch-up keep it: its frame, encoded
+/// once, and what filters look at.
+pub fn recent_record(record: &BorrowedMessage<'_>) -> Arc<Record> {
+    let headers = record_headers(record);
+    let frame = encode_record(record, &headers);
+    Arc::new(Record::new(
+        record.partition(),
+        record.offset(),
+        record.timestamp().to_millis(),
+        frame,
+        record.key(),
+        &headers,
+        record.payload(),
+    ))
+}
+
+/// What the consumer is assigned of one topic. Empty while the topic is
+/// not assigned.
 #[derive(Debug, Default)]
 struct Assignment {
+    /// Partition → the offset it was assigned at.
     starts: BTreeMap<i32, i64>,
+    /// Partition → its end when it was assigned: a `latest` subscription
+    /// starts no earlier, even while the consumer, started further back
+    /// for the first resumes, is still catching up.
+    ends: BTreeMap<i32, i64>,
+}
+
+/// A subscription on the fan-out: where each partition starts, the `gap`
+/// notices to send, and the guard that stops its catch-up when dropped.
+#[derive(Debug)]
+pub struct Subscribed {
+    pub starts: BTreeMap<i32, i64>,
+    pub gaps: Vec<ServerFrame>,
+    pub catching_up: Option<DropGuard>,
 }
 
 /// A topic's assignment behind its own lock: held across the Kafka round
@@ -75,6 +122,10 @@ type TopicLock = Arc<tokio::sync::Mutex<Assignment>>;
 pub struct Fanout {
     consumer: Arc<StreamConsumer<KafkaContext>>,
     hub: Arc<Hub>,
+    catchup: Arc<CatchUp>,
+    /// How far back the live consumer may start for a topic's first
+    /// subscription, per partition.
+    rewind: i64,
     /// Topic → its assignment. Short critical sections only (look-up,
     /// insert, remove); the per-topic lock is taken after it is released.
     assignments: Mutex<HashMap<String, TopicLock>>,
@@ -90,16 +141,26 @@ impl std::fmt::Debug for Fanout {
 }
 
 impl Fanout {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         consumer: StreamConsumer<KafkaContext>,
         hub: Arc<Hub>,
         topics: Arc<Topics>,
         timeout: Duration,
         partition_refresh: Duration,
+        client: ClientSettings,
+        context: KafkaContext,
+        catchup: catchup::Settings,
+        rewind: i64,
     ) -> Self {
+        let consumer = Arc::new(consumer);
+        let catchup =
+            Arc::new(CatchUp::new(hub.clone(), client, context, consumer.clone(), catchup));
         Self {
-            consumer: Arc::new(consumer),
+            consumer,
             hub,
+            catchup,
+            rewind,
             assignments: Mutex::default(),
             topics,
             timeout,
@@ -107,27 +168,56 @@ impl Fanout {
         }
     }
 
-    /// Subscribes a socket to `topic` (which has `partitions` partitions).
-    /// Returns once the subscription is live, with where each partition's
-    /// delivery to it starts: every record at or past these offsets
-    /// arrives.
+    /// Subscribes a socket to `topic` (which has `partitions` partitions)
+    /// from `from`. Returns once the subscription is on its way: live, or
+    /// catching up (its records then follow at the socket's pace, from
+    /// the returned starts on).
     pub async fn subscribe(
         &self,
         topic: &str,
         partitions: i32,
         subscriber: Subscriber,
-    ) -> Result<BTreeMap<i32, i64>, GatewayError> {
+        from: &StartFrom,
+    ) -> Result<Subscribed, GatewayError> {
         let session = subscriber.session;
-        self.hub.join(topic, subscriber);
+        let plan = match from {
+            StartFrom::Latest => None,
+            from => Some(self.catchup.plan(topic, partitions, from).await?),
+        };
+        let stop = CancellationToken::new();
+        let follower = match &plan {
+            Some(plan) => Some(self.catchup.follower(subscriber.clone(), plan, stop.clone())?),
+            None => None,
+        };
+        // Pending from here: the topic is wanted while it is assigned.
+        self.hub.pend(topic, session);
         let lock = self.topic_lock(topic);
         let mut assignment = lock.lock().await;
-        if let Err(e) = self.reconcile(topic, partitions, &mut assignment).await {
+        let rewind_to = plan.as_ref().map(|p| &p.cursor);
+        if let Err(e) = self.reconcile(topic, partitions, &mut assignment, rewind_to).await {
             if self.hub.leave(topic, session) {
-                let _ = self.reconcile(topic, 0, &mut assignment).await;
+                let _ = self.reconcile(topic, 0, &mut assignment, None).await;
             }
             return Err(e);
         }
-        Ok(self.live_starts(topic, &assignment))
+        // A topic entry made anew while the topic stayed assigned (its last
+        // subscriber had just left) keeps records from where the consumer is.
+        let positions = self.positions(topic, &assignment);
+        self.hub.assign(topic, &positions, &positions, true);
+        match (plan, follower) {
+            (Some(plan), Some(follower)) => {
+                drop(assignment);
+                self.catchup.follow(follower);
+                let catching_up = Some(stop.drop_guard());
+                Ok(Subscribed { starts: plan.cursor, gaps: plan.gaps, catching_up })
+            }
+            _ => {
+                let starts = self.hub.join_live(subscriber, &assignment.ends).ok_or_else(|| {
+                    GatewayError::Internal("subscriber left while subscribing".into())
+                })?;
+                Ok(Subscribed { starts, gaps: Vec::new(), catching_up: None })
+            }
+        }
     }
 
     /// Removes a socket from `topic`; after the last one, the topic's
@@ -142,7 +232,7 @@ impl Fanout {
             let lock = fanout.topic_lock(&topic);
             let mut assignment = lock.lock().await;
             // Releasing needs no Kafka round trip: it cannot fail on one.
-            let _ = fanout.reconcile(&topic, 0, &mut assignment).await;
+            let _ = fanout.reconcile(&topic, 0, &mut assignment, None).await;
             drop(assignment);
             fanout.forget(&topic, &lock);
         });
@@ -165,7 +255,8 @@ impl Fanout {
     }
 
     /// Makes what is assigned of `topic` match what the hub wants: its
-    /// `partitions` partitions at their end offsets when it has
+    /// `partitions` partitions at their end offsets (or back at
+    /// `rewind_to`, within `limits.rewind_records`) when it has
     /// subscribers and is not assigned yet; nothing when it has none. Runs
     /// under the topic's lock (`assignment`).
     async fn reconcile(
@@ -173,6 +264,7 @@ impl Fanout {
         topic: &str,
         partitions: i32,
         assignment: &mut Assignment,
+        rewind_to: Option<&BTreeMap<i32, i64>>,
     ) -> Result<(), GatewayError> {
         let wanted = self.hub.has_subscribers(topic);
         if !wanted && !assignment.starts.is_empty() {
@@ -184,23 +276,36 @@ impl Fanout {
                 tracing::warn!(topic, error = %e, "unassigning partitions failed");
             }
             assignment.starts.clear();
+            assignment.ends.clear();
             tracing::debug!(topic, "topic released");
         }
         // `partitions` 0: a release, which never assigns.
         if !wanted || !assignment.starts.is_empty() || partitions == 0 {
             return Ok(());
         }
-        let starts = self.end_offsets(topic, partitions).await?;
+        let ends = self.end_offsets(topic, partitions).await?;
+        let mut starts = ends.clone();
+        if let Some(rewind_to) = rewind_to {
+            for (p, start) in &mut starts {
+                if let Some(&wanted) = rewind_to.get(p) {
+                    *start = wanted.clamp(*start - self.rewind, *start);
+                }
+            }
+        }
         let mut list = TopicPartitionList::new();
-        for (&p, &high) in &starts {
-            list.add_partition_offset(topic, p, Offset::Offset(high))
+        for (&p, &start) in &starts {
+            list.add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(|e| GatewayError::Internal(e.to_string()))?;
         }
+        // Before the first record can arrive: the recent records start
+        // exactly where the consumer does.
+        self.hub.assign(topic, &starts, &ends, false);
         self.consumer
             .incremental_assign(&list)
             .map_err(|e| GatewayError::Internal(format!("assign failed: {e}")))?;
         tracing::debug!(topic, ?starts, "topic live");
         assignment.starts = starts;
+        assignment.ends = ends;
         Ok(())
     }
 
@@ -231,24 +336,54 @@ impl Fanout {
     /// Consumes until `shutdown`, dispatching every record.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         tokio::spawn(self.clone().watch_partitions(shutdown.clone()));
+        tokio::spawn(self.clone().expire_recent(shutdown.clone()));
         source::pump("fan-out", &self.consumer, &shutdown, Live(&self)).await;
     }
 
-    /// Encodes `record` once and queues the bytes to every subscriber.
+    /// Encodes `record` once, keeps it among the topic's recent records and
+    /// queues the bytes to every subscriber.
     fn dispatch(&self, record: &BorrowedMessage<'_>) {
-        let headers = record_headers(record);
-        let view = RecordView::new(record.key(), &headers, record.payload());
-        let encode = || encode_record(record, &headers);
-        let delivered = self.hub.dispatch(record.topic(), record.partition(), &view, encode);
+        let delivered = self.hub.dispatch(record.topic(), recent_record(record));
         metrics::fanout_record(delivered);
     }
 
-    /// Where a `latest` subscription of `topic` made now starts, per
-    /// partition: the consumer's position (the next record it will hand to
-    /// the hub), or the offset the partition was assigned at if nothing was
-    /// consumed since. Every record from there on reaches a subscriber that
-    /// joined before this call. Local, no Kafka request.
-    fn live_starts(&self, topic: &str, assignment: &Assignment) -> BTreeMap<i32, i64> {
+    /// Lets recent records past their age go, also on idle topics, and
+    /// reports what they hold.
+    async fn expire_recent(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.hub.expire();
+            metrics::recent_bytes(self.hub.budget().used());
+            // A partition whose last records are transaction markers hands
+            // nothing on for them: its position says it is past them.
+            let behind = self.hub.behind_head();
+            if behind.is_empty() {
+                continue;
+            }
+            let Ok(positions) = self.consumer.position() else { continue };
+            for topic in behind {
+                let at: BTreeMap<i32, i64> = positions
+                    .elements_for_topic(&topic)
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        Offset::Offset(o) => Some((e.partition(), o)),
+                        _ => None,
+                    })
+                    .collect();
+                self.hub.reached(&topic, &at);
+            }
+        }
+    }
+
+    /// Where the consumer stands in each assigned partition of `topic`: its
+    /// position (the next record it hands to the hub), or the offset the
+    /// partition was assigned at if nothing was consumed since. Local, no
+    /// Kafka request.
+    fn positions(&self, topic: &str, assignment: &Assignment) -> BTreeMap<i32, i64> {
         let mut starts = assignment.starts.clone();
         if let Ok(positions) = self.consumer.position() {
             for element in positions.elements_for_topic(topic) {
@@ -315,10 +450,12 @@ impl Fanout {
             list.add_partition_offset(topic, p, Offset::Beginning)
                 .map_err(|e| GatewayError::Internal(e.to_string()))?;
         }
+        let added: BTreeMap<i32, i64> = new.into_iter().map(|p| (p, 0)).collect();
+        self.hub.assign(topic, &added, &added, true);
         self.consumer
             .incremental_assign(&list)
             .map_err(|e| GatewayError::Internal(format!("assign failed: {e}")))?;
-        assignment.starts.extend(new.into_iter().map(|p| (p, 0)));
+        assignment.starts.extend(added);
         Ok(())
     }
 }

@@ -13,13 +13,15 @@
 //!   topics and handing each record, encoded once, to the [`crate::hub`].
 //! - [`groups`]: shared-group subscriptions on real Kafka consumer groups,
 //!   at least once.
-//! - [`replay`]: subscriptions from `earliest`, offsets or a timestamp, each
-//!   with a consumer of its own.
+//! - [`catchup`]: subscriptions from `earliest`, offsets or a timestamp,
+//!   served from the recent records or one shared reader per topic until
+//!   they join the live fan-out.
 //! - [`source`]: the one pump loop every consumer above runs, handing each
 //!   record to its route (the hub, one socket, or a group's members).
 //! - [`health`]: whether Kafka answers, for `/readyz` and for fast
 //!   `unavailable` answers.
 
+pub mod catchup;
 pub mod client_config;
 pub mod context;
 pub mod embedded;
@@ -27,7 +29,6 @@ pub mod fanout;
 pub mod groups;
 pub mod health;
 pub mod producer;
-pub mod replay;
 pub mod security;
 pub mod source;
 pub mod topics;
