@@ -18,7 +18,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -236,8 +236,7 @@ impl App {
             Some((cert, key)) => Some(Arc::new(http::tls::Tls::new(cert, key)?)),
             None => None,
         };
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = listen(config.listen)
             .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
         let local_addr = listener
             .local_addr()
@@ -361,4 +360,18 @@ impl App {
         background.cancel();
         tracing::info!("stopped");
     }
+}
+
+/// Connections the kernel queues for `accept` on the listening socket. A
+/// node taking over another's clients sees thousands connect at once; the
+/// usual 128 would overflow, and each refused client waits out a SYN retry
+/// (1 s, then 3 s, ...). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the public listener, with [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

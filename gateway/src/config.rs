@@ -571,6 +571,15 @@ pub fn load(
         }
     }
 
+    for (key, instead) in REMOVED {
+        let path = split(key);
+        let (section, name) = (&path[0], &path[1]);
+        if let Some(toml::Value::Table(t)) = table.get_mut(section.as_str()) {
+            if t.remove(name.as_str()).is_some() {
+                errors.push(format!("{key} was removed: use {instead}"));
+            }
+        }
+    }
     let known = env_keys();
     let namespaces = env_namespaces();
     let mut env: Vec<(String, String)> =
@@ -583,6 +592,11 @@ pub fn load(
                 Err(why) => errors.push(format!("{name}: {why}")),
             },
             None if SCRIPT_VARIABLES.contains(&name.as_str()) => {}
+            None if REMOVED.iter().any(|(key, _)| env_name(&split(key)) == name) => {
+                let removed = REMOVED.iter().find(|(key, _)| env_name(&split(key)) == name);
+                let (key, instead) = removed.expect("found above");
+                errors.push(format!("{name} ({key}) was removed: use {instead}"));
+            }
             None if namespaces.iter().any(|prefix| name.starts_with(prefix.as_str())) => {
                 errors.push(unknown_variable(&name, &known));
             }
@@ -644,6 +658,14 @@ fn env_namespaces() -> Vec<String> {
         .map(|(section, _)| format!("FERRY_{}_", section.to_uppercase()))
         .collect()
 }
+
+/// Keys a release removed, and what took their place; a configuration that
+/// still sets one is refused with this hint.
+const REMOVED: &[(&str, &str)] = &[(
+    "limits.max_replays",
+    "limits.catchup_readers (Kafka readers for catch-up) and limits.max_catching_up \
+     (subscriptions catching up at once)",
+)];
 
 /// The error for a `FERRY_*` variable that names no key, with the nearest
 /// key's variable when one is close.
@@ -906,6 +928,23 @@ mod tests {
         assert!(all.contains("nope"), "{all}");
         assert!(all.contains("websocket.idle_timeout_ms"), "{all}");
         assert!(errors.len() >= 4, "{all}");
+    }
+
+    #[test]
+    fn a_removed_key_is_refused_with_what_replaced_it() {
+        let dir = std::env::temp_dir().join(format!("ferry-removed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        std::fs::write(&file, "[limits]\nmax_replays = 10\n").unwrap();
+        let overrides = Overrides { config_file: Some(file), ..Default::default() };
+        let all =
+            load(&overrides, env(&[("FERRY_LIMITS_MAX_REPLAYS", "3")])).unwrap_err().0.join("\n");
+        assert!(
+            all.contains("limits.max_replays was removed: use limits.catchup_readers"),
+            "{all}"
+        );
+        assert!(all.contains("FERRY_LIMITS_MAX_REPLAYS (limits.max_replays) was removed"), "{all}");
+        assert!(!all.contains("unknown field"), "one error per key: {all}");
     }
 
     #[test]

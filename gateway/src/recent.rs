@@ -287,16 +287,16 @@ impl Recent {
     }
 
     /// Adds to `out` up to `max` kept records at or past `cursor`, in
-    /// offset order per partition; the caller checked the coverage.
+    /// offset order per partition, an equal share from each partition (so
+    /// that none falls behind while another is read); the caller checked
+    /// the coverage.
     pub fn read(&self, cursor: &BTreeMap<i32, i64>, max: usize, out: &mut Vec<Arc<Record>>) {
+        let share = max.div_ceil(cursor.len().max(1)).max(1);
         for (p, &next) in cursor {
             let Some(range) = self.ranges.get(p) else { continue };
             let from = range.records.partition_point(|r| r.offset < next);
-            let room = max.saturating_sub(out.len());
+            let room = share.min(max.saturating_sub(out.len()));
             out.extend(range.records.range(from..).take(room).cloned());
-            if out.len() >= max {
-                return;
-            }
         }
     }
 }
@@ -340,7 +340,7 @@ mod tests {
         assert_eq!(offsets(&out), [(0, 12), (0, 13), (0, 14), (1, 3)]);
         out.clear();
         recent.read(&cursor, 2, &mut out);
-        assert_eq!(offsets(&out), [(0, 12), (0, 13)], "at most max");
+        assert_eq!(offsets(&out), [(0, 12), (1, 3)], "at most max, a share of each partition");
         assert_eq!(recent.coverage(&BTreeMap::from([(0, 9)])), Coverage::Behind);
         assert_eq!(recent.coverage(&BTreeMap::from([(2, 0)])), Coverage::Behind, "unassigned");
         assert_eq!(recent.coverage(&BTreeMap::from([(0, 20)])), Coverage::Covered, "ahead");

@@ -258,11 +258,26 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
     (status, body)
 }
 
-/// The gateway binary, run as a separate process.
+/// A chunked HTTP/1.1 body, joined.
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
 /// Writes a config file pointing a gateway process at `kafka`, with
 /// `extra` TOML appended; returns its path.
 pub fn node_config(kafka: &TestKafka, name: &str, extra: &str) -> std::path::PathBuf {
@@ -275,6 +290,7 @@ pub fn node_config(kafka: &TestKafka, name: &str, extra: &str) -> std::path::Pat
     path
 }
 
+/// The gateway binary, run as a separate process.
 pub struct GatewayProcess {
     pub child: Child,
     pub addr: SocketAddr,
@@ -294,7 +310,7 @@ impl GatewayProcess {
             .args(args)
             .envs(env.iter().copied())
             .env_remove("FERRY_TEST_KAFKA")
-            .env("FERRY_LOG", "info")
+            .env("FERRY_LOG", std::env::var("FERRY_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

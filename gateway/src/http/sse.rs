@@ -336,7 +336,7 @@ fn refusal_of(e: &GatewayError) -> Refused {
         GatewayError::UnknownTopic(_) => {
             ("bad_request", Refusal::new(StatusCode::NOT_FOUND, code, message))
         }
-        GatewayError::Limit(_) => {
+        GatewayError::Limit(_) | GatewayError::Overloaded(_) => {
             ("limit", Refusal::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(1))
         }
         GatewayError::Forbidden(_) => {

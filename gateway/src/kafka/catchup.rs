@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{ServerFrame, StartFrom};
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
@@ -143,7 +144,18 @@ impl Drop for FollowerSlot {
     }
 }
 
-/// What became of one record for one follower.
+/// What [`Follower::offer`] did with a record.
+#[derive(Debug)]
+enum Offered {
+    /// Queued, or not for this follower.
+    Done,
+    /// Its socket has no room now: the frame, to send with a wait.
+    Full(Utf8Bytes),
+    /// The socket is gone.
+    Gone,
+}
+
+/// What became of records for one follower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Delivered {
     /// Queued to the socket, or not for it (filtered, before its start).
@@ -153,36 +165,72 @@ enum Delivered {
 }
 
 impl Follower {
-    /// Sends `record` if it is for this follower, waiting for room in the
-    /// socket's paced queue; moves the position past it.
-    async fn deliver(&mut self, record: &Record) -> Delivered {
+    /// The frame of `record` if it is for this follower: past its position,
+    /// not before its start time, through its filter.
+    fn wants(&self, record: &Record) -> Option<Utf8Bytes> {
         let partition = record.partition;
-        let Some(&next) = self.cursor.get(&partition) else { return Delivered::Done };
-        if record.offset < next {
-            return Delivered::Done; // already had
+        if record.offset < *self.cursor.get(&partition)? {
+            return None; // already had
         }
-        let before_start = match self.skip_before {
-            Some(ts) if !self.reached.contains(&partition) => {
-                let older = record.timestamp.is_some_and(|t| t < ts);
-                if !older {
-                    self.reached.insert(partition);
-                }
-                older
+        let before_start = self.skip_before.is_some_and(|ts| {
+            !self.reached.contains(&partition) && record.timestamp.is_some_and(|t| t < ts)
+        });
+        if before_start || !record.passes(self.subscriber.filter.as_deref()) {
+            return None;
+        }
+        Some(record.frame.clone())
+    }
+
+    /// Moves the position past `record` (sent, or not for this follower).
+    fn advance(&mut self, record: &Record) {
+        let Some(next) = self.cursor.get_mut(&record.partition) else { return };
+        if record.offset < *next {
+            return;
+        }
+        *next = record.offset + 1;
+        if let Some(ts) = self.skip_before {
+            if record.timestamp.is_none_or(|t| t >= ts) {
+                self.reached.insert(record.partition);
             }
-            _ => false,
+        }
+    }
+
+    /// Queues `record` if it is for this follower and its socket has room
+    /// now; says what happened.
+    fn offer(&mut self, record: &Record) -> Offered {
+        let Some(frame) = self.wants(record) else {
+            self.advance(record);
+            return Offered::Done;
         };
-        if !before_start && record.passes(self.subscriber.filter.as_deref()) {
-            let frame = PacedFrame { frame: record.frame.clone(), done: None };
-            let sent = tokio::select! {
-                sent = self.subscriber.outlet.send_paced(frame) => sent.is_ok(),
-                _ = self.stop.cancelled() => false,
-            };
-            if !sent {
-                return Delivered::Gone;
+        match self.subscriber.outlet.try_send_paced(PacedFrame { frame, done: None }) {
+            Ok(None) => {
+                self.advance(record);
+                Offered::Done
             }
+            Ok(Some(full)) => Offered::Full(full.frame),
+            Err(_gone) => Offered::Gone,
         }
-        self.cursor.insert(partition, record.offset + 1);
-        Delivered::Done
+    }
+
+    /// Sends every record of `batch` that is for this follower, in chunks.
+    async fn deliver_all(&mut self, batch: &[Arc<Record>]) -> Delivered {
+        let mut frames = Vec::with_capacity(batch.len());
+        for record in batch {
+            frames.extend(self.wants(record));
+            self.advance(record);
+        }
+        if frames.is_empty() {
+            return Delivered::Done;
+        }
+        let sent = tokio::select! {
+            sent = self.subscriber.outlet.send_paced_all(frames) => sent,
+            _ = self.stop.cancelled() => false,
+        };
+        if sent {
+            Delivered::Done
+        } else {
+            Delivered::Gone
+        }
     }
 
     fn topic(&self) -> &str {
@@ -384,10 +432,14 @@ impl CatchUp {
             match step {
                 Step::Records => {}
                 Step::Joined => {
+                    tracing::debug!(topic = follower.topic(), cursor = ?follower.cursor, "catch-up: joined live");
                     metrics::handed_over(follower.since.elapsed());
                     return;
                 }
-                Step::Behind => return self.read(follower),
+                Step::Behind => {
+                    tracing::debug!(topic = follower.topic(), cursor = ?follower.cursor, "catch-up: behind the recent records");
+                    return self.read(follower);
+                }
                 Step::Gone => return,
                 Step::Wait => {
                     let Some(mut signal) = self.hub.head_signal(follower.topic()) else { return };
@@ -398,10 +450,8 @@ impl CatchUp {
                     continue;
                 }
             }
-            for record in &batch {
-                if follower.deliver(record).await == Delivered::Gone {
-                    return;
-                }
+            if follower.deliver_all(&batch).await == Delivered::Gone {
+                return;
             }
         }
     }
@@ -424,7 +474,7 @@ impl CatchUp {
     async fn reader(self: Arc<Self>, topic: String) {
         let Ok(_slot) = self.slots.clone().acquire_owned().await else { return };
         metrics::catchup_readers(1.0);
-        let mut consumer: Option<StreamConsumer<KafkaContext>> = None;
+        let mut consumer: Option<Arc<StreamConsumer<KafkaContext>>> = None;
         loop {
             let followers = {
                 let mut waiting = self.waiting.lock().expect("waiting lock");
@@ -438,18 +488,30 @@ impl CatchUp {
                 queue
             };
             if consumer.is_none() {
-                match self.client.replay_consumer().create_with_context(self.context.clone()) {
-                    Ok(c) => consumer = Some(c),
-                    Err(e) => {
+                // Creating a librdkafka client blocks: off the async threads.
+                let (config, context) = (self.client.replay_consumer(), self.context.clone());
+                let made = tokio::task::spawn_blocking(move || {
+                    config.create_with_context::<_, StreamConsumer<KafkaContext>>(context)
+                })
+                .await;
+                match made {
+                    Ok(Ok(c)) => consumer = Some(Arc::new(c)),
+                    Ok(Err(e)) => {
                         tracing::warn!(topic, error = %e, "catch-up consumer failed; retrying");
+                        self.requeue(&topic, followers);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "catch-up consumer task failed; retrying");
                         self.requeue(&topic, followers);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
                 }
             }
-            let consumer: &StreamConsumer<KafkaContext> = consumer.as_ref().expect("made above");
-            self.pass(consumer, &topic, followers).await;
+            let consumer = consumer.clone().expect("made above");
+            self.pass(&consumer, &topic, followers).await;
         }
         metrics::catchup_readers(-1.0);
     }
@@ -463,7 +525,7 @@ impl CatchUp {
     /// each of them has reached the recent records, left, or was set aside.
     async fn pass(
         self: &Arc<Self>,
-        consumer: &StreamConsumer<KafkaContext>,
+        consumer: &Arc<StreamConsumer<KafkaContext>>,
         topic: &str,
         followers: Vec<Follower>,
     ) {
@@ -480,12 +542,19 @@ impl CatchUp {
                 tracing::warn!(topic, error = %e, "catch-up assignment");
             }
         }
-        if let Err(e) = consumer.assign(&list) {
+        // `assign` waits for librdkafka's own thread: off the async threads.
+        let assigning = consumer.clone();
+        let assigned = tokio::task::spawn_blocking(move || assigning.assign(&list)).await;
+        if let Err(e) =
+            assigned.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+        {
             tracing::warn!(topic, error = %e, "catch-up assign failed; retrying");
             self.requeue(topic, followers);
             tokio::time::sleep(Duration::from_secs(1)).await;
             return;
         }
+        tracing::debug!(topic, followers = followers.len(), ?from, "catch-up pass");
+        let stop = CancellationToken::new();
         let mut pass = Pass {
             catchup: self.clone(),
             consumer,
@@ -493,13 +562,14 @@ impl CatchUp {
             followers,
             since_check: 0,
             tick: tokio::time::interval(HANDOVER_TICK),
+            done: stop.clone(),
         };
         pass.hand_over();
         if !pass.followers.is_empty() {
-            let stop = CancellationToken::new();
             source::pump("catch-up", consumer, &stop, &mut pass).await;
         }
-        let _ = consumer.unassign();
+        let unassigning = consumer.clone();
+        let _ = tokio::task::spawn_blocking(move || unassigning.unassign()).await;
     }
 }
 
@@ -511,6 +581,9 @@ struct Pass<'a> {
     followers: Vec<Follower>,
     since_check: u32,
     tick: tokio::time::Interval,
+    /// Cancelled once no follower is left: the pump stops, even while it
+    /// waits for a record that may never come.
+    done: CancellationToken,
 }
 
 impl Pass<'_> {
@@ -541,6 +614,7 @@ impl Pass<'_> {
                 Some(Coverage::Behind) => i += 1,
                 Some(Coverage::Covered) => {
                     let follower = self.followers.swap_remove(i);
+                    tracing::debug!(topic = self.topic, cursor = ?follower.cursor, "catch-up: handed over");
                     self.catchup.follow(follower);
                 }
                 None => {
@@ -548,23 +622,62 @@ impl Pass<'_> {
                 }
             }
         }
+        if self.followers.is_empty() {
+            self.done.cancel();
+        }
     }
 }
 
 impl Route for &mut Pass<'_> {
     async fn deliver(&mut self, message: &BorrowedMessage<'_>) -> Flow {
         let record = recent_record(message);
+        // Every socket with room takes the record at once; the ones without
+        // wait for room together, for at most STALL, and a socket still
+        // without room then is set aside: one slow socket (or many) holds
+        // the others back by STALL at most.
+        let mut full = Vec::new();
         let mut i = 0;
         while i < self.followers.len() {
-            match tokio::time::timeout(STALL, self.followers[i].deliver(&record)).await {
-                Ok(Delivered::Done) => i += 1,
-                Ok(Delivered::Gone) => {
+            match self.followers[i].offer(&record) {
+                Offered::Done => i += 1,
+                Offered::Full(frame) => {
+                    full.push((self.followers.swap_remove(i), frame));
+                }
+                Offered::Gone => {
                     self.followers.swap_remove(i);
                 }
-                Err(_stalled) => {
-                    // Set aside: served again by the next pass, from here.
-                    let follower = self.followers.swap_remove(i);
-                    self.catchup.requeue(self.topic, vec![follower]);
+            }
+        }
+        if !full.is_empty() {
+            let deadline = tokio::time::Instant::now() + STALL;
+            let waits = full.into_iter().map(|(mut follower, frame)| {
+                let outlet = follower.subscriber.outlet.clone();
+                let stop = follower.stop.clone();
+                let record = &record;
+                async move {
+                    let send = outlet.send_paced(PacedFrame { frame, done: None });
+                    let sent = tokio::select! {
+                        sent = tokio::time::timeout_at(deadline, send) => sent,
+                        _ = stop.cancelled() => return None,
+                    };
+                    match sent {
+                        Ok(Ok(())) => {
+                            follower.advance(record);
+                            Some(Ok(follower))
+                        }
+                        Ok(Err(_gone)) => None,
+                        Err(_stalled) => Some(Err(follower)),
+                    }
+                }
+            });
+            for outcome in futures::future::join_all(waits).await.into_iter().flatten() {
+                match outcome {
+                    Ok(follower) => self.followers.push(follower),
+                    Err(follower) => {
+                        // Set aside: served again by the next pass, from here.
+                        tracing::debug!(topic = self.topic, cursor = ?follower.cursor, "catch-up: set aside");
+                        self.catchup.requeue(self.topic, vec![follower]);
+                    }
                 }
             }
         }

@@ -125,6 +125,8 @@ struct Shared {
     paced_room: Semaphore,
     /// Room for replies, likewise (zero until [`Outlet::replies`]).
     reply_room: Semaphore,
+    /// The paced bound (what `paced_room` started with).
+    paced_capacity: usize,
     /// Cancelled when a `disconnect` record finds no room (the socket is
     /// kicked) or the writer dropped its [`Drain`]: the session closes.
     stop: CancellationToken,
@@ -193,6 +195,7 @@ impl Outlet {
             ready: Notify::new(),
             paced_room: Semaphore::new(paced_capacity),
             reply_room: Semaphore::new(0),
+            paced_capacity,
             stop,
         });
         (Self { shared: shared.clone() }, Drain { shared })
@@ -255,6 +258,47 @@ impl Outlet {
         queue.records.push_back(Record::Paced(frame));
         self.shared.pushed(queue);
         Ok(())
+    }
+
+    /// Queues a paced record if there is room now; gives it back when there
+    /// is not (`Ok(Some)`), `Err` when the socket is gone.
+    pub fn try_send_paced(&self, frame: PacedFrame) -> Result<Option<PacedFrame>, WriterGone> {
+        match self.shared.paced_room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Ok(Some(frame)),
+            Err(TryAcquireError::Closed) => return Err(WriterGone),
+        }
+        let mut queue = self.shared.lock();
+        if queue.writer_gone {
+            return Err(WriterGone);
+        }
+        queue.records.push_back(Record::Paced(frame));
+        self.shared.pushed(queue);
+        Ok(None)
+    }
+
+    /// Queues paced records, in order, waiting for room for each chunk of at
+    /// most the paced bound: one lock and one wake-up per chunk rather than
+    /// per record. False when the socket is gone.
+    pub async fn send_paced_all(&self, frames: Vec<Utf8Bytes>) -> bool {
+        let bound = self.shared.paced_capacity.max(1);
+        let mut frames = frames.into_iter().peekable();
+        while frames.peek().is_some() {
+            let chunk: Vec<Utf8Bytes> = frames.by_ref().take(bound).collect();
+            match self.shared.paced_room.acquire_many(chunk.len() as u32).await {
+                Ok(permit) => permit.forget(),
+                Err(_closed) => return false,
+            }
+            let mut queue = self.shared.lock();
+            if queue.writer_gone {
+                return false;
+            }
+            let paced =
+                chunk.into_iter().map(|frame| Record::Paced(PacedFrame { frame, done: None }));
+            queue.records.extend(paced);
+            self.shared.pushed(queue);
+        }
+        true
     }
 
     /// Whether a paced record would be queued now without waiting.
@@ -477,6 +521,26 @@ mod tests {
         assert!(second.await.unwrap());
         drain.take(64, &mut out);
         assert_eq!(frames(&out), ["p1", "p2"]);
+    }
+
+    #[tokio::test]
+    async fn paced_records_go_in_chunks_of_the_bound_and_in_order() {
+        let (outlet, mut drain) = Outlet::new(8, 2, CancellationToken::new());
+        let sender = outlet.clone();
+        let all = tokio::spawn(async move {
+            let frames: Vec<Utf8Bytes> = ["a", "b", "c", "d", "e"].map(Utf8Bytes::from).into();
+            sender.send_paced_all(frames).await
+        });
+        let mut out = Vec::new();
+        while out.len() < 5 {
+            drain.take(64, &mut out);
+            tokio::task::yield_now().await;
+            assert!(out.len() <= 5);
+        }
+        assert!(all.await.unwrap());
+        assert_eq!(frames(&out), ["a", "b", "c", "d", "e"]);
+        drop(drain);
+        assert!(!outlet.send_paced_all(vec!["f".into()]).await, "the socket is gone");
     }
 
     #[tokio::test]
