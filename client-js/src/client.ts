@@ -39,6 +39,7 @@ import type {
   FerryClientOptions,
   PublishOptions,
   Transport,
+  UrlProvider,
   WebSocketConstructor,
   WebSocketLike,
 } from './options.js';
@@ -57,6 +58,24 @@ function randomPrefix(): string {
   const bytes = new Uint8Array(6);
   globalThis.crypto.getRandomValues(bytes);
   return Array.from(bytes, (b) => b.toString(36).padStart(2, '0')).join('');
+}
+
+/**
+ * The `url` option as a function: a fixed URL; the URLs of a list in turn,
+ * from the first, moving on at each new attempt; or the app's own function.
+ */
+export function urlProvider(url: FerryClientOptions['url']): UrlProvider {
+  if (typeof url === 'function') return url;
+  if (typeof url === 'string') return () => url;
+  const list = [...url];
+  if (list.length === 0 || !list.every((u) => typeof u === 'string' && u !== '')) {
+    throw new TypeError('options.url: a URL, a non-empty list of URLs, or a function returning one');
+  }
+  let index = -1;
+  return ({ previous }) => {
+    index = previous === undefined ? 0 : (index + 1) % list.length;
+    return list[index] as string;
+  };
 }
 
 /** The browser's `online` event source, when there is one. */
@@ -78,7 +97,10 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   /** The last `welcome` (session, node, limits, capabilities), once connected. */
   welcome: WelcomeFrame | undefined;
 
-  private readonly url: string;
+  /** Picks the URL of each connection attempt. */
+  private readonly urls: UrlProvider;
+  /** The URL of the last connection attempt. */
+  private lastUrl: string | undefined;
   private readonly WS: WebSocketConstructor | undefined;
   private readonly transportOption: Transport;
   private readonly fetch: FetchLike | undefined;
@@ -116,7 +138,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
 
   constructor(options: FerryClientOptions) {
     super();
-    this.url = options.url;
+    this.urls = urlProvider(options.url);
     this.transportOption = options.transport ?? 'websocket';
     this.WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     this.fetch = options.fetch ?? (globalThis.fetch ? globalThis.fetch.bind(globalThis) : undefined);
@@ -194,6 +216,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
     if (this.state === 'closed') {
       this.attempt = 0;
       this.ended = undefined;
+      this.lastUrl = undefined;
       (globalThis as Partial<OnlineTarget>).addEventListener?.('online', this.onOnline);
       this.setState('connecting');
       this.openSocket();
@@ -317,19 +340,23 @@ export class FerryClient extends Emitter<FerryClientEvents> {
 
   // ---------------------------------------------------------------- connection
 
-  private openSocket(): void {
+  /** Opens a socket to `url`, by default the next one of the `url` option. */
+  private openSocket(url?: string): void {
     let ws: WebSocketLike;
     try {
+      url ??= this.urls({ attempt: this.attempt, previous: this.lastUrl });
+      this.lastUrl = url;
       ws =
         this.transport === 'sse'
-          ? new HttpTransport(this.url, { expectAuth: this.auth.enabled, fetch: this.fetch as FetchLike })
-          : new (this.WS as WebSocketConstructor)(this.url, [SUBPROTOCOL]);
+          ? new HttpTransport(url, { expectAuth: this.auth.enabled, fetch: this.fetch as FetchLike })
+          : new (this.WS as WebSocketConstructor)(url, [SUBPROTOCOL]);
     } catch (err) {
-      if (this.transportOption === 'auto' && !this.fellBack) {
+      if (url !== undefined && this.transportOption === 'auto' && !this.fellBack) {
         this.fellBack = true;
-        return this.openSocket();
+        return this.openSocket(url);
       }
-      this.finish(new FerryError('closed', `cannot open ${this.url}: ${String(err)}`, { cause: err }), true);
+      const what = url === undefined ? 'pick a gateway URL' : `open ${url}`;
+      this.finish(new FerryError('closed', `cannot ${what}: ${String(err)}`, { cause: err }), true);
       return;
     }
     this.ws = ws;
@@ -433,7 +460,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
       // The WebSocket never got through: carry on over HTTP at once.
       this.fellBack = true;
       this.emit('disconnect', { code, reason, willReconnect: true });
-      return this.openSocket();
+      return this.openSocket(this.lastUrl);
     }
     if (code === 4002) this.auth.expired(); // token expired: fetch a fresh one
     if (wasOpen && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
@@ -527,6 +554,8 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   private whenOpen(): Promise<void> {
     const opened = new Promise<void>((resolve, reject) => {
       if (this.state === 'open') return resolve();
+      // Ended already (e.g. the socket could not even be created).
+      if (this.state === 'closed') return reject(this.ended ?? new FerryError('closed', 'closed before connecting'));
       const off = this.on('state', (state) => {
         if (state !== 'open' && state !== 'closed') return;
         off();

@@ -17,7 +17,7 @@ export interface FerryErrorDetails {
   source?: ErrorSource;
   /** The request `id` the error is about, when there is one. */
   requestId?: string;
-  /** The gateway's suggested delay before retrying (it sends one with `unavailable`). */
+  /** The gateway's suggested delay before retrying (it sends one with `unavailable`, and with `limit` when a node is overloaded for now). */
   retryAfterMs?: number;
   /** The WebSocket close code, for errors caused by a closed connection. */
   closeCode?: number;

@@ -288,7 +288,7 @@ export interface ErrorFrame {
   id?: string;
   code: string;
   message: string;
-  /** Sent with `unavailable`: a suggested delay before retrying. */
+  /** Sent with `unavailable`, and with `limit` when the node is overloaded for now: a suggested delay before retrying. */
   retry_after_ms?: number;
 }
 

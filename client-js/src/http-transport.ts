@@ -283,7 +283,11 @@ class TopicStream {
       const body = (await response.json().catch(() => ({}))) as ErrorBody;
       const code = body.error?.code ?? 'unavailable';
       const message = body.error?.message ?? `HTTP ${response.status}`;
-      if (!this.subscribed) return this.transport.deliver({ type: 'error', id: this.frame.id, code, message });
+      if (!this.subscribed) {
+        // `Retry-After` (seconds) comes with a refusal that waiting can lift (429 `limit`, 503).
+        const retry = Number(response.headers.get('retry-after'));
+        return this.transport.deliver({ type: 'error', id: this.frame.id, code, message, retry_after_ms: retry > 0 ? retry * 1000 : undefined });
+      }
       // A resume refused: start over on a new connection (a 401 as an expired token).
       return this.transport.fail(response.status === 401 ? 4002 : 1006, message);
     }

@@ -18,6 +18,8 @@ export type {
   RestoredPublishResult,
   TokenRefreshOptions,
   Transport,
+  UrlContext,
+  UrlProvider,
   WebSocketConstructor,
   WebSocketLike,
 } from './client.js';

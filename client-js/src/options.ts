@@ -70,14 +70,33 @@ export interface TokenRefreshOptions extends BackoffOptions {
  */
 export type Transport = 'auto' | 'websocket' | 'sse';
 
+/** What a {@link UrlProvider} is told before each connection attempt. */
+export interface UrlContext {
+  /** Attempts made before this one since `connect()` or since the last connection that stayed open (0 for the first). */
+  attempt: number;
+  /** The URL of the previous attempt, if any. */
+  previous: string | undefined;
+}
+
+/** Picks the gateway URL of each connection attempt (e.g. from service discovery). */
+export type UrlProvider = (context: UrlContext) => string;
+
 /** Options of {@link FerryClient}. */
 export interface FerryClientOptions {
   /**
    * Gateway WebSocket URL, e.g. `wss://hub.example.com/ws`. The HTTP
    * transport uses the same host (`https://hub.example.com/sse`,
    * `/v1/publish`); an `http(s)://` URL works too.
+   *
+   * Several gateway nodes: a list of URLs, tried in turn. The first
+   * connection goes to the first URL; after a lost connection or a failed
+   * attempt the client moves to the next URL (wrapping around), so a dead
+   * node costs one attempt. Subscriptions resume on whichever node answers.
+   * Shuffle the list per client to spread clients over the nodes.
+   * Or a function, called before each attempt, that returns the URL (if it
+   * throws, the client closes with that error).
    */
-  url: string;
+  url: string | readonly string[] | UrlProvider;
   /** WebSocket, HTTP (SSE + HTTP publish), or WebSocket with HTTP fallback. Default `'websocket'`. */
   transport?: Transport;
   /** `fetch` for the HTTP transport; default `globalThis.fetch`. */

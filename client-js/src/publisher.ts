@@ -49,7 +49,8 @@ export interface Link {
 export function errorOf(frame: ErrorFrame): FerryError {
   const details: FerryErrorDetails = { source: 'gateway' };
   if (frame.id !== undefined) details.requestId = frame.id;
-  if (frame.retry_after_ms !== undefined) details.retryAfterMs = frame.retry_after_ms;
+  const retry = frame.retry_after_ms;
+  if (typeof retry === 'number' && Number.isFinite(retry) && retry >= 0) details.retryAfterMs = retry;
   return new FerryError(frame.code, frame.message, details);
 }
 

@@ -2,8 +2,10 @@
  * Subscription routing: one {@link Channel} per topic on the wire, shared
  * by every local subscriber of the topic. Subscribes each channel on every
  * new connection, resuming from its positions when the gateway announces
- * `from`; hands each `message` to its channel; ends channels the gateway
- * refused or ended.
+ * `from`; hands each `message` to its channel. A refusal that waiting can
+ * lift (`unavailable`, `limit` with `retry_after_ms`, ...) is retried after
+ * the gateway's delay, with jitter; any other refusal, and an end by the
+ * gateway, ends the channel with an error its subscribers see.
  */
 
 import { FerryError } from './errors.js';
@@ -14,6 +16,29 @@ import { Channel, SubscriptionHandle, type SubscribeOptions } from './subscripti
 
 /** Gateway error codes after which a subscribe is tried again on the same connection. */
 const TRANSIENT = ['unavailable', 'timeout', 'rate_limited'];
+
+/** The wait before trying a refused subscribe again, when the gateway names none. */
+const DEFAULT_RETRY_MS = 1_000;
+
+/**
+ * Whether a refused subscribe is tried again: a transient code, or `limit`
+ * with `retry_after_ms` (the node is overloaded for now). A `limit` without
+ * it is a cap that waiting does not lift (e.g. too many subscriptions on
+ * this connection, as older gateways also say for a full node): final.
+ */
+export function retryable(err: FerryError): boolean {
+  return TRANSIENT.includes(err.code) || (err.code === 'limit' && err.retryAfterMs !== undefined);
+}
+
+/**
+ * The wait before retry: at least the gateway's `retry_after_ms`, plus up to
+ * half as much again (at least 100 ms) at random, so that the many clients a
+ * node refused at once do not come back in lockstep.
+ */
+export function retryDelay(retryAfterMs: number | undefined, random: () => number = Math.random): number {
+  const base = Math.max(0, retryAfterMs ?? DEFAULT_RETRY_MS);
+  return base + Math.floor(random() * Math.max(base / 2, 100));
+}
 
 export class Router {
   private readonly channels = new Map<string, Channel>();
@@ -49,11 +74,12 @@ export class Router {
     for (const channel of this.channels.values()) this.subscribe(channel);
   }
 
-  /** The connection is gone: channels wait for the next one. */
+  /** The connection is gone: channels wait for the next one (a pending retry is dropped: the next connection subscribes anyway). */
   disconnected(): void {
     for (const channel of this.channels.values()) {
       channel.live = false;
       channel.requestId = undefined;
+      channel.retry = undefined;
     }
   }
 
@@ -105,6 +131,7 @@ export class Router {
     }
     const id = link.nextId();
     channel.requestId = id;
+    channel.retry = undefined;
     link.requests.expect(id, link.timeoutMs, (outcome) => {
       if (channel.requestId !== id || this.channels.get(channel.topic) !== channel) return;
       channel.requestId = undefined;
@@ -116,12 +143,18 @@ export class Router {
       if (outcome.type === 'subscribed') return channel.confirmed(outcome.partitions);
       if (outcome.type !== 'error') return;
       const err = errorOf(outcome);
-      if (TRANSIENT.includes(err.code)) {
+      if (retryable(err)) {
+        // Tried again on this connection after the delay (a new connection subscribes at once instead).
+        const retry = {};
+        channel.retry = retry;
         link.later(() => {
-          if (link.connected && this.channels.get(channel.topic) === channel && !channel.requestId) this.subscribe(channel);
-        }, err.retryAfterMs ?? 1_000);
+          if (channel.retry !== retry) return;
+          channel.retry = undefined;
+          if (link.connected && this.channels.get(channel.topic) === channel && !channel.requestId && !channel.live) this.subscribe(channel);
+        }, retryDelay(err.retryAfterMs));
         return;
       }
+      // Final: the subscription ends, and the app hears of it (onError, else the error event).
       this.channels.delete(channel.topic);
       channel.end(err, (e) => link.error(e));
     });

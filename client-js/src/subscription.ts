@@ -41,9 +41,11 @@ export interface Subscription {
   readonly topic: string;
   /**
    * Resolves once the gateway confirmed the subscription; rejects if it
-   * refused it, if the gateway lacks a capability its options need
+   * refused it for good, if the gateway lacks a capability its options need
    * (`unsupported`), or with `timeout` when the first confirmation did not
-   * come within the client's `timeoutMs` (the subscription goes on).
+   * come within the client's `timeoutMs` (the subscription goes on). A
+   * refusal that waiting can lift (`unavailable`, `limit` with
+   * `retry_after_ms`, ...) is retried and leaves it pending.
    */
   readonly ready: Promise<void>;
   /** `false` once unsubscribed or failed. */
@@ -65,6 +67,8 @@ export class Channel {
   requestId: string | undefined;
   /** Whether the gateway confirmed the subscription on the current connection. */
   live = false;
+  /** Marks the retry scheduled after a refusal; cleared (cancelling it) by a new subscribe or a lost connection. */
+  retry: object | undefined;
   readonly key: string;
   private readyResolve!: () => void;
   private readyReject!: (err: FerryError) => void;

@@ -1,8 +1,9 @@
 /**
  * The real gateway for integration and browser tests: start `ferry` on a
- * free loopback port with its embedded Kafka, wait until it is ready, stop
- * it; a TCP proxy that a test can cut; `kcat` helpers to produce and consume
- * from outside the gateway.
+ * free loopback port with its embedded Kafka (or pointed at another Kafka,
+ * for several nodes sharing one), wait until it is ready, stop it; a TCP
+ * proxy that a test can cut; `kcat` helpers to produce and consume from
+ * outside the gateway.
  *
  * The binary is `../target/debug/ferry` (override with FERRY_BIN). A missing
  * binary is a test failure with a clear message, never a silent skip.
@@ -60,6 +61,11 @@ export interface GatewayOptions {
   name?: string;
   /** How long to wait for /readyz. Default 60 s. */
   readyTimeoutMs?: number;
+  /**
+   * Kafka bootstrap address (`FERRY_KAFKA_BROKERS`) instead of an embedded
+   * Kafka: another gateway's embedded one, or a real broker.
+   */
+  brokers?: string;
 }
 
 /** A running gateway. */
@@ -67,7 +73,7 @@ export interface Gateway {
   port: number;
   /** ws://127.0.0.1:PORT/ws */
   url: string;
-  /** Embedded Kafka bootstrap address (for kcat). */
+  /** Kafka bootstrap address (for kcat): the embedded Kafka's, or `brokers`. */
   bootstrap: string;
   process: ChildProcess;
   logFile: string;
@@ -82,12 +88,13 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   mkdirSync(OUTPUT_DIR, { recursive: true });
   const logFile = join(OUTPUT_DIR, `${options.name ?? 'gateway'}-${port}.log`);
   const log = createWriteStream(logFile);
+  const kafka: Record<string, string> = options.brokers ? { FERRY_KAFKA_BROKERS: options.brokers } : {};
   const child = spawn(bin, ['--listen', `127.0.0.1:${port}`, ...(options.args ?? [])], {
-    env: { ...process.env, FERRY_LOG: process.env.FERRY_LOG ?? 'info', ...options.env },
+    env: { ...process.env, FERRY_LOG: process.env.FERRY_LOG ?? 'info', ...kafka, ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  let bootstrap = '';
+  let bootstrap = options.brokers ?? '';
   child.stdout.pipe(log);
   child.stderr.on('data', (chunk: Buffer) => {
     log.write(chunk);

@@ -1,7 +1,7 @@
 /** Connection lifecycle, publishes, the offline queue and reconnect, against the fake gateway. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FerryClient, FerryError, MemoryStorage, type RestoredPublishResult } from '../../src/index.js';
+import { FerryClient, FerryError, MemoryStorage, type FerryMessage, type RestoredPublishResult, type UrlContext, type WebSocketConstructor } from '../../src/index.js';
 import { FakeGateway, sleep, waitFor } from '../support/fake-gateway.js';
 import { outcome, setup } from './helpers.js';
 
@@ -152,6 +152,99 @@ describe('connection', () => {
     assert.equal(hub.state, 'open');
     assert.equal(gw.connections.length, 2);
     assert.ok(await hub.publish('t', 1));
+  });
+});
+
+describe('several gateway nodes (url list or function)', () => {
+  /**
+   * Two "nodes", ws://a/ws and ws://b/ws, in front of one fake gateway (one
+   * Kafka); a node in `down` refuses new sockets.
+   */
+  function nodes() {
+    const gw = new FakeGateway();
+    const dead = new FakeGateway();
+    dead.refuse = true;
+    const down = new Set<string>();
+    const attempts: string[] = [];
+    class Routed {
+      constructor(url: string, protocols?: string | string[]) {
+        attempts.push(url);
+        return new (down.has(url) ? dead.WebSocket : gw.WebSocket)(url, protocols);
+      }
+    }
+    return { gw, down, attempts, WebSocket: Routed as unknown as WebSocketConstructor };
+  }
+
+  it('starts on the first URL and moves to the next after a lost connection; subscriptions resume there', async (t) => {
+    const { gw, down, attempts, WebSocket } = nodes();
+    const hub = new FerryClient({ url: ['ws://a/ws', 'ws://b/ws'], WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 }, liveness: false });
+    t.after(() => hub.close());
+    const got: FerryMessage[] = [];
+    const sub = hub.subscribe('s', (m) => got.push(m));
+    await hub.connect();
+    await sub.ready;
+    assert.equal(gw.last.socket.url, 'ws://a/ws');
+    for (let i = 0; i < 9; i++) gw.produce('s', i);
+    await waitFor(() => got.length === 9);
+    // Node a dies: the next attempt goes to b at once.
+    down.add('ws://a/ws');
+    gw.last.close(1006);
+    for (let i = 9; i < 18; i++) gw.produce('s', i);
+    await waitFor(() => got.length === 18, 2000, 'resumed on b');
+    assert.deepEqual(attempts, ['ws://a/ws', 'ws://b/ws']);
+    assert.equal(gw.last.socket.url, 'ws://b/ws');
+    assert.deepEqual(gw.last.of('subscribe')[0]?.from, { offsets: { '0': 3, '1': 3, '2': 3 } });
+    assert.equal(new Set(got.map((m) => `${m.partition}/${m.offset}`)).size, 18);
+    // b dies while a is still down: the client goes round the list until one answers.
+    down.add('ws://b/ws');
+    gw.last.close(1006);
+    await waitFor(() => attempts.length >= 5, 2000, 'attempts on both dead nodes');
+    assert.deepEqual(attempts.slice(2, 5), ['ws://a/ws', 'ws://b/ws', 'ws://a/ws']);
+    down.delete('ws://a/ws');
+    await waitFor(() => hub.state === 'open' && gw.last.socket.url === 'ws://a/ws', 2000, 'back on a');
+    // close() then connect() starts over from the first URL.
+    await hub.close();
+    down.clear();
+    await hub.connect();
+    assert.equal(attempts.at(-1), 'ws://a/ws');
+  });
+
+  it('asks a url function before each attempt, with the attempt number and the previous URL', async (t) => {
+    const { gw, down, WebSocket } = nodes();
+    const calls: UrlContext[] = [];
+    const pick = (context: UrlContext): string => {
+      calls.push(context);
+      return context.attempt < 2 ? 'ws://a/ws' : 'ws://b/ws';
+    };
+    const hub = new FerryClient({ url: pick, WebSocket, reconnect: { initialDelayMs: 5, maxDelayMs: 20 }, liveness: false });
+    t.after(() => hub.close());
+    await hub.connect();
+    assert.deepEqual(calls, [{ attempt: 0, previous: undefined }]);
+    down.add('ws://a/ws');
+    gw.last.close(1006);
+    await waitFor(() => hub.state === 'open' && gw.last.socket.url === 'ws://b/ws', 2000, 'on b');
+    assert.deepEqual(calls.slice(1), [
+      { attempt: 1, previous: 'ws://a/ws' },
+      { attempt: 2, previous: 'ws://a/ws' },
+    ]);
+  });
+
+  it('refuses an empty list; a url function that throws closes the client with its error', async (t) => {
+    const { WebSocket } = nodes();
+    assert.throws(() => new FerryClient({ url: [], WebSocket }), TypeError);
+    const hub = new FerryClient({
+      url: () => {
+        throw new Error('no gateway registered');
+      },
+      WebSocket,
+    });
+    const errors: FerryError[] = [];
+    hub.on('error', (e) => errors.push(e));
+    t.after(() => hub.close());
+    const r = await outcome(hub.connect());
+    assert.ok(!r.ok && r.error.code === 'closed' && /no gateway registered/.test(r.error.message));
+    assert.equal(hub.state, 'closed');
+    assert.equal(errors.length, 1);
   });
 });
 

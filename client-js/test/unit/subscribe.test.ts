@@ -2,7 +2,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FerryError, type FerryMessage, type GapFrame } from '../../src/index.js';
-import { sleep, waitFor } from '../support/fake-gateway.js';
+import { retryDelay, retryable } from '../../src/router.js';
+import { sleep, waitFor, type FakeConnection } from '../support/fake-gateway.js';
 import { outcome, setup } from './helpers.js';
 
 const key = (m: FerryMessage): string => `${m.partition}/${m.offset}`;
@@ -266,6 +267,174 @@ describe('subscribe', () => {
     assert.equal(refused, 1);
     assert.equal(gw.last.of('subscribe').length, 2);
     assert.ok(sub.active);
+  });
+});
+
+describe('a node over its limits (`limit`)', () => {
+  /** Subscribes `s`, delivers 30 records, drops the socket, and produces 30 more while the client is away. */
+  async function liveThenDropped(t: Parameters<typeof setup>[0], refuse: (conn: FakeConnection, frame: Record<string, unknown>) => boolean) {
+    const { gw, hub, errors } = setup(t);
+    const got: FerryMessage[] = [];
+    const ended: FerryError[] = [];
+    const sub = hub.subscribe('s', (m) => got.push(m), { onError: (e) => ended.push(e) });
+    await hub.connect();
+    await sub.ready;
+    for (let i = 0; i < 30; i++) gw.produce('s', { i });
+    await waitFor(() => got.length === 30);
+    // Only resumes (subscribe with `from`) go through `refuse`.
+    gw.intercept = (conn, f) => f.type === 'subscribe' && f.from !== undefined && refuse(conn, f);
+    gw.refuse = true;
+    gw.last.close(1006);
+    for (let i = 30; i < 60; i++) gw.produce('s', { i });
+    gw.refuse = false;
+    return { gw, hub, errors, got, ended, sub };
+  }
+
+  it('retries a resume refused with `limit` and retry_after_ms after that delay, from the same offsets: no gap, no duplicate', async (t) => {
+    const sentAt: number[] = [];
+    let refused = 0;
+    const { gw, hub, errors, got, ended, sub } = await liveThenDropped(t, (conn, f) => {
+      sentAt.push(Date.now());
+      if (refused >= 2) return false;
+      refused++;
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'node overloaded: no catch-up slot', retry_after_ms: 40 });
+      return true;
+    });
+    await waitFor(() => got.length === 60, 3000, 'the records produced while away');
+    for (let i = 60; i < 70; i++) gw.produce('s', { i });
+    await waitFor(() => got.length === 70);
+    await sleep(20);
+    assert.equal(refused, 2);
+    const resumes = gw.last.of('subscribe');
+    assert.equal(resumes.length, 3, 'refused twice, then accepted, on the same connection');
+    assert.equal(gw.connections.length, 2);
+    for (const frame of resumes) assert.deepEqual(frame.from, { offsets: { '0': 10, '1': 10, '2': 10 } });
+    // Waited at least retry_after_ms each time (plus jitter).
+    assert.ok((sentAt[1] ?? 0) - (sentAt[0] ?? 0) >= 40, `retried after ${(sentAt[1] ?? 0) - (sentAt[0] ?? 0)} ms`);
+    assert.ok((sentAt[2] ?? 0) - (sentAt[1] ?? 0) >= 40);
+    assert.equal(got.length, 70);
+    assert.equal(new Set(got.map(key)).size, 70, 'no duplicate');
+    assert.deepEqual(
+      got.map((m) => (m.value as { i: number }).i).sort((a, b) => a - b),
+      Array.from({ length: 70 }, (_, i) => i),
+      'no gap',
+    );
+    assert.ok(sub.active);
+    assert.deepEqual(ended, []);
+    assert.deepEqual(errors, []);
+    assert.equal(hub.state, 'open');
+  });
+
+  it('ends a resume refused with `limit` without retry_after_ms (a cap, not overload), with an error the app sees', async (t) => {
+    const { gw, hub, errors, got, ended, sub } = await liveThenDropped(t, (conn, f) => {
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'too many subscriptions on this connection' });
+      return true;
+    });
+    await waitFor(() => ended.length === 1, 2000, 'the subscription to end');
+    assert.equal(ended[0]?.code, 'limit');
+    assert.equal(ended[0]?.source, 'gateway');
+    assert.equal(sub.active, false);
+    await sleep(50);
+    assert.equal(gw.last.of('subscribe').length, 1, 'not retried');
+    assert.equal(got.length, 30);
+    assert.deepEqual(errors, []); // it went to onError
+    assert.equal(hub.state, 'open');
+  });
+
+  it('without onError, a resume that ends reaches the error event; a stream fails with it', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    const sub = hub.subscribe('s', () => undefined);
+    const stream = hub.stream('t');
+    await hub.connect();
+    await sub.ready;
+    await stream.subscription.ready;
+    gw.produce('s', 1);
+    gw.produce('t', 1);
+    await waitFor(() => Object.values(sub.positions()).some((o) => o > 0));
+    const first = await stream.next();
+    assert.equal(first.done, false);
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe' || f.from === undefined) return false;
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'full' });
+      return true;
+    };
+    gw.last.close(1006);
+    await waitFor(() => errors.length === 1, 2000, 'an error event');
+    assert.equal(errors[0]?.code, 'limit');
+    assert.equal(sub.active, false);
+    await assert.rejects(stream.next(), (e: FerryError) => e.code === 'limit');
+  });
+
+  it('retries a first subscribe refused with `limit` and retry_after_ms; `ready` resolves once accepted', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    let refused = 0;
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe' || refused > 0) return false;
+      refused++;
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'overloaded', retry_after_ms: 10 });
+      return true;
+    };
+    await hub.connect();
+    const sub = hub.subscribe('s', () => undefined, { from: 'earliest' });
+    await sub.ready;
+    assert.equal(refused, 1);
+    assert.deepEqual(gw.last.of('subscribe').map((f) => f.from), ['earliest', 'earliest']);
+    assert.deepEqual(errors, []);
+  });
+
+  it('refuses a first subscribe answered `limit` without retry_after_ms, as before', async (t) => {
+    const { gw, hub } = setup(t);
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe') return false;
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'max_subscriptions reached' });
+      return true;
+    };
+    await hub.connect();
+    const seen: FerryError[] = [];
+    const sub = hub.subscribe('s', () => undefined, { onError: (e) => seen.push(e) });
+    const r = await outcome(sub.ready);
+    assert.ok(!r.ok && r.error.code === 'limit');
+    assert.equal(seen.length, 1);
+    assert.equal(sub.active, false);
+    await sleep(30);
+    assert.equal(gw.last.of('subscribe').length, 1);
+  });
+
+  it('drops a pending retry when the connection changes: the new connection subscribes once', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    gw.intercept = (conn, f) => {
+      if (f.type !== 'subscribe' || gw.connections.length > 1) return false;
+      conn.send({ type: 'error', id: f.id, code: 'limit', message: 'overloaded', retry_after_ms: 60 });
+      return true;
+    };
+    await hub.connect();
+    const sub = hub.subscribe('s', () => undefined);
+    await waitFor(() => gw.last.of('subscribe').length === 1);
+    await sleep(5);
+    gw.last.close(1001);
+    await sub.ready;
+    await sleep(150); // past the retry the first connection scheduled
+    assert.equal(gw.connections.length, 2);
+    assert.equal(gw.last.of('subscribe').length, 1);
+    assert.deepEqual(errors, []);
+    assert.ok(sub.active);
+  });
+
+  it('retries transient codes and `limit` with retry_after_ms only; waits the delay plus up to half of it', () => {
+    const gateway = (code: string, retryAfterMs?: number) =>
+      new FerryError(code, 'x', retryAfterMs === undefined ? { source: 'gateway' } : { source: 'gateway', retryAfterMs });
+    assert.ok(retryable(gateway('limit', 500)));
+    assert.ok(retryable(gateway('limit', 0)));
+    assert.ok(!retryable(gateway('limit')));
+    assert.ok(retryable(gateway('unavailable')));
+    assert.ok(!retryable(gateway('forbidden', 100)));
+    assert.equal(retryDelay(1000, () => 0), 1000);
+    assert.equal(retryDelay(1000, () => 0.999999), 1499);
+    assert.equal(retryDelay(undefined, () => 0), 1000);
+    assert.ok(retryDelay(0, () => 0.5) === 50, 'a zero delay still gets some jitter');
+    const spread = new Set(Array.from({ length: 50 }, () => retryDelay(2000)));
+    assert.ok(spread.size > 10, 'jittered');
+    for (const d of spread) assert.ok(d >= 2000 && d < 3000);
   });
 });
 

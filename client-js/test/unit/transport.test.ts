@@ -22,6 +22,10 @@ class FakeHttp {
   offset = 0;
   /** Status for the next `/sse` requests (200 by default). */
   sseStatus = 200;
+  /** With a status other than 200: the refusal's code and `Retry-After` (seconds). */
+  sseRefusal: { code: string; retryAfter?: number } = { code: 'forbidden' };
+  /** `/sse` requests answered with `sseStatus` so far. */
+  refused = 0;
 
   readonly fetch = (input: RequestInfo | URL, init: RequestInit = {}): Promise<Response> => {
     const url = new URL(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url);
@@ -37,7 +41,10 @@ class FakeHttp {
       return Promise.resolve(Response.json({ results }));
     }
     if (this.sseStatus !== 200) {
-      return Promise.resolve(Response.json({ error: { code: 'forbidden', message: 'not allowed' } }, { status: this.sseStatus }));
+      this.refused++;
+      const { code, retryAfter } = this.sseRefusal;
+      const init = { status: this.sseStatus, headers: retryAfter === undefined ? {} : { 'retry-after': String(retryAfter) } };
+      return Promise.resolve(Response.json({ error: { code, message: 'not now' } }, init));
     }
     let controller!: ReadableStreamDefaultController<Uint8Array>;
     const body = new ReadableStream<Uint8Array>({ start: (c) => (controller = c) });
@@ -168,6 +175,22 @@ describe('HTTP transport', () => {
     await hub.connect();
     const r = await outcome(hub.subscribe('t', () => undefined).ready);
     assert.equal(!r.ok && r.error.code, 'forbidden');
+  });
+
+  it('a stream refused with 429 `limit` and Retry-After is opened again after that delay', async (t) => {
+    const { http, hub } = setupHttp(t);
+    http.sseStatus = 429;
+    http.sseRefusal = { code: 'limit', retryAfter: 1 };
+    await hub.connect();
+    const sub = hub.subscribe('t', () => undefined, { from: 'earliest' });
+    await waitFor(() => http.refused === 1);
+    const refusedAt = Date.now();
+    http.sseStatus = 200;
+    await waitFor(() => http.streams.length === 1, 3000, 'the stream opened again');
+    assert.ok(Date.now() - refusedAt >= 900, 'waited for Retry-After');
+    http.streams[0]?.push('subscribed', JSON.stringify({ topics: { t: { '0': 0 } } }), 'tok');
+    await sub.ready;
+    assert.ok(sub.active);
   });
 });
 
