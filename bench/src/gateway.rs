@@ -28,6 +28,9 @@ pub(crate) struct GatewaySpec {
     pub(crate) auth: bool,
     /// Extra `FERRY_*` environment for the gateway.
     pub(crate) env: Vec<(String, String)>,
+    /// The HS256 secret when `auth`; `None` for a random one. Nodes that
+    /// share it accept each other's tokens (the failover scenario).
+    pub(crate) hs_secret: Option<String>,
 }
 
 /// A running gateway.
@@ -118,7 +121,12 @@ impl Gateway {
 
     /// Resident set size of the gateway process, in KiB (VmRSS).
     pub(crate) fn rss_kib(&self) -> Result<u64> {
-        proc_status_kib(self.pid(), "VmRSS:")
+        proc_status(self.pid(), "VmRSS:")
+    }
+
+    /// Threads of the gateway process (librdkafka starts several per client).
+    pub(crate) fn threads(&self) -> Result<u64> {
+        proc_status(self.pid(), "Threads:")
     }
 
     /// The value of a Prometheus gauge or counter without labels from
@@ -151,6 +159,14 @@ impl Gateway {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub(crate) fn stop(mut self, grace: Duration) {
         self.terminate(grace);
+    }
+
+    /// SIGKILL at once, as a crash or an OOM kill would: no drain, no close
+    /// frames; its clients see their connections reset.
+    pub(crate) fn kill(mut self) -> Result<()> {
+        self.child.kill().context("SIGKILL the gateway")?;
+        self.child.wait().context("waiting for the killed gateway")?;
+        Ok(())
     }
 
     fn terminate(&mut self, grace: Duration) {
@@ -221,7 +237,7 @@ fn mint_token(spec: &GatewaySpec, config: &Path) -> Result<String> {
 }
 
 /// A random secret for this run's tokens (std's hasher keys are random).
-fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     use std::hash::{BuildHasher, Hasher};
     (0..4)
         .map(|i| {
@@ -256,7 +272,8 @@ fn write_config(spec: &GatewaySpec) -> Result<PathBuf> {
     if spec.auth {
         let mut auth = toml::Table::new();
         auth.insert("mode".into(), "jwt".into());
-        auth.insert("hs_secret".into(), random_secret().into());
+        let secret = spec.hs_secret.clone().unwrap_or_else(random_secret);
+        auth.insert("hs_secret".into(), secret.into());
         let mut rule = toml::Table::new();
         rule.insert("publish".into(), vec!["**"].into());
         rule.insert("subscribe".into(), vec!["**"].into());
@@ -273,8 +290,8 @@ fn write_config(spec: &GatewaySpec) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// A `/proc/PID/status` field in KiB.
-pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+/// A numeric `/proc/PID/status` field (`VmRSS:` in KiB, `Threads:`).
+pub(crate) fn proc_status(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -90,6 +90,14 @@ pub(crate) struct Opts {
     /// Fan-out: seconds per rate step (default 3, quick 1).
     #[arg(long, value_name = "SECONDS")]
     step_seconds: Option<f64>,
+    /// Sockets of the failover scenario, one round per size (comma
+    /// separated; default 1000,10000, quick 200).
+    #[arg(long, value_delimiter = ',', value_name = "N")]
+    failover_sockets: Vec<usize>,
+    /// Failover: records/s of the steady producer (default 200, and fewer
+    /// above 1,000 sockets: 200,000 deliveries/s in all).
+    #[arg(long, value_name = "REC/S")]
+    failover_rate: Option<f64>,
     /// Record value size in bytes (a JSON object carrying the send time).
     #[arg(long, default_value_t = 200)]
     value_bytes: usize,
@@ -128,11 +136,20 @@ pub(crate) enum Scenario {
     Idle,
     /// Connections accepted per second; most held.
     Ramp,
+    /// Node A killed: every socket resumes on node B.
+    Failover,
 }
 
 impl Scenario {
-    const ALL: [Self; 6] =
-        [Self::Publish, Self::Fanout, Self::FanoutLatency, Self::RoundTrip, Self::Idle, Self::Ramp];
+    const ALL: [Self; 7] = [
+        Self::Publish,
+        Self::Fanout,
+        Self::FanoutLatency,
+        Self::RoundTrip,
+        Self::Idle,
+        Self::Ramp,
+        Self::Failover,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -142,6 +159,7 @@ impl Scenario {
             Self::RoundTrip => "round trip",
             Self::Idle => "idle connections",
             Self::Ramp => "connection ramp",
+            Self::Failover => "failover",
         }
     }
 }
@@ -172,16 +190,28 @@ impl Ctx {
 
     /// Starts a fresh gateway for one scenario.
     pub(crate) fn gateway(&self, max_connections: usize) -> Result<Gateway> {
-        let gateway = Gateway::start(&GatewaySpec {
+        self.start_gateway(&self.gateway_spec(max_connections), "gateway")
+    }
+
+    /// How this run starts a gateway; a scenario may adjust it (e.g. several
+    /// nodes on one Kafka with one secret).
+    pub(crate) fn gateway_spec(&self, max_connections: usize) -> GatewaySpec {
+        GatewaySpec {
             binary: self.binary.clone(),
             brokers: self.opts.kafka.clone(),
             librdkafka: self.opts.librdkafka.clone(),
             max_connections,
             auth: self.opts.auth == Auth::Jwt && self.opts.token.is_none(),
             env: self.opts.gateway_env.clone(),
-        })?;
+            hs_secret: None,
+        }
+    }
+
+    /// Starts a gateway from `spec`; `label` names it in the progress line.
+    pub(crate) fn start_gateway(&self, spec: &GatewaySpec, label: &str) -> Result<Gateway> {
+        let gateway = Gateway::start(spec)?;
         progress(format_args!(
-            "gateway pid {} on {} (Kafka {}{})",
+            "{label} pid {} on {} (Kafka {}{})",
             gateway.pid(),
             gateway.addr,
             gateway.bootstrap,
