@@ -59,10 +59,6 @@ const FOLLOW_BATCH: usize = 64;
 /// How often a reader checks which followers reached the recent records.
 const HANDOVER_TICK: Duration = Duration::from_millis(50);
 
-/// How long watermarks read for one subscriber serve the others of the same
-/// topic (a reconnect storm); an out-of-range answer is always re-checked.
-const MARKS_FRESH: Duration = Duration::from_secs(1);
-
 /// What the catch-up needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -93,7 +89,8 @@ pub struct CatchUp {
     /// while its reader task runs. Short critical sections only.
     waiting: Mutex<HashMap<String, Vec<Follower>>>,
     followers: Arc<AtomicUsize>,
-    marks: Mutex<HashMap<String, (Instant, MarksLookup)>>,
+    /// Watermark look-ups under way, per topic.
+    marks: Mutex<HashMap<String, MarksLookup>>,
 }
 
 impl std::fmt::Debug for CatchUp {
@@ -299,13 +296,8 @@ impl CatchUp {
             other => (other.clone(), None),
         };
         let by_time = self.by_time(topic, partitions, &from).await?;
-        let marks = self.watermarks(topic, partitions, MARKS_FRESH).await?;
-        let mut planned = plan(topic, &marks, &from, &by_time);
-        if !planned.gaps.is_empty() {
-            // Watermarks a moment old may be what made the gap: ask again.
-            let marks = self.watermarks(topic, partitions, Duration::ZERO).await?;
-            planned = plan(topic, &marks, &from, &by_time);
-        }
+        let marks = self.watermarks(topic, partitions).await?;
+        let planned = plan(topic, &marks, &from, &by_time);
         Ok(Plan { skip_before, ..planned })
     }
 
@@ -341,22 +333,19 @@ impl CatchUp {
         .map_err(|e| GatewayError::Internal(format!("offsets-by-time task: {e}")))?
     }
 
-    /// `topic`'s low and high watermarks, read at most `fresh` ago; one
-    /// look-up per topic serves every caller meanwhile.
-    async fn watermarks(
-        &self,
-        topic: &str,
-        partitions: i32,
-        fresh: Duration,
-    ) -> Result<Marks, GatewayError> {
+    /// `topic`'s low and high watermarks, read now; a look-up already under
+    /// way for the topic (a reconnect storm) serves every caller meanwhile.
+    /// A finished one is never reused: a low watermark a moment old could
+    /// hide a position lost to retention.
+    async fn watermarks(&self, topic: &str, partitions: i32) -> Result<Marks, GatewayError> {
         let lookup = {
             let mut marks = self.marks.lock().expect("marks lock");
-            marks.retain(|_, (at, _)| at.elapsed() < MARKS_FRESH);
+            marks.retain(|_, lookup| lookup.peek().is_none());
             match marks.get(topic) {
-                Some((at, lookup)) if at.elapsed() <= fresh => lookup.clone(),
-                _ => {
+                Some(lookup) => lookup.clone(),
+                None => {
                     let lookup = self.read_watermarks(topic, partitions);
-                    marks.insert(topic.to_owned(), (Instant::now(), lookup.clone()));
+                    marks.insert(topic.to_owned(), lookup.clone());
                     lookup
                 }
             }
