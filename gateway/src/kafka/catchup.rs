@@ -483,16 +483,10 @@ impl CatchUp {
                     config.create_with_context::<_, StreamConsumer<KafkaContext>>(context)
                 })
                 .await;
-                match made {
-                    Ok(Ok(c)) => consumer = Some(Arc::new(c)),
-                    Ok(Err(e)) => {
-                        tracing::warn!(topic, error = %e, "catch-up consumer failed; retrying");
-                        self.requeue(&topic, followers);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
+                match made.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+                    Ok(c) => consumer = Some(Arc::new(c)),
                     Err(e) => {
-                        tracing::warn!(topic, error = %e, "catch-up consumer task failed; retrying");
+                        tracing::warn!(topic, error = %e, "catch-up consumer failed; retrying");
                         self.requeue(&topic, followers);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
