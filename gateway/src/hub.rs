@@ -333,15 +333,17 @@ impl Hub {
             }
             delivered
         });
-        entry.recent.push(record);
+        let catching_up = !entry.pending.is_empty();
+        entry.recent.push(record, catching_up);
         delivered
     }
 
-    /// Lets every topic's records older than the age bound go.
+    /// Lets every topic's records older than the age bound go, except on
+    /// topics with subscribers catching up (see [`crate::recent`]).
     pub fn expire(&self) {
         let now = Instant::now();
         let mut topics = self.topics.write().expect("hub lock");
-        for entry in topics.values_mut() {
+        for entry in topics.values_mut().filter(|e| e.pending.is_empty()) {
             entry.recent.expire(now);
         }
     }
@@ -536,6 +538,28 @@ mod tests {
         assert_eq!(hub.follow(&s, &BTreeMap::from([(0, 0)]), 64, &mut out), Step::Records);
         out.clear();
         assert_eq!(hub.follow(&s, &BTreeMap::from([(0, 2)]), 64, &mut out), Step::Joined);
+    }
+
+    /// Records past their age stay while a subscriber is catching up on
+    /// the topic (it is reading them), and go once none is.
+    #[test]
+    fn records_age_out_only_when_nobody_is_catching_up() {
+        let hub = Hub::new(Budget::new(1 << 20, Duration::ZERO));
+        let (live, _live_rx) = subscriber(1, 64);
+        hub.join("t", live);
+        hub.pend("t", 2);
+        hub.assign("t", &BTreeMap::from([(0, 0)]), &BTreeMap::from([(0, 0)]), false);
+        for o in 0..3 {
+            hub.dispatch("t", record(0, o));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        hub.expire();
+        let from_start = BTreeMap::from([(0, 0)]);
+        assert_eq!(hub.coverage("t", &from_start), Some(Coverage::Covered));
+        hub.leave("t", 2);
+        hub.expire();
+        assert_eq!(hub.coverage("t", &from_start), Some(Coverage::Behind));
+        assert_eq!(hub.budget().used(), 0);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! assigned, or the oldest record still kept) up to `end` (the next offset
 //! the hub will see). The records are bounded by the node's byte budget
 //! (`limits.recent_bytes`, shared by every topic) and by age
-//! (`limits.recent_age_ms`); evicting the oldest moves `start` on.
+//! (`limits.recent_age_ms`); evicting the oldest moves `start` on. The age
+//! bound waits while subscribers are catching up on the topic: they are
+//! reading these records, and letting them go by age would send all of
+//! them back to Kafka at the same moment. The byte budget always holds.
 //!
 //! A record is kept as the encoded `message` frame shared with the live
 //! sockets, plus its key, headers and value so that filters apply to it as
@@ -223,10 +226,11 @@ impl Recent {
         self.ranges.iter().map(|(&p, r)| (p, r.end)).collect()
     }
 
-    /// Keeps `record`, the live consumer's next one; evicts what the age
-    /// bound and the node's budget no longer allow. A record of an
-    /// unassigned partition, or one not past the range's end, is ignored.
-    pub fn push(&mut self, record: Arc<Record>) {
+    /// Keeps `record`, the live consumer's next one; evicts what the
+    /// node's budget and (unless subscribers are `catching_up` on the
+    /// topic) the age bound no longer allow. A record of an unassigned
+    /// partition, or one not past the range's end, is ignored.
+    pub fn push(&mut self, record: Arc<Record>, catching_up: bool) {
         let Some(range) = self.ranges.get_mut(&record.partition) else { return };
         if record.offset < range.end {
             return;
@@ -250,7 +254,7 @@ impl Recent {
         let now = Instant::now();
         let max_age = self.budget.max_age;
         while let Some(oldest) = range.records.front() {
-            let expired = now.duration_since(oldest.cached_at) > max_age;
+            let expired = !catching_up && now.duration_since(oldest.cached_at) > max_age;
             if !expired && !self.budget.over() {
                 break;
             }
@@ -328,10 +332,10 @@ mod tests {
         recent.assign(0, 10, 10);
         recent.assign(1, 0, 0);
         for o in 10..15 {
-            recent.push(record(0, o, "v"));
+            recent.push(record(0, o, "v"), false);
         }
-        recent.push(record(1, 0, "v"));
-        recent.push(record(1, 3, "v")); // offsets may skip (compaction)
+        recent.push(record(1, 0, "v"), false);
+        recent.push(record(1, 3, "v"), false); // offsets may skip (compaction)
         assert_eq!(recent.ends(), BTreeMap::from([(0, 15), (1, 4)]));
         let cursor = BTreeMap::from([(0, 12), (1, 1)]);
         assert_eq!(recent.coverage(&cursor), Coverage::Covered);
@@ -344,7 +348,7 @@ mod tests {
         assert_eq!(recent.coverage(&BTreeMap::from([(0, 9)])), Coverage::Behind);
         assert_eq!(recent.coverage(&BTreeMap::from([(2, 0)])), Coverage::Behind, "unassigned");
         assert_eq!(recent.coverage(&BTreeMap::from([(0, 20)])), Coverage::Covered, "ahead");
-        recent.push(record(0, 12, "v"));
+        recent.push(record(0, 12, "v"), false);
         assert_eq!(recent.ends()[&0], 15, "a record behind the end is ignored");
     }
 
@@ -355,7 +359,7 @@ mod tests {
         let mut recent = Recent::new(budget.clone());
         recent.assign(0, 0, 0);
         for o in 0..5 {
-            recent.push(record(0, o, "x"));
+            recent.push(record(0, o, "x"), false);
         }
         assert_eq!(budget.used(), 3 * one);
         let mut out = Vec::new();
@@ -372,7 +376,7 @@ mod tests {
         let budget = Budget::new(1 << 20, Duration::from_millis(0));
         let mut recent = Recent::new(budget.clone());
         recent.assign(0, 0, 0);
-        recent.push(record(0, 0, "x"));
+        recent.push(record(0, 0, "x"), false);
         recent.expire(Instant::now() + Duration::from_millis(5));
         assert_eq!(budget.used(), 0);
         assert_eq!(recent.coverage(&BTreeMap::from([(0, 0)])), Coverage::Behind);
@@ -386,9 +390,9 @@ mod tests {
         recent.assign(1, 5, 5);
         let signal = recent.head_signal();
         assert!(!recent.at_head() && !*signal.borrow());
-        recent.push(record(0, 0, "x"));
+        recent.push(record(0, 0, "x"), false);
         assert!(!recent.at_head());
-        recent.push(record(0, 1, "x"));
+        recent.push(record(0, 1, "x"), false);
         assert!(recent.at_head() && *signal.borrow(), "end 2 reached the target 2");
         recent.assign(2, 0, 3);
         assert!(!recent.at_head());

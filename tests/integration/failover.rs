@@ -368,15 +368,15 @@ fn offset_of(frame: &str) -> Option<(i32, i64)> {
     Some((number("\"partition\":")? as i32, number("\"offset\":")?))
 }
 
-/// 200 sockets subscribe `from: "earliest"` to a topic of 20,000 records:
+/// 500 sockets subscribe `from: "earliest"` to a topic of 50,000 records:
 /// each gets every record once and in order, the node reads Kafka with at
 /// most `limits.catchup_readers` (4) catch-up consumers whatever the number
 /// of sockets, and once caught up the sockets are live, with no consumer
 /// of their own left.
 #[ferry_test(timeout_secs = 600)]
 async fn many_sockets_from_earliest_share_their_kafka_reads() {
-    const SOCKETS: usize = 200;
-    const RECORDS: usize = 20_000;
+    const SOCKETS: usize = 500;
+    const RECORDS: usize = 50_000;
     let kafka = TestKafka::start().await;
     let topic = unique_topic("earliest");
     kafka.create_topic(&topic, 2).await;
