@@ -150,6 +150,22 @@ struct Queue {
     kicked: bool,
 }
 
+/// Queue slots kept once a queue is drained; a queue that grew past this
+/// for a burst (a catch-up, a spike) gives its room back when emptied, so
+/// that an idle socket costs what it cost before the burst.
+const KEPT_SLOTS: usize = 16;
+
+impl Queue {
+    fn release_burst_room(&mut self) {
+        if self.records.is_empty() && self.records.capacity() > KEPT_SLOTS {
+            self.records = VecDeque::new();
+        }
+        if self.replies.is_empty() && self.replies.capacity() > KEPT_SLOTS {
+            self.replies = VecDeque::new();
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Record {
     Live(Utf8Bytes),
@@ -429,6 +445,7 @@ impl Drain {
         if out.len() == start {
             queue.writer_waiting = true;
         }
+        queue.release_burst_room();
         drop(queue);
         self.shared.reply_room.add_permits(replies);
         self.shared.paced_room.add_permits(paced);
@@ -556,6 +573,26 @@ mod tests {
         drain.take(3, &mut out);
         assert_eq!(frames(&out), ["3", "4"]);
         assert!(live(&outlet, "5") && live(&outlet, "6") && live(&outlet, "7"));
+    }
+
+    #[tokio::test]
+    async fn a_drained_burst_gives_its_room_back() {
+        let (outlet, mut drain) = Outlet::new(1_024, 1_024, CancellationToken::new());
+        let burst: Vec<Utf8Bytes> = (0..500).map(|i| i.to_string().into()).collect();
+        assert!(outlet.send_paced_all(burst).await);
+        assert!(outlet.shared.lock().records.capacity() >= 500);
+        let mut out = Vec::new();
+        while out.len() < 500 {
+            drain.take(64, &mut out);
+        }
+        assert_eq!(frames(&out[..3]), ["0", "1", "2"]);
+        let capacity = outlet.shared.lock().records.capacity();
+        assert!(capacity <= KEPT_SLOTS, "an idle socket still holds {capacity} slots");
+        // Still a working queue afterwards.
+        assert!(live(&outlet, "next"));
+        out.clear();
+        drain.take(64, &mut out);
+        assert_eq!(frames(&out), ["next"]);
     }
 
     #[tokio::test]

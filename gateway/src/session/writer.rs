@@ -17,6 +17,8 @@ use crate::outlet::{Drain, Item, Taken};
 
 /// Most items written before a flush.
 const MAX_BATCH: usize = 64;
+/// Batch room kept between writes; a burst's larger batch is given back.
+const KEPT_BATCH: usize = 8;
 
 /// Writer settings.
 #[derive(Debug, Clone, Copy)]
@@ -70,6 +72,10 @@ where
                 break;
             }
         };
+        if batch.capacity() > KEPT_BATCH {
+            // A burst is written: an idle socket keeps only a small batch.
+            batch = Vec::new();
+        }
         match written {
             Ok(Flow::Continue) => {}
             Ok(Flow::Closed) => break,
