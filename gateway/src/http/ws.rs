@@ -23,7 +23,11 @@ use crate::{metrics, session};
 /// since client frames are small and idle sockets are many.
 const READ_BUFFER: usize = 1024;
 /// Bytes gathered before a write reaches the socket (flushes write sooner).
-const WRITE_BUFFER: usize = 16 * 1024;
+/// The buffer keeps the room it grew to for as long as the socket lives, so
+/// this is what a socket that once took a burst (a catch-up, a spike) keeps
+/// holding: 4 KiB keeps it at 8 KiB, where 16 KiB kept 32 KiB, and a write
+/// of the live fan-out carries one or two frames either way.
+const WRITE_BUFFER: usize = 4 * 1024;
 /// A socket whose unsent bytes pass this is failed rather than buffered.
 const MAX_WRITE_BUFFER: usize = 4 * 1024 * 1024;
 
