@@ -160,13 +160,22 @@ pub struct Recent {
     ranges: BTreeMap<i32, Range>,
     /// True once the live consumer has reached every partition's `target`:
     /// subscribers that caught up may join the live path then, not before
-    /// (they would get its catch-up as a burst of live records).
+    /// (they would get its catch-up as a burst of live records). While it
+    /// is false, it is sent again every [`PROGRESS_EVERY`] records kept, so
+    /// that subscribers waiting at the end of what is kept go on reading
+    /// as the live consumer reads on.
     at_head: watch::Sender<bool>,
+    /// Records kept since `at_head` was last sent.
+    unsignalled: usize,
 }
+
+/// Records the live consumer keeps, while it is catching up itself, between
+/// two wake-ups of the subscribers waiting for more.
+pub const PROGRESS_EVERY: usize = 64;
 
 impl Recent {
     pub fn new(budget: Arc<Budget>) -> Self {
-        Self { budget, ranges: BTreeMap::new(), at_head: watch::Sender::new(true) }
+        Self { budget, ranges: BTreeMap::new(), at_head: watch::Sender::new(true), unsignalled: 0 }
     }
 
     /// The live consumer starts `partition` at `offset`, and the partition
@@ -186,7 +195,8 @@ impl Recent {
         *self.at_head.borrow()
     }
 
-    /// A receiver that sees [`Recent::at_head`] turn true.
+    /// A receiver that sees [`Recent::at_head`] turn true, and, until then,
+    /// a change every [`PROGRESS_EVERY`] records kept.
     pub fn head_signal(&self) -> watch::Receiver<bool> {
         self.at_head.subscribe()
     }
@@ -211,7 +221,21 @@ impl Recent {
     fn check_head(&mut self) {
         let at_head = self.ranges.values().all(|r| r.end >= r.target);
         if at_head != self.at_head() {
+            self.unsignalled = 0;
             self.at_head.send_replace(at_head);
+        }
+    }
+
+    /// One more record kept while not at the head: every
+    /// [`PROGRESS_EVERY`], the waiting subscribers are woken to read on.
+    fn progressed(&mut self) {
+        if self.at_head() {
+            return;
+        }
+        self.unsignalled += 1;
+        if self.unsignalled >= PROGRESS_EVERY {
+            self.unsignalled = 0;
+            self.at_head.send_replace(false);
         }
     }
 
@@ -231,7 +255,8 @@ impl Recent {
     /// topic) the age bound no longer allow. A record of an unassigned
     /// partition, or one not past the range's end, is ignored.
     pub fn push(&mut self, record: Arc<Record>, catching_up: bool) {
-        let Some(range) = self.ranges.get_mut(&record.partition) else { return };
+        let partition = record.partition;
+        let Some(range) = self.ranges.get_mut(&partition) else { return };
         if record.offset < range.end {
             return;
         }
@@ -251,6 +276,8 @@ impl Recent {
         }
         self.budget.take(bytes);
         range.records.push_back(record);
+        self.progressed();
+        let Some(range) = self.ranges.get_mut(&partition) else { return };
         let now = Instant::now();
         let max_age = self.budget.max_age;
         while let Some(oldest) = range.records.front() {
@@ -400,6 +427,20 @@ mod tests {
         assert!(!recent.at_head(), "the consumer is not past the target yet");
         recent.reached(&BTreeMap::from([(2, 3)]));
         assert!(recent.at_head(), "past it, with nothing handed on (markers only)");
+    }
+
+    #[test]
+    fn while_the_consumer_catches_up_waiting_subscribers_are_woken_as_it_reads() {
+        let mut recent = Recent::new(Budget::new(1 << 20, Duration::from_secs(60)));
+        recent.assign(0, 0, 1_000);
+        let mut signal = recent.head_signal();
+        for offset in 0..PROGRESS_EVERY as i64 - 1 {
+            recent.push(record(0, offset, "x"), true);
+        }
+        assert!(!signal.has_changed().unwrap(), "woken before {PROGRESS_EVERY} records");
+        recent.push(record(0, PROGRESS_EVERY as i64 - 1, "x"), true);
+        assert!(signal.has_changed().unwrap(), "not woken after {PROGRESS_EVERY} records");
+        assert!(!*signal.borrow_and_update(), "still not at the head");
     }
 
     #[test]

@@ -431,10 +431,14 @@ impl CatchUp {
                 }
                 Step::Gone => return,
                 Step::Wait => {
+                    // The live consumer is catching up itself: wait until it
+                    // has kept more records or reached the head.
                     let Some(mut signal) = self.hub.head_signal(follower.topic()) else { return };
-                    tokio::select! {
-                        _ = signal.wait_for(|at_head| *at_head) => {}
-                        _ = follower.stop.cancelled() => return,
+                    if !*signal.borrow_and_update() {
+                        tokio::select! {
+                            _ = signal.changed() => {}
+                            _ = follower.stop.cancelled() => return,
+                        }
                     }
                     continue;
                 }
