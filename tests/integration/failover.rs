@@ -319,7 +319,7 @@ async fn failover(signal: &str, sockets: usize) {
         "{sockets} sockets resumed on node b in {took:?}; node b threads at most {most_threads}; records {ends:?}"
     );
     assert!(most_threads < 100, "node b ran {most_threads} threads");
-    let _ = a.wait(Duration::from_secs(30));
+    let _ = a.wait(Duration::from_secs(30)).await;
 }
 
 /// Node A is killed (SIGKILL): its 2,000 sockets resume on node B, each

@@ -126,30 +126,68 @@ async fn assert_kafka_answers(bootstrap: &str) {
     }
 }
 
+/// Creates `topic` on a real broker and waits, at most [`WAIT`] in all,
+/// until its metadata shows every partition (a new topic's partitions have
+/// no leader for a moment). Fails naming the step that did not finish.
 async fn create_real_topic(bootstrap: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let results = admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
+    let options = AdminOptions::new().request_timeout(Some(WAIT));
+    let results = tokio::time::timeout(WAIT, admin.create_topics([&new], &options))
+        .await
+        .unwrap_or_else(|_| panic!("Kafka did not create topic {topic} within {WAIT:?}"))
+        .unwrap();
     for r in results {
         r.unwrap_or_else(|e| panic!("create topic {topic}: {e:?}"));
     }
-    // Wait until the topic is visible in metadata with all its partitions.
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    for _ in 0..100 {
-        if let Ok(md) = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-            if md
-                .topics()
-                .iter()
-                .any(|t| t.error().is_none() && t.partitions().len() == partitions as usize)
-            {
-                return;
+    let (bootstrap, name) = (bootstrap.to_owned(), topic.to_owned());
+    let seen = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut last = String::from("no metadata answer");
+        while std::time::Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match consumer.fetch_metadata(Some(&name), left.min(Duration::from_secs(2))) {
+                Ok(md) => {
+                    let Some(t) = md.topics().iter().find(|t| t.name() == name) else {
+                        last = "topic not in metadata".into();
+                        continue;
+                    };
+                    let led = t.partitions().iter().filter(|p| p.leader() >= 0).count();
+                    if t.error().is_none() && led == partitions as usize {
+                        return Ok(());
+                    }
+                    last = format!("error {:?}, {led} of {partitions} partitions led", t.error());
+                }
+                Err(e) => last = e.to_string(),
             }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err(last)
+    })
+    .await
+    .unwrap();
+    if let Err(last) = seen {
+        panic!("topic {topic} did not appear in metadata within {WAIT:?}: {last}");
     }
-    panic!("topic {topic} did not appear");
+}
+
+/// Marks a long test's steps on stderr with the time since it began: the
+/// harness shows them when the test fails, so a test that ran out of time
+/// says which step it was in.
+#[derive(Debug)]
+pub struct Steps(std::time::Instant);
+
+impl Steps {
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    pub fn mark(&self, step: &str) {
+        eprintln!("[{:>7.2?}] {step}", self.0.elapsed());
+    }
 }
 
 /// Defaults for tests: loopback, port 0, short timers.
@@ -374,14 +412,16 @@ impl GatewayProcess {
         assert!(status.success());
     }
 
-    /// Waits for the process to exit; returns its exit code.
-    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+    /// Waits for the process to exit; returns its exit code, or `None`
+    /// if it still runs after `timeout`. Polls without blocking the test's
+    /// runtime, so the test's own deadline can still fire.
+    pub async fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         None
     }

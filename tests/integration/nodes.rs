@@ -64,13 +64,16 @@ async fn two_gateway_processes_on_one_kafka() {
 
 #[ferry_test]
 async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka() {
+    let steps = Steps::start();
     let kafka = TestKafka::start().await;
     let topic = unique_topic("term");
     kafka.create_topic(&topic, 3).await;
+    steps.mark("topic created");
     let file = node_config(&kafka, "ferry-term", "");
     let mut gw = GatewayProcess::start(&["--config", file.to_str().unwrap()], &[]);
     let mut client = Client::connect(&gw.ws_url()).await;
     client.acked(&topic, json!("warm-up")).await;
+    steps.mark("gateway started, warm-up acked");
 
     const N: usize = 500;
     for i in 0..N {
@@ -79,6 +82,7 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
             .await;
     }
     gw.signal("TERM");
+    steps.mark("publishes sent, SIGTERM sent");
 
     let mut outcomes: HashMap<String, Value> = HashMap::new();
     let mut close_code = None;
@@ -98,6 +102,7 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
     if close_code.is_none() && outcomes.len() == N {
         close_code = client.closed().await;
     }
+    steps.mark("answers read");
     assert_eq!(close_code, Some(1001), "closed with going-away after answering");
     // Publishes the gateway never read (it stopped reading at SIGTERM) get no
     // answer; every one it read got exactly one, and nothing was lost:
@@ -109,7 +114,8 @@ async fn sigterm_answers_every_inflight_publish_and_acked_records_are_in_kafka()
     for frame in outcomes.values().filter(|f| f["type"] != "ack") {
         assert_eq!(frame["type"], "error", "{frame}");
     }
-    assert_eq!(gw.wait(Duration::from_secs(30)), Some(0), "clean exit");
+    assert_eq!(gw.wait(Duration::from_secs(30)).await, Some(0), "clean exit");
+    steps.mark("gateway exited");
 
     let records = read_all(&kafka.bootstrap(), &topic, 3, acked.len() + 1).await;
     let stored: HashSet<i64> = records
