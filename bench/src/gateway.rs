@@ -31,6 +31,8 @@ pub(crate) struct GatewaySpec {
     /// The HS256 secret when `auth`; `None` for a random one. Nodes that
     /// share it accept each other's tokens (the failover scenario).
     pub(crate) hs_secret: Option<String>,
+    /// Run it on the server core (`--pin`).
+    pub(crate) pin: bool,
 }
 
 /// A running gateway.
@@ -67,6 +69,9 @@ impl Gateway {
         }
         for (k, v) in &spec.env {
             command.env(k, v);
+        }
+        if spec.pin {
+            pin_to_server_core(&mut command);
         }
         let mut child =
             command.spawn().with_context(|| format!("cannot start {}", spec.binary.display()))?;
@@ -194,12 +199,15 @@ impl Drop for Gateway {
     }
 }
 
-enum Line {
+/// A line of a server's log that the bench waits for.
+pub(crate) enum Line {
     Bootstrap(String),
     Listening(SocketAddr),
 }
 
-fn drain(stderr: impl Read, keep: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Line>) {
+/// Reads a server's stderr to its end: keeps the last lines, and reports
+/// its Kafka bootstrap and listening address.
+pub(crate) fn drain(stderr: impl Read, keep: &Mutex<VecDeque<String>>, tx: &mpsc::Sender<Line>) {
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
         if let Some(rest) = line.split("embedded kafka bootstrap=").nth(1) {
@@ -288,6 +296,46 @@ fn write_config(spec: &GatewaySpec) -> Result<PathBuf> {
     let path = std::env::temp_dir().join(format!("ferry-bench-{}-{n}.toml", std::process::id()));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// The core the server under test runs on with `--pin`; the bench and
+/// everything else it starts run on the others.
+pub(crate) const SERVER_CORE: usize = 0;
+
+/// Makes the process `command` starts run on [`SERVER_CORE`] only (every
+/// thread it starts inherits the mask).
+pub(crate) fn pin_to_server_core(command: &mut Command) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use std::os::unix::process::CommandExt;
+    let mut set = CpuSet::new();
+    let _ = set.set(SERVER_CORE);
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: it makes one system call
+    // on a set built before the fork, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Pins this process (called before it starts any thread, so every thread
+/// inherits it) to every core but [`SERVER_CORE`]. Fails on one core.
+pub(crate) fn pin_self_to_load_cores() -> Result<String> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        bail!("--pin needs at least 2 cores, this machine has {cpus}");
+    }
+    let mut set = CpuSet::new();
+    for core in (0..cpus).filter(|c| *c != SERVER_CORE) {
+        set.set(core).context("core number")?;
+    }
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("sched_setaffinity")?;
+    Ok(format!(
+        "server under test on core {SERVER_CORE}, load (ferry-bench, Kafka host) on cores 1-{}",
+        cpus - 1
+    ))
 }
 
 /// A numeric `/proc/PID/status` field (`VmRSS:` in KiB, `Threads:`).

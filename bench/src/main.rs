@@ -2,6 +2,7 @@
 //! each beside its raw baseline measured in the same command on the same
 //! Kafka. See `bench/README.md`.
 
+mod baseline;
 mod broadcast;
 mod gateway;
 mod kafka;
@@ -101,6 +102,16 @@ pub(crate) struct Opts {
     /// Record value size in bytes (a JSON object carrying the send time).
     #[arg(long, default_value_t = 200)]
     value_bytes: usize,
+    /// Fan-out: the fixed rates (records/s) at which the gateway and the
+    /// relay are compared per server CPU-second (default 100,200,400;
+    /// quick 100).
+    #[arg(long, value_delimiter = ',', value_name = "REC/S")]
+    compare_rates: Vec<f64>,
+    /// Run the server under test (gateway, relay, publisher) on core 0 and
+    /// ferry-bench (the load, the raw baselines, the embedded Kafka's host
+    /// process) on the other cores, so that runs repeat.
+    #[arg(long)]
+    pin: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -204,7 +215,42 @@ impl Ctx {
             auth: self.opts.auth == Auth::Jwt && self.opts.token.is_none(),
             env: self.opts.gateway_env.clone(),
             hs_secret: None,
+            pin: self.opts.pin,
         }
+    }
+
+    /// Starts the gateway under test for a scenario that compares server
+    /// CPU: on the embedded Kafka, that Kafka lives in a second gateway
+    /// process (the "Kafka host", serving nothing else and not pinned), so
+    /// that the gateway's CPU and memory figures hold no broker work, as the
+    /// baselines' do not. Returns (gateway, Kafka host).
+    pub(crate) fn gateway_apart_from_kafka(
+        &self,
+        max_connections: usize,
+    ) -> Result<(Gateway, Option<Gateway>)> {
+        let mut spec = self.gateway_spec(max_connections);
+        if self.opts.kafka.is_some() {
+            return Ok((self.start_gateway(&spec, "gateway")?, None));
+        }
+        let host_spec = GatewaySpec { pin: false, ..spec.clone() };
+        let host = self.start_gateway(&host_spec, "Kafka host (embedded Kafka)")?;
+        spec.brokers = Some(host.bootstrap.clone());
+        // What the gateway sets itself on its own embedded Kafka: the mock
+        // broker answers a fetch only when `fetch.wait.max.ms` expires.
+        spec.librdkafka.push(("fetch.wait.max.ms".into(), "5".into()));
+        let gateway = self.start_gateway(&spec, "gateway")?;
+        Ok((gateway, Some(host)))
+    }
+
+    /// Where topics are created: the Kafka host when there is one (a
+    /// gateway on another process's embedded Kafka cannot create topics
+    /// there), else the gateway.
+    pub(crate) fn topic_creator(
+        &self,
+        gateway: &Gateway,
+        host: Option<&Gateway>,
+    ) -> Arc<Connector> {
+        self.connector(host.unwrap_or(gateway))
     }
 
     /// Starts a gateway from `spec`; `label` names it in the progress line.
@@ -286,6 +332,8 @@ struct Meta {
     /// elsewhere, see `gateway_binary`).
     workspace_git: String,
     seconds: f64,
+    /// `--pin`: which cores ran what.
+    pinned: Option<String>,
     nofile_limit: u64,
     /// `/proc/loadavg` at the start and the end: other work on the machine.
     load_before: String,
@@ -388,6 +436,7 @@ fn run(opts: Opts) -> Result<bool> {
             "ferry-bench: warning: a debug build; run with `cargo run --release -p ferry-bench`"
         );
     }
+    let pinned = if opts.pin { Some(gateway::pin_self_to_load_cores()?) } else { None };
     let binary = gateway::find_binary(opts.gateway.as_deref())?;
     let nofile = raise_nofile();
     let run_id = format!(
@@ -406,10 +455,11 @@ fn run(opts: Opts) -> Result<bool> {
     });
     let ctx = Ctx { opts, binary, run_id, nofile };
     progress(format_args!(
-        "ferry-bench: {} on {}, scenarios: {}",
+        "ferry-bench: {} on {}, scenarios: {}{}",
         if ctx.quick() { "quick" } else { "full" },
         ctx.opts.kafka.as_deref().unwrap_or("the embedded Kafka"),
-        selected.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        selected.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "),
+        pinned.as_deref().map(|p| format!("; pinned: {p}")).unwrap_or_default()
     ));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -470,16 +520,18 @@ fn run(opts: Opts) -> Result<bool> {
         gateway_binary: ctx.binary.display().to_string(),
         workspace_git: git_state(),
         seconds,
+        pinned: pinned.clone(),
         nofile_limit: ctx.nofile,
         load_before,
         load_after: loadavg(),
     };
     println!();
     println!(
-        "Ferry benchmarks — {} — {} — Kafka: {} — auth: {} — {} CPUs, {} — {:.0} s — \
+        "Ferry benchmarks — {} — {}{} — Kafka: {} — auth: {} — {} CPUs, {} — {:.0} s — \
          load average {} before, {} after",
         meta.date,
         if meta.quick { "quick" } else { "full" },
+        if meta.pinned.is_some() { ", pinned" } else { "" },
         meta.kafka,
         meta.auth,
         meta.machine.cpus,

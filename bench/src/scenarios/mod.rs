@@ -152,8 +152,12 @@ pub(crate) struct Step {
     pub(crate) expected: u64,
     pub(crate) per_second: f64,
     pub(crate) pacer_max_lag_ms: f64,
-    /// CPU the gateway process used during the step, in % of one core.
+    /// CPU the server under test (gateway or baseline process) used during
+    /// the step, in % of one core.
     pub(crate) gateway_cpu_pct: Option<f64>,
+    /// The same in CPU-seconds (user + system, from `/proc/PID/stat`), from
+    /// the step's start to the last delivery counted (or the drain's end).
+    pub(crate) server_cpu_s: Option<f64>,
     /// CPU this bench process used, in % of one core.
     pub(crate) bench_cpu_pct: Option<f64>,
     pub(crate) latency: Summary,
@@ -163,6 +167,11 @@ impl Step {
     /// Every expected event arrived.
     pub(crate) fn complete(&self) -> bool {
         self.expected > 0 && self.received >= self.expected
+    }
+
+    /// Deliveries per CPU-second of the server under test.
+    pub(crate) fn per_server_cpu_second(&self) -> Option<f64> {
+        self.server_cpu_s.filter(|s| *s > 0.0).map(|s| self.received as f64 / s)
     }
 }
 
@@ -225,6 +234,7 @@ pub(crate) async fn paced_step(
     let received = recorder.events() - before;
     let h = recorder.take();
     let (gateway_cpu_pct, bench_cpu_pct) = cpu.stop();
+    let server_cpu_s = cpu.server_seconds();
     Step {
         rate,
         seconds: duration.as_secs_f64(),
@@ -235,6 +245,7 @@ pub(crate) async fn paced_step(
         per_second: received as f64 / duration.as_secs_f64(),
         pacer_max_lag_ms: paced.max_lag_us as f64 / 1000.0,
         gateway_cpu_pct,
+        server_cpu_s,
         bench_cpu_pct,
         latency: Summary::of(&h),
     }
@@ -267,7 +278,8 @@ pub(crate) async fn raw_produce_consume(
     Ok(step)
 }
 
-/// CPU use of the gateway and of the bench over an interval.
+/// CPU use of the server under test (the gateway or a baseline process)
+/// and of the bench over an interval.
 #[derive(Debug)]
 pub(crate) struct Cpu {
     gateway: Option<(u32, Duration)>,
@@ -294,5 +306,11 @@ impl Cpu {
             self.gateway.and_then(|(pid, b)| pct(b, cpu_time(pid))),
             self.bench.and_then(|b| pct(b, cpu_time(std::process::id()))),
         )
+    }
+
+    /// CPU-seconds the server used since `start`.
+    pub(crate) fn server_seconds(&self) -> Option<f64> {
+        let (pid, before) = self.gateway?;
+        Some(cpu_time(pid)?.saturating_sub(before).as_secs_f64())
     }
 }

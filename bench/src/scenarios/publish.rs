@@ -1,13 +1,16 @@
 //! publish: 100 sockets each keep `--publish-window` 200-byte JSON publishes
-//! in flight (acks=all); acked publishes per second, against the raw
-//! producer keeping the same number of records in flight with the same
-//! settings. Rounds alternate raw and gateway; medians are reported.
+//! in flight (acks=all); acked publishes per second and per CPU-second of
+//! the server process, against `ferry-publisher` (the like-for-like
+//! baseline: its own process, its own 100 sockets, the same Kafka and
+//! producer settings). The raw producer in this process, with the same
+//! number of records in flight and no sockets, is the ceiling. Rounds
+//! alternate raw, publisher and gateway; medians are reported.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -15,10 +18,11 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::Cpu;
+use crate::baseline::{Baseline, Kind};
+use crate::gateway::cpu_time;
 use crate::report::Row;
-use crate::stats::pct;
-use crate::stats::{median, Recorder, Summary};
-use crate::ws::{publish_frame, Buffers, Ws};
+use crate::stats::{fmt_ms, median, pct, Recorder, Summary};
+use crate::ws::{publish_frame, Buffers, Connector, Ws};
 use crate::{progress, util, Ctx, Outcome};
 
 const SOCKETS: usize = 100;
@@ -28,65 +32,137 @@ struct Round {
     per_second: f64,
     errors: u64,
     latency: Summary,
-    /// CPU of the gateway process (with the embedded Kafka in it) and of the
-    /// bench, in % of one core.
-    gateway_cpu_pct: Option<f64>,
+    /// CPU-seconds the server process used in the measured window.
+    server_cpu_s: Option<f64>,
+    /// CPU of the server process and of the bench over the whole round, in
+    /// % of one core.
+    server_cpu_pct: Option<f64>,
     bench_cpu_pct: Option<f64>,
 }
 
+impl Round {
+    /// Acks in the window per CPU-second of the server in the window.
+    fn per_cpu_second(&self, w: Duration) -> Option<f64> {
+        self.server_cpu_s.filter(|s| *s > 0.0).map(|s| self.per_second * w.as_secs_f64() / s)
+    }
+}
+
+/// Opens `SOCKETS` publishing sockets; returns them with the server's RSS
+/// growth per connection (KiB), each RSS read 1 s after the change.
+async fn connect(
+    connector: &Connector,
+    rss: impl Fn() -> Result<u64>,
+) -> Result<(Vec<Ws>, Option<f64>)> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rss()?;
+    let mut sockets = Vec::with_capacity(SOCKETS);
+    for _ in 0..SOCKETS {
+        sockets.push(connector.connect(Buffers::Busy).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss()?;
+    Ok((sockets, Some((after as f64 - before as f64) / SOCKETS as f64)))
+}
+
+/// CPU-seconds process `pid` uses within the window `w`.
+fn window_cpu(pid: u32, w: Window) -> tokio::task::JoinHandle<Option<f64>> {
+    let until =
+        |t: u64| tokio::time::sleep(Duration::from_micros(t.saturating_sub(util::now_us())));
+    tokio::spawn(async move {
+        until(w.from).await;
+        let before = cpu_time(pid)?;
+        until(w.to).await;
+        Some(cpu_time(pid)?.saturating_sub(before).as_secs_f64())
+    })
+}
+
 pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
-    let mut gateway = ctx.gateway(50_000)?;
+    let (mut gateway, kafka_host) = ctx.gateway_apart_from_kafka(50_000)?;
     let kafka = ctx.kafka(&gateway);
     let connector = ctx.connector(&gateway);
     let topic = ctx.topic("publish");
-    ctx.create_topic(&connector, &topic).await?;
+    let creator = ctx.topic_creator(&gateway, kafka_host.as_ref());
+    ctx.create_topic(&creator, &topic).await?;
     let window = ctx.opts.publish_window.max(1);
     let rounds = ctx.pick(3, 1);
     let warmup = Duration::from_secs(ctx.pick(2, 1));
     let measure = Duration::from_secs(ctx.pick(5, 2));
     let value_bytes = ctx.opts.value_bytes;
 
-    let mut sockets = Vec::with_capacity(SOCKETS);
-    for _ in 0..SOCKETS {
-        sockets.push(connector.connect(Buffers::Busy).await?);
-    }
+    let (mut sockets, gateway_rss) = connect(&connector, || gateway.rss_kib()).await?;
+    let mut publisher = Baseline::start(Kind::Publisher, &kafka, ctx.opts.pin)?;
+    let publisher_connector = Connector::new(publisher.addr, None, ctx.opts.sources);
+    let (mut base_sockets, publisher_rss) =
+        connect(&publisher_connector, || publisher.rss_kib()).await?;
     let producer = kafka.producer()?;
-    let (mut raw, mut ferry) = (Vec::new(), Vec::new());
+    let (mut raw, mut base, mut ferry) = (Vec::new(), Vec::new(), Vec::new());
+    let log = |round: usize, who: &str, r: &Round| {
+        progress(format_args!(
+            "publish round {round}: {who} {}/s acked (errors {}), p99 {} ms, {} acks per server \
+             CPU-second, CPU server {} bench {}",
+            util::thousands(r.per_second),
+            r.errors,
+            fmt_ms(r.latency.p99_ms),
+            r.per_cpu_second(measure).map_or("-".into(), util::thousands),
+            pct(r.server_cpu_pct),
+            pct(r.bench_cpu_pct)
+        ))
+    };
     for round in 1..=rounds {
-        let cpu = Cpu::start(Some(gateway.pid()));
-        let mut r = raw_round(&producer, &topic, window, warmup, measure, value_bytes).await;
-        (r.gateway_cpu_pct, r.bench_cpu_pct) = cpu.stop();
-        progress(format_args!(
-            "publish round {round}: raw producer {}/s (errors {}), CPU gateway+Kafka {} bench {}",
-            util::thousands(r.per_second),
-            r.errors,
-            pct(r.gateway_cpu_pct),
-            pct(r.bench_cpu_pct)
-        ));
+        let cpu = Cpu::start(None);
+        let w = Window::new(warmup, measure);
+        let mut r = raw_round(&producer, &topic, window, w, value_bytes).await;
+        (_, r.bench_cpu_pct) = cpu.stop();
+        log(round, "raw producer (ceiling)", &r);
         raw.push(r);
+
+        let cpu = Cpu::start(Some(publisher.pid()));
+        let w = Window::new(warmup, measure);
+        let server_cpu = window_cpu(publisher.pid(), w);
+        let (mut r, back) = socket_round(base_sockets, &topic, window, w, value_bytes).await?;
+        base_sockets = back;
+        r.server_cpu_s = server_cpu.await.ok().flatten();
+        (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+        log(round, "publisher", &r);
+        base.push(r);
+        publisher.check_alive()?;
+
         let cpu = Cpu::start(Some(gateway.pid()));
-        let (mut r, back) =
-            gateway_round(sockets, &topic, window, warmup, measure, value_bytes).await?;
-        (r.gateway_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+        let w = Window::new(warmup, measure);
+        let server_cpu = window_cpu(gateway.pid(), w);
+        let (mut r, back) = socket_round(sockets, &topic, window, w, value_bytes).await?;
         sockets = back;
-        progress(format_args!(
-            "publish round {round}: gateway {}/s acked (errors {}), CPU gateway+Kafka {} bench {}",
-            util::thousands(r.per_second),
-            r.errors,
-            pct(r.gateway_cpu_pct),
-            pct(r.bench_cpu_pct)
-        ));
+        r.server_cpu_s = server_cpu.await.ok().flatten();
+        (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+        log(round, "gateway", &r);
         ferry.push(r);
         gateway.check_alive()?;
     }
     drop(sockets);
+    drop(base_sockets);
+    drop(publisher);
     gateway.stop(Duration::from_secs(10));
+    if let Some(host) = kafka_host {
+        host.stop(Duration::from_secs(10));
+    }
+    for (who, rs) in [("the gateway", &ferry), ("the publisher", &base)] {
+        if rs.iter().any(|r| r.per_second == 0.0) {
+            bail!("{who} acked no publish in a round");
+        }
+    }
 
     let rate = |rs: &[Round]| median(&rs.iter().map(|r| r.per_second).collect::<Vec<_>>());
+    let per_cpu = |rs: &[Round]| {
+        let v: Vec<f64> = rs.iter().filter_map(|r| r.per_cpu_second(measure)).collect();
+        (!v.is_empty()).then(|| median(&v))
+    };
     let p = |rs: &[Round], f: fn(&Summary) -> f64| {
         median(&rs.iter().map(|r| f(&r.latency)).collect::<Vec<_>>())
     };
-    let (f, b) = (rate(&ferry), rate(&raw));
+    let (f, b, c) = (rate(&ferry), rate(&base), rate(&raw));
+    let (fc, bc) = (per_cpu(&ferry), per_cpu(&base));
+    let (fp99, bp99) = (p(&ferry, |s| s.p99_ms), p(&base, |s| s.p99_ms));
+    let kib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} KiB"));
     let rows = vec![
         Row::new(
             "publish",
@@ -94,27 +170,38 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             Some(f),
             util::thousands(f),
         )
-        .baseline(Some(b), format!("{} (raw producer)", util::thousands(b)))
+        .baseline(Some(b), format!("{} (publisher)", util::thousands(b)))
+        .ratio(),
+        Row::new(
+            "publish",
+            "acks per server CPU-second",
+            fc,
+            fc.map_or("-".into(), util::thousands),
+        )
+        .baseline(bc, bc.map_or("-".into(), |v| format!("{} (publisher)", util::thousands(v))))
         .ratio()
-        .goal("≥ 0.70×", b > 0.0 && f / b >= 0.7),
+        .goal("≥ 1.00×", matches!((fc, bc), (Some(f), Some(b)) if f >= b)),
         Row::new(
             "publish",
             "publish→ack p50 / p99 (ms, under full load)",
-            Some(p(&ferry, |s| s.p99_ms)),
-            format!(
-                "{} / {}",
-                crate::stats::fmt_ms(p(&ferry, |s| s.p50_ms)),
-                crate::stats::fmt_ms(p(&ferry, |s| s.p99_ms))
-            ),
+            Some(fp99),
+            format!("{} / {}", fmt_ms(p(&ferry, |s| s.p50_ms)), fmt_ms(fp99)),
         )
         .baseline(
-            Some(p(&raw, |s| s.p99_ms)),
-            format!(
-                "{} / {} (raw producer)",
-                crate::stats::fmt_ms(p(&raw, |s| s.p50_ms)),
-                crate::stats::fmt_ms(p(&raw, |s| s.p99_ms))
-            ),
-        ),
+            Some(bp99),
+            format!("{} / {} (publisher)", fmt_ms(p(&base, |s| s.p50_ms)), fmt_ms(bp99)),
+        )
+        .delta_ms()
+        .goal("p99 ≤ publisher's + 1 ms", fp99 <= bp99 + 1.0),
+        Row::new("publish", "RSS per connection", gateway_rss, kib(gateway_rss))
+            .baseline(publisher_rss, format!("{} (publisher)", kib(publisher_rss)))
+            .ratio(),
+        Row::new("publish", "ceiling: acked publishes/s", Some(f), util::thousands(f))
+            .baseline(
+                Some(c),
+                format!("{} (raw producer in-process, no sockets)", util::thousands(c)),
+            )
+            .ratio(),
     ];
     Ok(Outcome {
         rows,
@@ -124,7 +211,10 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             "value_bytes": value_bytes,
             "warmup_s": warmup.as_secs_f64(),
             "measure_s": measure.as_secs_f64(),
+            "kafka_host_process": ctx.opts.kafka.is_none(),
+            "rss_per_connection_kib": {"gateway": gateway_rss, "publisher": publisher_rss},
             "raw_producer": raw,
+            "publisher": base,
             "gateway": ferry,
         }),
     })
@@ -156,11 +246,9 @@ async fn raw_round(
     producer: &FutureProducer,
     topic: &str,
     window: usize,
-    warmup: Duration,
-    measure: Duration,
+    w: Window,
     value_bytes: usize,
 ) -> Round {
-    let w = Window::new(warmup, measure);
     let recorder = Arc::new(Recorder::new(16));
     let errors = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..SOCKETS)
@@ -209,22 +297,21 @@ async fn raw_round(
         per_second: w.per_second(h.len()),
         errors: errors.load(Ordering::Relaxed),
         latency: Summary::of(&h),
-        gateway_cpu_pct: None,
+        server_cpu_s: None,
+        server_cpu_pct: None,
         bench_cpu_pct: None,
     }
 }
 
-/// One round over the gateway; the sockets are handed back, with nothing
-/// left in flight.
-async fn gateway_round(
+/// One round over a server's sockets (the gateway's or the publisher's);
+/// the sockets are handed back, with nothing left in flight.
+async fn socket_round(
     sockets: Vec<Ws>,
     topic: &str,
     window: usize,
-    warmup: Duration,
-    measure: Duration,
+    w: Window,
     value_bytes: usize,
 ) -> Result<(Round, Vec<Ws>)> {
-    let w = Window::new(warmup, measure);
     let recorder = Arc::new(Recorder::new(16));
     let errors = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = sockets
@@ -246,7 +333,8 @@ async fn gateway_round(
             per_second: w.per_second(h.len()),
             errors: errors.load(Ordering::Relaxed),
             latency: Summary::of(&h),
-            gateway_cpu_pct: None,
+            server_cpu_s: None,
+            server_cpu_pct: None,
             bench_cpu_pct: None,
         },
         back,
@@ -315,7 +403,7 @@ async fn publisher(
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Err(e.into()),
-                None => anyhow::bail!("the gateway closed a publishing socket"),
+                None => bail!("the server closed a publishing socket"),
             }
             match ws.next().now_or_never() {
                 Some(n) => next = n,
