@@ -14,7 +14,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acl::{CurrentPolicy, Policy};
-use crate::auth::{AuthMode, Authenticator};
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::delivery::Routes;
 use crate::hub::Hub;
@@ -37,71 +36,13 @@ use crate::kafka::groups::Groups;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
 use crate::kafka::topics::{Creator, Topics};
+use crate::node::{self, Node};
 use crate::recent::Budget;
 use crate::schema::Schemas;
-use crate::session::limits::SubjectConnections;
-use crate::{http, metrics, session};
-
-/// State shared by the HTTP handlers. A WebSocket session gets only
-/// [`AppState::session`], built from the same handles.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub node_id: String,
-    pub publisher: Publisher,
-    pub topics: Arc<Topics>,
-    /// The live fan-out, replays and shared groups.
-    pub routes: Arc<Routes>,
-    pub health: Arc<Health>,
-    pub auth: Arc<Authenticator>,
-    /// The ACL, swapped whole on reload.
-    pub policy: Arc<CurrentPolicy>,
-    /// JSON Schemas of record values, compiled at start (not reloaded).
-    pub schemas: Arc<Schemas>,
-    pub subjects: Arc<SubjectConnections>,
-    /// What a WebSocket session uses of the above, shared by every session.
-    pub session: Arc<session::Context>,
-    pub metrics: PrometheusHandle,
-    /// Cancelled when the gateway starts shutting down.
-    pub shutdown: CancellationToken,
-    /// One permit per open WebSocket (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
-    /// Every session task, so shutdown knows when all are done.
-    pub sessions: TaskTracker,
-    pub next_session: AtomicU64,
-}
-
-impl AppState {
-    /// Re-reads the ACL from `path`; a bad policy is logged and the old one
-    /// stays.
-    pub fn reload_policy(&self, path: &std::path::Path) {
-        let compiled = crate::config::reload_acl(path).and_then(|acl| Policy::compile(&acl));
-        match compiled {
-            Ok(policy) => {
-                self.policy.replace(effective_policy(&self.config, policy));
-                tracing::info!(file = %path.display(), "ACL policy reloaded");
-            }
-            Err(errors) => tracing::error!(
-                file = %path.display(),
-                "ACL policy rejected, keeping the previous one: {}",
-                errors.join("; ")
-            ),
-        }
-    }
-}
-
-/// Without authentication and without rules, everything is allowed (the
-/// quick start); otherwise the policy is deny-by-default as written.
-fn effective_policy(config: &Config, policy: Policy) -> Policy {
-    if config.auth.mode == AuthMode::None && policy.is_empty() {
-        Policy::allow_all()
-    } else {
-        policy
-    }
-}
+use crate::{http, metrics};
 
 /// Reloads the ACL on SIGHUP and when the configuration file changes.
-async fn watch_policy(state: Arc<AppState>, path: PathBuf, shutdown: CancellationToken) {
+async fn watch_policy(state: Arc<Node>, path: PathBuf, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
@@ -145,7 +86,7 @@ pub enum BuildError {
 
 /// A built gateway, ready to [`run`](App::run).
 pub struct App {
-    state: Arc<AppState>,
+    state: Arc<Node>,
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: Option<Arc<http::tls::Tls>>,
@@ -166,8 +107,10 @@ impl std::fmt::Debug for App {
 impl App {
     pub async fn build(config: Config) -> Result<Self, BuildError> {
         let auth = Authenticator::from_config(&config.auth).map_err(BuildError::Config)?;
-        let policy =
-            effective_policy(&config, Policy::compile(&config.acl).map_err(BuildError::Config)?);
+        let policy = node::effective_policy(
+            &config,
+            Policy::compile(&config.acl).map_err(BuildError::Config)?,
+        );
         let schemas = Schemas::compile(&config.schemas).map_err(BuildError::Config)?;
         let embedded = match config.kafka.embedded() {
             true => {
@@ -247,39 +190,21 @@ impl App {
             fanout,
             groups: Groups::new(settings, context, config.kafka.group_prefix.clone(), timeout),
         });
-        let session = Arc::new(session::Context {
+        let state = Arc::new(Node {
             node_id: config.node_id(),
-            limits: config.limits.clone(),
-            websocket: config.websocket.clone(),
-            auth_timeout: config.auth.auth_timeout(),
-            auth_leeway: Duration::from_secs(config.auth.leeway_secs),
-            shutdown_grace: config.shutdown_grace(),
-            auth: Arc::new(auth),
-            policy: Arc::new(CurrentPolicy::new(policy)),
-            subjects: Arc::default(),
-            schemas: Arc::new(schemas),
             publisher: Publisher::new(producer.clone(), health.clone()),
             topics,
-            health,
             routes,
-            shutdown: CancellationToken::new(),
-        });
-        let state = Arc::new(AppState {
-            node_id: session.node_id.clone(),
-            publisher: session.publisher.clone(),
-            topics: session.topics.clone(),
-            routes: session.routes.clone(),
-            health: session.health.clone(),
-            auth: session.auth.clone(),
-            policy: session.policy.clone(),
-            schemas: session.schemas.clone(),
-            subjects: session.subjects.clone(),
+            health,
+            auth: Arc::new(auth),
+            policy: Arc::new(CurrentPolicy::new(policy)),
+            schemas: Arc::new(schemas),
+            subjects: Arc::default(),
             metrics: metrics::prometheus(),
-            shutdown: session.shutdown.clone(),
+            shutdown: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sessions: TaskTracker::new(),
             next_session: AtomicU64::new(1),
-            session,
             config,
         });
         Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded })

@@ -65,21 +65,31 @@ impl GatewayError {
         }
     }
 
-    /// The `error` frame a client gets for this error about request `id`.
-    pub fn to_frame(&self, id: Option<&str>) -> ServerFrame {
-        let message = match self {
+    /// What a client is told, on any wire: the error's text, except for an
+    /// internal error, whose detail goes to the log only.
+    pub fn client_message(&self, request: Option<&str>) -> String {
+        match self {
             Self::Internal(detail) => {
-                tracing::error!(request = id, %detail, "internal error answering a request");
+                tracing::error!(request, %detail, "internal error answering a request");
                 "internal error; see the gateway log".to_owned()
             }
             other => other.to_string(),
-        };
+        }
+    }
+
+    /// Whether a client should retry after [`RETRY_AFTER_MS`]: the node or
+    /// Kafka is busy or away, not the request wrong.
+    pub fn retry_soon(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Overloaded(_))
+    }
+
+    /// The `error` frame a client gets for this error about request `id`.
+    pub fn to_frame(&self, id: Option<&str>) -> ServerFrame {
         ServerFrame::Error {
             id: id.map(str::to_owned),
             code: self.code(),
-            message,
-            retry_after_ms: matches!(self, Self::Unavailable(_) | Self::Overloaded(_))
-                .then_some(RETRY_AFTER_MS),
+            message: self.client_message(id),
+            retry_after_ms: self.retry_soon().then_some(RETRY_AFTER_MS),
         }
     }
 }

@@ -8,8 +8,11 @@
 //! - [`acl`]: deny-by-default topic policy with claim templates, reloadable.
 //! - [`template`]: the one parser of `{sub}` / `{claims.NAME}` placeholders,
 //!   for ACL patterns and ACL-imposed filters.
-//! - [`app`]: builds Kafka clients, hub, fan-out and HTTP server, and the
-//!   [`app::AppState`] the HTTP handlers share; runs and drains.
+//! - [`node`]: the one state ([`node::Node`]): every handle the doors
+//!   share, built once; and the node's bounds on callers (the token
+//!   bucket, per-subject connection counts).
+//! - [`app`]: builds Kafka clients, hub, fan-out, the [`node::Node`] and
+//!   the HTTP server; runs and drains.
 //! - [`http`]: the listener (plain or TLS with hot reload, header-read
 //!   timeout, pending-handshake bound) and the router: `/ws` upgrade,
 //!   `/healthz`, `/readyz`, `/metrics`, `/console` (the embedded web
@@ -23,8 +26,7 @@
 //! - [`session`]: one client: a read loop that owns the connection state
 //!   (requests that wait on Kafka run beside it, each answered once, in
 //!   bounded time) and a writer task that is the only owner of the sink.
-//!   A session sees the gateway through [`session::Context`] (its limits,
-//!   auth and ACL, producer, routes), not the whole [`app::AppState`].
+//!   A session holds the [`node::Node`] by one `Arc`.
 //!   Both tasks are kept small for idle sockets (frames are handled
 //!   synchronously, rare steps are boxed): ~7.5 KiB per idle subscriber.
 //! - [`hub`]: topic → local subscribers, grouped by filter (a registry:
@@ -69,6 +71,7 @@ pub mod http;
 pub mod hub;
 pub mod kafka;
 pub mod metrics;
+pub mod node;
 pub mod outlet;
 pub mod recent;
 pub mod resume;

@@ -141,6 +141,10 @@ const AUTH_FAILURE_REASONS: [&str; 6] =
 pub const HTTP_PUBLISH_STATUSES: [&str; 9] =
     ["200", "400", "401", "403", "413", "415", "429", "500", "503"];
 
+/// Why a value was refused by its topic's schema (`reason` label of
+/// [`SCHEMA_REJECTIONS`]).
+pub const SCHEMA_REJECTION_REASONS: [&str; 2] = ["invalid", "not_json"];
+
 /// Why an SSE request is refused (`ferry_sse_rejected_total`).
 pub const SSE_REJECT_REASONS: [&str; 9] = [
     "shutting_down",
@@ -217,7 +221,7 @@ fn register_at_zero() {
     for action in ["publish", "subscribe", "group"] {
         counter!(FORBIDDEN, "action" => action).absolute(0);
     }
-    for reason in crate::schema::REJECTION_REASONS {
+    for reason in SCHEMA_REJECTION_REASONS {
         counter!(SCHEMA_REJECTIONS, "reason" => reason).absolute(0);
     }
     describe_counter!(HTTP_PUBLISH_REQUESTS, "POST /v1/publish requests, by HTTP status.");

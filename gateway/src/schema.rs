@@ -71,9 +71,6 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// Why a value was refused (`reason` label of `ferry_schema_rejections_total`).
-pub const REJECTION_REASONS: [&str; 2] = ["invalid", "not_json"];
-
 /// Messages stay short whatever the schema says (a `pattern` or `enum` can
 /// be long).
 const MAX_MESSAGE_CHARS: usize = 512;

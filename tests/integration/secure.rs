@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use ferry_gateway::kafka::security::{Mechanism, Protocol, Secret, SecurityConfig};
+use ferry_gateway::config::kafka_security::{Mechanism, Protocol, Secret, SecurityConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;

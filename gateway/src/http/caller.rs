@@ -11,8 +11,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::AppState;
 use crate::auth::{AuthMode, Principal};
+use crate::error::GatewayError;
+use crate::node::Node;
 
 /// A refused request: its status and a message for a human, answered as
 /// `{"error":{"code","message"}}` (the codes of the protocol).
@@ -32,6 +33,30 @@ impl Refusal {
 
     pub(super) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The one mapping of a request error to an HTTP answer: its protocol
+    /// code, its message (internal details to the log only), and a status.
+    pub(super) fn of(e: &GatewayError) -> Self {
+        let (code, message) = (e.code().as_str(), e.client_message(None));
+        match e {
+            GatewayError::BadRequest(_) | GatewayError::InvalidValue(_) => {
+                Self::new(StatusCode::BAD_REQUEST, code, message)
+            }
+            GatewayError::UnknownTopic(_) => Self::new(StatusCode::NOT_FOUND, code, message),
+            GatewayError::TooLarge => Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message),
+            GatewayError::Unauthorized(_) => Self::new(StatusCode::UNAUTHORIZED, code, message),
+            GatewayError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, code, message),
+            GatewayError::Limit(_) | GatewayError::Overloaded(_) | GatewayError::RateLimited(_) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(1)
+            }
+            GatewayError::Unavailable(_)
+            | GatewayError::Timeout
+            | GatewayError::NoAnswer(_)
+            | GatewayError::Internal(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+            }
+        }
     }
 
     pub(super) fn retry_after(mut self, secs: u64) -> Self {
@@ -64,7 +89,7 @@ pub(super) struct TokenSources<'a> {
 /// from the header (or the allowed query parameter or cookie). 401 when it
 /// is missing or refused.
 pub(super) async fn principal(
-    state: &AppState,
+    state: &Node,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     sources: TokenSources<'_>,
@@ -109,7 +134,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// credentials, for the cookie). Others get no CORS headers, so the browser
 /// hides the answer; the request itself was refused with 403 before any
 /// work.
-pub(super) fn allow_origin(state: &AppState, headers: &HeaderMap, response: &mut Response) {
+pub(super) fn allow_origin(state: &Node, headers: &HeaderMap, response: &mut Response) {
     let Some(origin) = headers.get(header::ORIGIN) else { return };
     if !super::ws::origin_allowed(state, headers) {
         return;
@@ -121,7 +146,7 @@ pub(super) fn allow_origin(state: &AppState, headers: &HeaderMap, response: &mut
 }
 
 /// 403 for a browser page whose origin may not use the gateway.
-pub(super) fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
+pub(super) fn check_origin(state: &Node, headers: &HeaderMap) -> Result<(), Refusal> {
     if super::ws::origin_allowed(state, headers) {
         return Ok(());
     }
@@ -131,7 +156,7 @@ pub(super) fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), 
 /// `OPTIONS /v1/publish` and `OPTIONS /sse`: the CORS preflight of a
 /// browser `fetch` that sends a token or JSON. Allowed origins get the
 /// methods and headers the endpoints read; others get no CORS headers.
-pub(super) async fn preflight(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+pub(super) async fn preflight(State(state): State<Arc<Node>>, headers: HeaderMap) -> Response {
     let mut response = StatusCode::NO_CONTENT.into_response();
     allow_origin(&state, &headers, &mut response);
     let out = response.headers_mut();

@@ -27,10 +27,10 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
-use crate::app::AppState;
+use crate::node::Node;
 
 /// Builds the router over the shared state.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<Node>) -> Router {
     let mut router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(ops::healthz))

@@ -5,13 +5,13 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 
-use crate::app::AppState;
+use crate::node::Node;
 
 pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, String) {
+pub(super) async fn readyz(State(state): State<Arc<Node>>) -> (StatusCode, String) {
     if state.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
     } else if state.health.is_ready() {
@@ -26,6 +26,6 @@ pub(super) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, S
     }
 }
 
-pub(super) async fn metrics(State(state): State<Arc<AppState>>) -> String {
+pub(super) async fn metrics(State(state): State<Arc<Node>>) -> String {
     state.metrics.render()
 }

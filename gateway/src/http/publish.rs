@@ -48,10 +48,12 @@ use serde_json::{json, Value};
 
 use super::caller::{self, Refusal, TokenSources};
 use crate::acl::Action;
-use crate::app::AppState;
 use crate::error::GatewayError;
 use crate::kafka::producer::Stored;
+use crate::kafka::topics::check_partition;
 use crate::metrics;
+use crate::node::limits::TokenBucket;
+use crate::node::Node;
 
 /// A delivery several requests may wait on (a retried id).
 type Delivery = Shared<BoxFuture<'static, Result<Stored, GatewayError>>>;
@@ -63,53 +65,36 @@ const PRUNE_BUCKETS_AT: usize = 10_000;
 #[derive(Debug, Default)]
 pub struct Publishes {
     /// Subject → its rate bucket. Short critical sections only.
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
     /// (subject, id) → the delivery of that record while Kafka has not
     /// answered. Short critical sections only.
     inflight: Mutex<HashMap<(String, String), Delivery>>,
 }
 
-/// A token bucket that takes a batch's worth of tokens at once.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 impl Publishes {
-    /// Takes `n` tokens from `subject`'s bucket, or says how long until
-    /// there are enough.
     /// Whether `(subject, id)` is still waiting for Kafka on this node.
     fn in_flight(&self, subject: &str, id: &str) -> bool {
         let key = (subject.to_owned(), id.to_owned());
         self.inflight.lock().expect("inflight lock").contains_key(&key)
     }
 
+    /// Takes `n` tokens from `subject`'s bucket, or says how long until
+    /// there are enough.
     fn take(&self, subject: &str, n: usize, rate: u32, burst: u32) -> Result<(), Duration> {
-        let (rate, burst) = (f64::from(rate), f64::from(burst.max(1)));
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("bucket lock");
         if buckets.len() >= PRUNE_BUCKETS_AT {
-            buckets
-                .retain(|_, b| b.tokens + now.duration_since(b.last).as_secs_f64() * rate < burst);
+            buckets.retain(|_, b| !b.is_full(now));
         }
         let bucket =
-            buckets.entry(subject.to_owned()).or_insert(Bucket { tokens: burst, last: now });
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
-        bucket.last = now;
-        let n = n as f64;
-        if bucket.tokens >= n {
-            bucket.tokens -= n;
-            return Ok(());
-        }
-        Err(Duration::from_secs_f64(((n - bucket.tokens) / rate).max(0.001)))
+            buckets.entry(subject.to_owned()).or_insert_with(|| TokenBucket::new(rate, burst));
+        bucket.take_n(n)
     }
 }
 
 /// `POST /v1/publish`.
 pub(super) async fn publish(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Node>>,
     Extension(publishes): Extension<Arc<Publishes>>,
     headers: HeaderMap,
     body: Body,
@@ -129,7 +114,7 @@ pub(super) async fn publish(
 type Refused = (usize, Refusal);
 
 async fn handle(
-    state: &Arc<AppState>,
+    state: &Arc<Node>,
     publishes: &Arc<Publishes>,
     headers: &HeaderMap,
     body: Body,
@@ -188,13 +173,9 @@ async fn handle(
         };
         let checked = match partitions.get(&*publish.topic) {
             Some(Err(e)) => Err(e.clone()),
-            Some(Ok(n)) => match publish.partition.filter(|p| p >= n) {
-                Some(p) => Err(GatewayError::BadRequest(format!(
-                    "topic {:?} has {n} partitions; partition {p} does not exist",
-                    publish.topic
-                ))),
-                None => Ok(()),
-            },
+            Some(Ok(n)) => {
+                publish.partition.map_or(Ok(()), |p| check_partition(&publish.topic, *n, p))
+            }
             None => Err(GatewayError::Internal("topic not looked up".into())),
         };
         // Each record's value is validated once: a retry of an id still in
@@ -238,7 +219,7 @@ async fn handle(
 /// Hands a checked record to the producer, or joins the delivery of the
 /// same `(subject, id)` still in flight.
 fn deliver(
-    state: &AppState,
+    state: &Node,
     publishes: &Arc<Publishes>,
     subject: &str,
     publish: &Publish<'_>,
@@ -263,7 +244,7 @@ fn deliver(
 /// Each distinct topic's partition count (creating it where allowed),
 /// looked up together, each bounded by `limits.request_timeout_ms`.
 async fn look_up_topics<E>(
-    state: &Arc<AppState>,
+    state: &Arc<Node>,
     decoded: &[Result<Publish<'_>, E>],
 ) -> BTreeMap<String, Result<i32, GatewayError>> {
     let mut topics: Vec<String> =
@@ -285,14 +266,7 @@ async fn look_up_topics<E>(
 }
 
 fn error_result(id: &str, code: ferry_protocol::ErrorCode, e: &GatewayError) -> Value {
-    let message = match e {
-        GatewayError::Internal(detail) => {
-            tracing::error!(request = id, %detail, "internal error answering an HTTP publish");
-            "internal error; see the gateway log".to_owned()
-        }
-        other => other.to_string(),
-    };
-    json!({"id": id, "error": {"code": code.as_str(), "message": message}})
+    json!({"id": id, "error": {"code": code.as_str(), "message": e.client_message(Some(id))}})
 }
 
 #[derive(Deserialize)]

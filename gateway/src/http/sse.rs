@@ -53,16 +53,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::caller::{self, Refusal, TokenSources};
 use super::server::HandshakeSlot;
-use crate::acl::{Action, SubscribeGrantResult};
-use crate::app::AppState;
-use crate::auth::{AuthMode, Principal};
+use crate::auth::Principal;
 use crate::delivery::{self, Held};
 use crate::error::GatewayError;
 use crate::filter::Filter;
 use crate::metrics;
+use crate::node::limits::SubjectGuard;
+use crate::node::Node;
 use crate::outlet::{Drain, Item, Outlet, PacedFrame};
 use crate::resume::Positions;
-use crate::session::limits::SubjectGuard;
 
 /// Events waiting for the response body to take them.
 const EVENT_BUFFER: usize = 64;
@@ -75,7 +74,7 @@ const PARAMS: &[&str] = &["topic", "from", "filter", "access_token", "resume"];
 
 /// `GET /sse`.
 pub(super) async fn stream(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Node>>,
     slot: Option<Extension<HandshakeSlot>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -160,7 +159,7 @@ struct Wanted {
 
 /// Checks each topic as a socket `subscribe` frame would be, and the ACL.
 fn check_topics(
-    state: &AppState,
+    state: &Node,
     principal: &Principal,
     request: &Request,
 ) -> Result<Vec<Wanted>, Refused> {
@@ -178,7 +177,6 @@ fn check_topics(
         Some(text) => serde_json::from_str(text)
             .map_err(|e| bad(format!("`filter` must be JSON, as in a subscribe frame: {e}")))?,
     };
-    let policy = state.policy.get();
     let mut wanted = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let mut frame = json!({"type": "subscribe", "id": "sse", "topic": topic, "from": from});
@@ -190,33 +188,15 @@ fn check_topics(
             Ok(_) => return Err(bad("not a subscription")),
             Err(e) => return Err(bad(e.message)),
         };
-        let imposed = match policy.subscribe_grant(principal, topic) {
-            SubscribeGrantResult::Denied => {
-                metrics::forbidden(Action::Subscribe.as_str());
-                let m = format!("not allowed to subscribe to {topic:?}");
-                return Err(("forbidden", Refusal::new(StatusCode::FORBIDDEN, "forbidden", m)));
-            }
-            SubscribeGrantResult::Allowed { imposed } => imposed,
-        };
-        let requested = match &subscribe.filter {
-            None => None,
-            Some(wire) => Some(Filter::parse(wire).map_err(|e| bad(format!("bad filter: {e}")))?),
-        };
-        let filter = match (requested, imposed) {
-            (None, None) => None,
-            (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
-            (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
-        };
+        let filter = state
+            .subscription_filter(Some(principal), topic, subscribe.filter.as_ref())
+            .map_err(|e| refusal_of(&e))?;
         wanted.push(Wanted { topic: subscribe.topic, from: subscribe.from, filter });
     }
     Ok(wanted)
 }
 
-async fn open(
-    state: &Arc<AppState>,
-    headers: &HeaderMap,
-    query: &str,
-) -> Result<Response, Refused> {
+async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Response, Refused> {
     if state.shutdown.is_cancelled() {
         let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down");
         return Err(("shutting_down", e.retry_after(1)));
@@ -246,18 +226,10 @@ async fn open(
             Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "too many connections");
         return Err(("max_connections", e.retry_after(1)));
     };
-    let guard = match state.auth.mode() {
-        AuthMode::None => None,
-        AuthMode::Jwt => {
-            let max = state.config.limits.max_connections_per_subject;
-            let Some(guard) = state.subjects.acquire(&principal.subject, max) else {
-                let m = format!("subject already has {max} connections");
-                let e = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "limit", m);
-                return Err(("max_connections_per_subject", e.retry_after(1)));
-            };
-            Some(guard)
-        }
-    };
+    let guard = state.count_connection(&principal).map_err(|e| {
+        let refused = Refusal::of(&e);
+        ("max_connections_per_subject", refused)
+    })?;
 
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &state.config.limits;
@@ -322,35 +294,24 @@ async fn open(
     Ok(response)
 }
 
+/// A request error as the SSE door answers it, with the reason label of
+/// `ferry_sse_rejected_total`.
 fn refusal_of(e: &GatewayError) -> Refused {
-    let message = match e {
-        GatewayError::Internal(detail) => {
-            tracing::error!(%detail, "internal error opening an SSE stream");
-            "internal error; see the gateway log".to_owned()
+    let refusal = Refusal::of(e);
+    let reason = match refusal.status {
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
+            "bad_request"
         }
-        other => other.to_string(),
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::TOO_MANY_REQUESTS => "limit",
+        StatusCode::FORBIDDEN => "forbidden",
+        _ => "unavailable",
     };
-    let code = e.code().as_str();
-    match e {
-        GatewayError::BadRequest(_) => bad(message),
-        GatewayError::UnknownTopic(_) => {
-            ("bad_request", Refusal::new(StatusCode::NOT_FOUND, code, message))
-        }
-        GatewayError::Limit(_) | GatewayError::Overloaded(_) => {
-            ("limit", Refusal::new(StatusCode::TOO_MANY_REQUESTS, code, message).retry_after(1))
-        }
-        GatewayError::Forbidden(_) => {
-            ("forbidden", Refusal::new(StatusCode::FORBIDDEN, code, message))
-        }
-        _ => (
-            "unavailable",
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1),
-        ),
-    }
+    (reason, refusal)
 }
 
 /// When the caller's token runs out (plus leeway).
-fn expiry(state: &AppState, principal: &Principal) -> Option<Instant> {
+fn expiry(state: &Node, principal: &Principal) -> Option<Instant> {
     let expires_at = principal.expires_at?;
     let leeway_ms = state.config.auth.leeway_secs as i64 * 1000;
     let now_ms = std::time::SystemTime::now()
@@ -372,7 +333,7 @@ struct Position<'a> {
 
 /// One open stream: moves its outlet's frames into the response body.
 struct Stream {
-    state: Arc<AppState>,
+    state: Arc<Node>,
     session: u64,
     /// Its subscriptions; dropping them takes the stream off their routes.
     _held: Vec<Held>,

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 
 use ferry_protocol::{UpgradeRefusal, SUBPROTOCOL};
 
-use crate::app::AppState;
 use crate::auth::{AuthMode, Principal};
+use crate::node::Node;
 use crate::session::Authenticated;
 use crate::{metrics, session};
 
@@ -40,7 +40,7 @@ fn refuse(refusal: UpgradeRefusal, reason: &'static str, text: String) -> Respon
 }
 
 pub(super) async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Node>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
@@ -77,23 +77,22 @@ pub(super) async fn upgrade(
                 Err(e) => {
                     return refuse(UpgradeRefusal::Unauthorized, "unauthorized", e.to_string())
                 }
-                Ok(principal) => {
-                    let max = state.config.limits.max_connections_per_subject;
-                    let Some(guard) = state.subjects.acquire(&principal.subject, max) else {
+                Ok(principal) => match state.count_connection(&principal) {
+                    Ok(guard) => Some(Authenticated { principal, guard }),
+                    Err(e) => {
                         return refuse(
                             UpgradeRefusal::TooManyForSubject,
                             "max_connections_per_subject",
-                            format!("subject already has {max} connections"),
-                        );
-                    };
-                    Some(Authenticated { principal, guard: Some(guard) })
-                }
+                            e.to_string(),
+                        )
+                    }
+                },
             },
         },
     };
     let max_frame = state.config.limits.max_frame_bytes;
     let sessions = state.sessions.clone();
-    let (context, id) = (state.session.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
+    let (context, id) = (state.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
     ws.protocols([SUBPROTOCOL])
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
@@ -127,7 +126,7 @@ fn offered_subprotocols(headers: &HeaderMap) -> Vec<&str> {
 
 /// `Authorization: Bearer`, else `?token=` when `auth.allow_query_token`.
 fn request_token<'a>(
-    state: &AppState,
+    state: &Node,
     headers: &'a HeaderMap,
     query: &'a HashMap<String, String>,
 ) -> Option<&'a str> {
@@ -150,7 +149,7 @@ fn request_token<'a>(
 /// (non-browser clients) pass; browser origins must be listed in
 /// `auth.allowed_origins` (or `"*"`), be the gateway's own host, or, in the
 /// unauthenticated loopback dev setup, be a loopback page.
-pub(super) fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+pub(super) fn origin_allowed(state: &Node, headers: &HeaderMap) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else { return true };
     let Ok(origin) = origin.to_str() else { return false };
     let allowed = &state.config.auth.allowed_origins;

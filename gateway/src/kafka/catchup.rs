@@ -42,9 +42,10 @@ use crate::error::GatewayError;
 use crate::hub::{Hub, Step, Subscriber};
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
-use crate::kafka::fanout::recent_record;
+use crate::kafka::record::recent_record;
 use crate::kafka::retry_blocking;
 use crate::kafka::source::{self, Flow, Route};
+use crate::kafka::topics;
 use crate::metrics;
 use crate::outlet::PacedFrame;
 use crate::recent::{Coverage, Record};
@@ -282,10 +283,8 @@ impl CatchUp {
         from: &StartFrom,
     ) -> Result<Plan, GatewayError> {
         if let StartFrom::Offsets(offsets) = from {
-            if let Some(p) = offsets.keys().find(|p| **p >= partitions) {
-                return Err(GatewayError::BadRequest(format!(
-                    "topic {topic:?} has {partitions} partitions; partition {p} does not exist"
-                )));
+            for p in offsets.keys() {
+                topics::check_partition(topic, partitions, *p)?;
             }
             if let Some(cursor) = self.hub.plan_within_recent(topic, partitions, offsets) {
                 return Ok(Plan { cursor, gaps: Vec::new(), skip_before: None });

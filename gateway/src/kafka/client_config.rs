@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 
+use crate::config::kafka_security::{self as security, Value};
 use crate::config::KafkaConfig;
-use crate::kafka::security::{self, Value};
 
 /// What every client needs to reach the cluster.
 #[derive(Clone)]
@@ -162,7 +162,7 @@ impl ClientSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kafka::security::{Mechanism, Protocol, Secret, SecurityConfig};
+    use crate::config::kafka_security::{Mechanism, Protocol, Secret, SecurityConfig};
 
     #[test]
     fn security_reaches_every_client_and_the_passthrough_still_wins() {

@@ -22,80 +22,11 @@ use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::kafka::health::Health;
+use crate::kafka::health::{Health, Refusal};
 use crate::throttle::Throttle;
 
 /// How often a refusal that lasts is logged again.
 pub const REPEAT_EVERY: Duration = Duration::from_secs(60);
-
-/// Why the cluster refused the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    /// SASL: wrong user name or password, unknown mechanism for the user,
-    /// or no OAuth token could be fetched.
-    AuthenticationFailed,
-    /// TLS: the broker's certificate is not signed by a trusted CA, or does
-    /// not name the host connected to.
-    CertificateNotTrusted,
-    /// mTLS: the broker did not accept the gateway's client certificate
-    /// (or got none).
-    ClientCertificateRejected,
-    /// TLS failed for another reason.
-    TlsHandshakeFailed,
-}
-
-impl Refusal {
-    /// The cause as the log line and `/readyz` name it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AuthenticationFailed => "authentication failed",
-            Self::CertificateNotTrusted => "broker certificate not trusted",
-            Self::ClientCertificateRejected => "client certificate rejected",
-            Self::TlsHandshakeFailed => "TLS handshake failed",
-        }
-    }
-
-    fn hint(self) -> &'static str {
-        match self {
-            Self::AuthenticationFailed => {
-                "check kafka.security.sasl_mechanism, username and password (or the OAuth client settings)"
-            }
-            Self::CertificateNotTrusted => {
-                "check kafka.security.ca_file, and that the broker's certificate names the host in kafka.brokers"
-            }
-            Self::ClientCertificateRejected => {
-                "check kafka.security.cert_file and key_file: the broker must trust their CA"
-            }
-            Self::TlsHandshakeFailed => "check kafka.security.protocol and the TLS settings",
-        }
-    }
-
-    /// Recognises a refusal in an error librdkafka reported (`code` for an
-    /// error event, `None` for a log line).
-    pub fn classify(code: Option<RDKafkaErrorCode>, text: &str) -> Option<Self> {
-        let text = text.to_ascii_lowercase();
-        let has = |needle: &str| text.contains(needle);
-        if code == Some(RDKafkaErrorCode::Authentication)
-            || has("sasl authentication error")
-            || has("failed to acquire sasl oauthbearer token")
-        {
-            Some(Self::AuthenticationFailed)
-        } else if has("certificate required")
-            || has("alert bad certificate")
-            || has("alert unknown ca")
-            || has("alert certificate unknown")
-            || has("client ssl authentication might be required")
-        {
-            Some(Self::ClientCertificateRejected)
-        } else if has("certificate verify failed") || has("failed to verify broker certificate") {
-            Some(Self::CertificateNotTrusted)
-        } else if code == Some(RDKafkaErrorCode::SSL) || has("ssl handshake failed") {
-            Some(Self::TlsHandshakeFailed)
-        } else {
-            None
-        }
-    }
-}
 
 /// When a cause was last logged, and how often it happened since.
 #[derive(Debug)]

@@ -35,10 +35,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use ferry_protocol::MessageFrame;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -50,47 +48,11 @@ use crate::hub::{Hub, Subscriber};
 use crate::kafka::catchup::{self, CatchUp};
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
+use crate::kafka::record::recent_record;
 use crate::kafka::retry_blocking;
 use crate::kafka::source::{self, Flow, Route};
 use crate::kafka::topics::Topics;
 use crate::metrics;
-use crate::recent::Record;
-
-/// A record's headers as `(name, value)` pairs, borrowed.
-pub fn record_headers<'a>(record: &'a BorrowedMessage<'_>) -> Vec<(&'a str, Option<&'a [u8]>)> {
-    record.headers().map(|hs| hs.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default()
-}
-
-/// Turns a Kafka record into its `message` frame, once; the bytes are then
-/// shared by every socket that gets the record.
-pub fn encode_record(record: &BorrowedMessage<'_>, headers: &[(&str, Option<&[u8]>)]) -> Utf8Bytes {
-    let frame = MessageFrame {
-        topic: record.topic(),
-        partition: record.partition(),
-        offset: record.offset(),
-        timestamp: record.timestamp().to_millis(),
-        key: record.key(),
-        headers,
-        value: record.payload(),
-    };
-    Utf8Bytes::from(frame.encode())
-}
-
-/// A record as the live path and the catch-up keep it: its frame, encoded
-/// once, and what filters look at.
-pub fn recent_record(record: &BorrowedMessage<'_>) -> Arc<Record> {
-    let headers = record_headers(record);
-    let frame = encode_record(record, &headers);
-    Arc::new(Record::new(
-        record.partition(),
-        record.offset(),
-        record.timestamp().to_millis(),
-        frame,
-        record.key(),
-        &headers,
-        record.payload(),
-    ))
-}
 
 /// What the consumer is assigned of one topic. Empty while the topic is
 /// not assigned.

@@ -37,7 +37,7 @@ use crate::error::GatewayError;
 use crate::filter::{Filter, RecordView};
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
-use crate::kafka::fanout::{encode_record, record_headers};
+use crate::kafka::record::{encode_record, record_headers};
 use crate::kafka::source::{self, Flow, Route};
 use crate::outlet::{Completion, Done, Outlet, PacedFrame};
 

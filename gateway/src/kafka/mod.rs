@@ -1,8 +1,7 @@
 //! Everything that talks to Kafka.
 //!
-//! - [`client_config`]: the librdkafka settings of each client, in one place.
-//! - [`security`]: `[kafka.security]` (TLS, mTLS, SASL, OAUTHBEARER) and the
-//!   librdkafka settings it becomes; secrets that never print.
+//! - [`client_config`]: the librdkafka settings of each client, in one place
+//!   (with `[kafka.security]`, read by [`crate::config::kafka_security`]).
 //! - [`context`]: the client context that names the cause when the cluster
 //!   refuses the gateway (bad credentials, untrusted certificate).
 //! - [`embedded`]: the in-process mock cluster used when no brokers are set.
@@ -18,6 +17,7 @@
 //!   they join the live fan-out.
 //! - [`source`]: the one pump loop every consumer above runs, handing each
 //!   record to its route (the hub, one socket, or a group's members).
+//! - [`record`]: a record's `message` frame, encoded once for every route.
 //! - [`health`]: whether Kafka answers, for `/readyz` and for fast
 //!   `unavailable` answers.
 
@@ -29,7 +29,7 @@ pub mod fanout;
 pub mod groups;
 pub mod health;
 pub mod producer;
-pub mod security;
+pub mod record;
 pub mod source;
 pub mod topics;
 

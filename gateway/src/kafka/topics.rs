@@ -222,6 +222,17 @@ impl Topics {
     }
 }
 
+/// The one partition check of every door: `partition` (named by a publish
+/// or a resume position) must exist in `topic`, which has `count`.
+pub fn check_partition(topic: &str, count: i32, partition: i32) -> Result<(), GatewayError> {
+    if partition < count {
+        return Ok(());
+    }
+    Err(GatewayError::BadRequest(format!(
+        "topic {topic:?} has {count} partitions; partition {partition} does not exist"
+    )))
+}
+
 /// Maps a produce or delivery error to what the client is told.
 pub fn classify(err: &KafkaError) -> GatewayError {
     use RDKafkaErrorCode as C;

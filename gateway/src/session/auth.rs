@@ -23,7 +23,7 @@ impl Session {
         let Some(expires_at) = self.expires_at() else {
             return far;
         };
-        let leeway_ms = self.context.auth_leeway.as_millis() as i64;
+        let leeway_ms = self.context.auth_leeway().as_millis() as i64;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -33,7 +33,7 @@ impl Session {
     }
 
     pub(super) async fn welcome(&mut self) -> Result<(), End> {
-        let limits = &self.context.limits;
+        let limits = &self.context.config.limits;
         let jwt = self.context.auth.mode() == AuthMode::Jwt;
         let principal = self.principal.as_ref();
         let welcome = ServerFrame::Welcome {
@@ -76,11 +76,10 @@ impl Session {
         };
         match &self.principal {
             None => {
-                let max = self.context.limits.max_connections_per_subject;
-                let Some(guard) = self.context.subjects.acquire(&principal.subject, max) else {
+                let Ok(guard) = self.context.count_connection(&principal) else {
                     return Err(End::Close(CloseCode::TOO_MANY_CONNECTIONS));
                 };
-                self.subject_guard = Some(guard);
+                self.subject_guard = guard;
                 self.principal = Some(principal);
                 self.welcome().await
             }

@@ -20,13 +20,10 @@
 //! per-subject limits), [`writer`] (the socket's only writer).
 
 mod auth;
-mod context;
-pub mod limits;
 mod publish;
 mod subscribe;
 pub mod writer;
 
-pub use context::Context;
 use publish::InFlight;
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
@@ -46,8 +43,9 @@ use tokio::time::Instant;
 use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
+use crate::node::limits::{SubjectGuard, TokenBucket};
+use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
-use limits::{SubjectGuard, TokenBucket};
 use writer::WriterConfig;
 
 /// Replies beyond the in-flight publishes the reply queue has room for
@@ -144,13 +142,13 @@ pub struct Authenticated {
 /// socket's memory is mostly its task.
 pub fn run(
     socket: WebSocket,
-    context: Arc<Context>,
+    context: Arc<Node>,
     id: u64,
     permit: OwnedSemaphorePermit,
     authenticated: Option<Authenticated>,
 ) -> impl Future<Output = ()> + Send {
     metrics::connection_opened();
-    let limits = &context.limits;
+    let limits = &context.config.limits;
     let (sink, stream) = socket.split();
     // The one signal the read loop waits on besides the socket: the
     // gateway shuts down, the socket is kicked for being too slow, or the
@@ -158,7 +156,7 @@ pub fn run(
     let stop = context.shutdown.child_token();
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
-    let ws = &context.websocket;
+    let ws = &context.config.websocket;
     let writer_config =
         WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
     let writer = tokio::spawn(writer::run(sink, drain, writer_config));
@@ -204,7 +202,7 @@ struct Session {
     rate: TokenBucket,
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
-    context: Arc<Context>,
+    context: Arc<Node>,
     replies: Replies,
     /// The queues every delivery path fills for this socket; its `stop`
     /// token ends the read loop (see [`Session::stopped`]).
@@ -229,10 +227,10 @@ impl Session {
                 return end;
             }
         }
-        let idle = self.context.websocket.idle_timeout();
+        let idle = self.context.config.websocket.idle_timeout();
         let mut last_heard = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
-        let auth_timer = tokio::time::sleep(self.context.auth_timeout);
+        let auth_timer = tokio::time::sleep(self.context.auth_timeout());
         let expiry_timer = tokio::time::sleep_until(self.expiry());
         // Made once, not on every turn of the loop.
         let stop = self.outlet.stop().clone().cancelled_owned();
@@ -498,7 +496,7 @@ impl Session {
     /// Shutdown: every in-flight publish gets its `ack` or `error`, waiting
     /// at most the shutdown grace for Kafka; past it, the rest get `timeout`.
     async fn drain_inflight(&mut self) {
-        let deadline = Instant::now() + self.context.shutdown_grace;
+        let deadline = Instant::now() + self.context.config.shutdown_grace();
         loop {
             match tokio::time::timeout_at(deadline, self.inflight.next()).await {
                 Ok(Some((_, reply))) => {

@@ -13,6 +13,7 @@ use super::{End, Session};
 use crate::acl::Action;
 use crate::error::GatewayError;
 use crate::kafka::producer::Delivery;
+use crate::kafka::topics::check_partition;
 use crate::metrics;
 
 /// A publish Kafka has yet to answer: resolves to its id and its reply (the
@@ -57,7 +58,7 @@ impl Session {
             return Ok(Ok(()));
         }
         self.strikes += 1;
-        let limits = &self.context.limits;
+        let limits = &self.context.config.limits;
         if self.strikes >= limits.rate_limit_strikes {
             return Err(End::Close(CloseCode::RATE_LIMITED));
         }
@@ -78,7 +79,7 @@ impl Session {
             // the original's reply answers this id.
             return Ok(());
         }
-        let max = self.context.limits.max_inflight_publishes;
+        let max = self.context.config.limits.max_inflight_publishes;
         if self.inflight_ids.len() >= max {
             let e = GatewayError::Limit(format!(
                 "{max} publishes are already awaiting Kafka on this connection"
@@ -128,15 +129,13 @@ impl Session {
         for publish in queued {
             let outcome = match &found {
                 Err(e) => Err(e.clone()),
-                Ok(n) => match publish.partition.filter(|p| p >= n) {
-                    Some(p) => Err(GatewayError::BadRequest(format!(
-                        "topic {topic:?} has {n} partitions; partition {p} does not exist"
-                    ))),
-                    None => {
+                Ok(n) => publish
+                    .partition
+                    .map_or(Ok(()), |p| check_partition(topic, *n, p))
+                    .and_then(|()| {
                         self.inflight_ids.remove(&*publish.id);
                         self.produce(&publish)
-                    }
-                },
+                    }),
             };
             if let Err(e) = outcome {
                 self.inflight_ids.remove(&*publish.id);

@@ -5,16 +5,14 @@
 //! client unsubscribed meanwhile or the session ended.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_protocol::{ServerFrame, Subscribe};
 
 use super::{End, Session};
-use crate::acl::{Action, SubscribeGrantResult};
+use crate::acl::Action;
 use crate::delivery::{self, Held, Opened};
 use crate::error::GatewayError;
-use crate::filter::Filter;
 use crate::metrics;
 
 /// One subscription of the socket.
@@ -84,33 +82,18 @@ pub(super) struct SubscribeDone {
 
 impl Session {
     pub(super) fn request_timeout(&self) -> Duration {
-        self.context.limits.request_timeout()
+        self.context.config.limits.request_timeout()
     }
 
     /// Checks a subscribe and starts its Kafka work, which answers it when
     /// done (see [`Session::subscribe_done`]). An error is its reply now.
     pub(super) fn subscribe(&mut self, request: &Subscribe) -> Result<(), GatewayError> {
         let topic = request.topic.as_str();
-        let imposed = match self.subscribe_grant(topic) {
-            SubscribeGrantResult::Denied => {
-                return Err(GatewayError::Forbidden(format!(
-                    "not allowed to subscribe to {topic:?}"
-                )))
-            }
-            SubscribeGrantResult::Allowed { imposed } => imposed,
-        };
-        let requested = match &request.filter {
-            None => None,
-            Some(wire) => Some(
-                Filter::parse(wire)
-                    .map_err(|e| GatewayError::BadRequest(format!("bad filter: {e}")))?,
-            ),
-        };
-        let filter = match (requested, imposed) {
-            (None, None) => None,
-            (Some(f), None) | (None, Some(f)) => Some(Arc::new(f)),
-            (Some(asked), Some(imposed)) => Some(Arc::new(asked.and(imposed))),
-        };
+        let filter = self.context.subscription_filter(
+            self.principal.as_ref(),
+            topic,
+            request.filter.as_ref(),
+        )?;
         if self.subscriptions.contains(topic) {
             return Err(GatewayError::BadRequest(format!(
                 "already subscribed to {topic:?}; unsubscribe first to start elsewhere"
@@ -121,7 +104,7 @@ impl Session {
                 "a subscribe to {topic:?} is still waiting on Kafka"
             )));
         }
-        let max = self.context.limits.max_subscriptions;
+        let max = self.context.config.limits.max_subscriptions;
         if self.subscriptions.len() + self.openings.len() >= max {
             return Err(GatewayError::Limit(format!(
                 "this connection already has {max} subscriptions"

@@ -6,6 +6,8 @@
 //! same reference as a table. Every key has an environment variable named
 //! after its path: `kafka.message_timeout_ms` is `FERRY_KAFKA_MESSAGE_TIMEOUT_MS`.
 //! Tables (`kafka.librdkafka`) can only be set in the file.
+//! [`kafka_security`] reads `[kafka.security]` and turns it into librdkafka
+//! settings.
 //!
 //! Strict everywhere: an unknown key in the file, and a `FERRY_*` variable
 //! in a section's namespace (`FERRY_KAFKA_*`, `FERRY_LIMITS_*`, ...) that
@@ -13,6 +15,8 @@
 //! Variables outside those namespaces (`FERRY_LOG`, `FERRY_CONFIG`,
 //! `FERRY_TEST_*`) and the ones `scripts/kafka` reads
 //! ([`SCRIPT_VARIABLES`]) are not configuration. Every error names its key.
+
+pub mod kafka_security;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::AclConfig;
 use crate::auth::{AuthConfig, AuthMode};
-use crate::kafka::security::SecurityConfig;
+use crate::config::kafka_security::SecurityConfig;
 use crate::schema::SchemaConfig;
 
 /// The whole gateway configuration.
@@ -92,7 +96,7 @@ pub struct KafkaConfig {
     #[serde(serialize_with = "serialize_redacted")]
     pub librdkafka: BTreeMap<String, String>,
     /// TLS, mutual TLS and SASL to the cluster: see `[kafka.security]` in
-    /// README.md and [`crate::kafka::security`].
+    /// README.md and [`crate::config::kafka_security`].
     pub security: SecurityConfig,
 }
 
@@ -117,7 +121,8 @@ impl std::fmt::Debug for KafkaConfig {
 fn redacted(map: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
     map.iter()
         .map(|(k, v)| {
-            let shown = if crate::kafka::security::is_sensitive_property(k) { "***" } else { v };
+            let shown =
+                if crate::config::kafka_security::is_sensitive_property(k) { "***" } else { v };
             (k.as_str(), shown)
         })
         .collect()
@@ -478,7 +483,7 @@ impl Config {
             self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
             "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
         );
-        if let Err(problems) = crate::kafka::security::resolve(&k.security, k.embedded()) {
+        if let Err(problems) = crate::config::kafka_security::resolve(&k.security, k.embedded()) {
             errors.extend(problems);
         }
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
@@ -790,7 +795,7 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
     ] {
         keys.insert(env_name(&split(path)), split(path));
     }
-    for key in crate::kafka::security::KEYS {
+    for key in crate::config::kafka_security::KEYS {
         let path = split(&format!("kafka.security.{key}"));
         keys.insert(env_name(&path), path);
     }

@@ -1,10 +1,13 @@
-//! Per-connection publish rate limit and per-subject connection counts.
+//! The node's bounds on callers: the token bucket (publish rates) and the
+//! per-subject connection counts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// A token bucket: `rate` publishes per second sustained, `burst` at once.
+/// A token bucket: `rate` tokens per second sustained, `burst` at once.
+/// The one rate limit of the gateway: a socket's publishes take one token
+/// each, an HTTP batch takes one per record.
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: f64,
@@ -14,6 +17,7 @@ pub struct TokenBucket {
 }
 
 impl TokenBucket {
+    /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         Self { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
@@ -21,16 +25,32 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn take(&mut self) -> bool {
+        self.take_n(1).is_ok()
+    }
+
+    /// Takes `n` tokens at once, or none and says how long until there
+    /// are enough.
+    pub fn take_n(&mut self, n: usize) -> Result<(), Duration> {
         let now = Instant::now();
-        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst);
+        self.tokens = self.tokens_at(now);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let n = n as f64;
+        if self.tokens >= n {
+            self.tokens -= n;
+            return Ok(());
         }
+        Err(Duration::from_secs_f64(((n - self.tokens) / self.rate).max(0.001)))
+    }
+
+    /// Whether the bucket has refilled completely by `now` (an idle bucket
+    /// a caller may forget: a new one is the same).
+    pub fn is_full(&self, now: Instant) -> bool {
+        self.tokens_at(now) >= self.burst
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        (self.tokens + refill).min(self.burst)
     }
 }
 
@@ -82,6 +102,20 @@ mod tests {
         let mut bucket = TokenBucket::new(1, 3);
         assert!((0..3).all(|_| bucket.take()));
         assert!(!bucket.take());
+    }
+
+    #[test]
+    fn a_batch_takes_all_its_tokens_or_none_and_is_told_how_long_to_wait() {
+        let mut bucket = TokenBucket::new(10, 5);
+        assert!(bucket.take_n(4).is_ok());
+        let wait = bucket.take_n(3).unwrap_err();
+        // 1 token left, 2 missing at 10 per second: about 200 ms.
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert!(bucket.take(), "the refused batch took nothing");
+        assert!(!bucket.is_full(Instant::now()));
     }
 
     #[test]
