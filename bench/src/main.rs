@@ -362,7 +362,9 @@ fn machine() -> Machine {
         .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
         .unwrap_or_default();
     Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        // Every core of the machine, not only those this process may use
+        // (with --pin, fewer).
+        cpus: read("/proc/cpuinfo").lines().filter(|l| l.starts_with("processor")).count(),
         cpu_model,
         memory,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
