@@ -190,6 +190,24 @@ struct EncodedMessage<'a> {
 }
 
 impl MessageFrame<'_> {
+    /// The topic, partition and offset of a frame [`MessageFrame::encode`]
+    /// wrote, read from its front (where `encode` puts them) without
+    /// parsing the rest: a server that needs a record's position per
+    /// reader (an SSE stream's resume token) reads it in a few bytes.
+    /// `None` for text that does not start that way.
+    pub fn position(frame: &str) -> Option<(&str, i32, i64)> {
+        let rest = frame.strip_prefix(r#"{"type":"message","topic":""#)?;
+        let (topic, rest) = rest.split_once('"')?;
+        if topic.contains('\\') {
+            return None; // escaped: not a name `encode` wrote as is
+        }
+        let rest = rest.strip_prefix(r#","partition":"#)?;
+        let (partition, rest) = rest.split_once(',')?;
+        let rest = rest.strip_prefix(r#""offset":"#)?;
+        let end = rest.find([',', '}'])?;
+        Some((topic, partition.parse().ok()?, rest[..end].parse().ok()?))
+    }
+
     /// Encodes the frame as JSON text. A value that is valid JSON is embedded
     /// as is (not re-encoded); anything else goes out as `value_b64`. A key or
     /// header value that is not UTF-8 goes out base64-encoded likewise.
@@ -292,6 +310,34 @@ mod tests {
             key,
             headers: &[],
             value,
+        }
+    }
+
+    #[test]
+    fn a_frames_position_is_read_from_its_front() {
+        let headers = [("h", Some(&b"v"[..]))];
+        let encoded = MessageFrame {
+            topic: "orders.eu-1_x",
+            partition: 12,
+            offset: 9_007_199_254_740_993,
+            timestamp: Some(1),
+            key: Some(b"k"),
+            headers: &headers,
+            value: Some(br#"{"partition":3,"offset":4}"#),
+        }
+        .encode();
+        assert_eq!(
+            MessageFrame::position(&encoded),
+            Some(("orders.eu-1_x", 12, 9_007_199_254_740_993))
+        );
+        let without_timestamp = MessageFrame { timestamp: None, ..frame(None, None) }.encode();
+        let full: serde_json::Value = serde_json::from_str(&without_timestamp).unwrap();
+        let (topic, partition, offset) = MessageFrame::position(&without_timestamp).unwrap();
+        assert_eq!(full["topic"], topic);
+        assert_eq!(full["partition"], partition);
+        assert_eq!(full["offset"], offset);
+        for other in [r#"{"type":"ack","id":"a","topic":"t","partition":0,"offset":1}"#, "", "{"] {
+            assert_eq!(MessageFrame::position(other), None, "{other}");
         }
     }
 

@@ -26,14 +26,19 @@
 //! any node, with no gap and no duplicate. Comment lines are heartbeats
 //! (`sse.heartbeat_ms`).
 //!
-//! Delivery is the socket's: the live fan-out or a replay fills an
-//! [`Outlet`], and a task moves its frames into the response body. The
-//! policy for a slow reader is the socket's `disconnect`: when the outlet
-//! overflows, or an event waits longer than `websocket.write_timeout_ms`
-//! for the body to take it, the stream ends (the client resumes).
+//! Delivery is the socket's: the live fan-out or a catch-up fills an
+//! [`Outlet`], and the stream's task moves each record from the outlet's
+//! batch into a small bounded hand-off that the response body reads; the
+//! record's position for the resume token is read from the front of its
+//! frame, not by parsing it. The policy for a slow reader is the socket's
+//! `disconnect`: when the outlet overflows, or an event waits longer than
+//! `websocket.write_timeout_ms` for the body to take it, the stream ends
+//! (the client resumes). The hand-off is what lets a stream whose reader
+//! stopped reading end and give back its subscriptions, even while the
+//! connection itself is stuck writing.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,7 +49,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use ferry_protocol::{decode_client_frame, AckMode, ClientFrame, Overflow, ServerFrame, StartFrom};
+use ferry_protocol::{
+    decode_client_frame, AckMode, ClientFrame, MessageFrame, Overflow, ServerFrame, StartFrom,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -380,7 +387,9 @@ impl Stream {
         metrics::sse_closed(reason);
     }
 
-    /// Runs until the stream ends; returns why.
+    /// Runs until the stream ends; returns why. Each record goes from the
+    /// outlet's batch straight to the body's bounded hand-off, under the
+    /// write timeout.
     async fn serve(&mut self, first: Vec<Event>) -> &'static str {
         let write_timeout = self.state.config.websocket.write_timeout();
         // Cancelled when the stream is kicked (it holds the drain itself).
@@ -389,28 +398,21 @@ impl Stream {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));
         tokio::pin!(kicked, shutdown, expiry);
-        // Events to write, each with whether it is a `message`.
-        let mut pending: VecDeque<(Event, bool)> = first.into_iter().map(|e| (e, false)).collect();
         let mut taken = Vec::new();
-        loop {
-            if let Some((event, is_message)) = pending.pop_front() {
-                tokio::select! {
-                    biased;
-                    () = &mut kicked => return "slow_consumer",
-                    () = &mut shutdown => return "going_away",
-                    () = &mut expiry => return "token_expired",
-                    sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
-                        Ok(Ok(())) => {
-                            if is_message {
-                                metrics::sse_events(1);
-                            }
-                        }
-                        Ok(Err(_)) => return "client_gone",
-                        Err(_) => return "write_timeout",
-                    },
-                }
-                continue;
+        for event in first {
+            tokio::select! {
+                biased;
+                () = &mut kicked => return "slow_consumer",
+                () = &mut shutdown => return "going_away",
+                () = &mut expiry => return "token_expired",
+                sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return "client_gone",
+                    Err(_) => return "write_timeout",
+                },
             }
+        }
+        loop {
             self.drain.take(TAKE, &mut taken);
             if taken.is_empty() {
                 tokio::select! {
@@ -424,8 +426,20 @@ impl Stream {
             }
             for item in taken.drain(..) {
                 // A stream has records only: no replies, no lossy policy.
-                if let Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. }) = item {
-                    pending.push_back((self.message(frame.as_str()), true));
+                let (Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. })) = item else {
+                    continue;
+                };
+                let event = self.message(frame.as_str());
+                tokio::select! {
+                    biased;
+                    () = &mut kicked => return "slow_consumer",
+                    () = &mut shutdown => return "going_away",
+                    () = &mut expiry => return "token_expired",
+                    sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
+                        Ok(Ok(())) => metrics::sse_events(1),
+                        Ok(Err(_)) => return "client_gone",
+                        Err(_) => return "write_timeout",
+                    },
                 }
             }
         }
@@ -434,9 +448,9 @@ impl Stream {
     /// The `message` event of an encoded frame, with the token that
     /// includes it.
     fn message(&mut self, frame: &str) -> Event {
-        match serde_json::from_str::<Position<'_>>(frame) {
-            Ok(at) => self.positions.delivered(&at.topic, at.partition, at.offset),
-            Err(e) => tracing::error!(error = %e, "a message frame without its position"),
+        match position(frame) {
+            Some((topic, partition, offset)) => self.positions.delivered(&topic, partition, offset),
+            None => tracing::error!("a message frame without its position"),
         }
         // JSON allows a raw CR only as whitespace: dropping it changes
         // nothing, and SSE would read it as a line break.
@@ -444,6 +458,16 @@ impl Stream {
             if frame.contains('\r') { frame.replace('\r', "").into() } else { frame.into() };
         Event::default().event("message").id(self.positions.encode()).data(data)
     }
+}
+
+/// Where a `message` frame's record is: read from the frame's front (as
+/// the gateway encodes it), else from the whole frame.
+fn position(frame: &str) -> Option<(Cow<'_, str>, i32, i64)> {
+    if let Some((topic, partition, offset)) = MessageFrame::position(frame) {
+        return Some((Cow::Borrowed(topic), partition, offset));
+    }
+    let at = serde_json::from_str::<Position<'_>>(frame).ok()?;
+    Some((at.topic, at.partition, at.offset))
 }
 
 #[cfg(test)]
