@@ -251,16 +251,9 @@ async fn look_up_topics<E>(
         decoded.iter().flatten().map(|p| p.topic.to_string()).collect::<Vec<_>>();
     topics.sort();
     topics.dedup();
-    let timeout = state.config.limits.request_timeout();
     let lookups = topics.into_iter().map(|topic| {
-        let topics = state.topics.clone();
-        async move {
-            let found = match tokio::time::timeout(timeout, topics.partitions(&topic)).await {
-                Ok(found) => found,
-                Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
-            };
-            (topic, found)
-        }
+        let found = state.look_up_topic(topic.clone(), false);
+        async move { (topic, found.await) }
     });
     futures::future::join_all(lookups).await.into_iter().collect()
 }

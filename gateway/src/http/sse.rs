@@ -246,7 +246,6 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
     let mut held = Vec::new();
     let mut positions = Positions::new();
     let mut gaps = Vec::new();
-    let timeout = limits.request_timeout();
     for want in wanted {
         let from = match resume.as_ref().and_then(|r| r.topic(&want.topic)) {
             Some(offsets) => StartFrom::Offsets(offsets.clone()),
@@ -262,10 +261,7 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
             filter: want.filter,
             outlet: outlet.clone(),
         };
-        let opened = tokio::time::timeout(timeout, state.routes.open(request))
-            .await
-            .unwrap_or(Err(GatewayError::NoAnswer(timeout.as_millis() as u64)));
-        match opened {
+        match state.open_subscription(request).await {
             Ok(opened) => {
                 positions.start(&want.topic, &opened.starts);
                 gaps.extend(opened.gaps);

@@ -1,8 +1,12 @@
 //! The decisions every door takes the same way: may this caller read a
-//! topic and through which filter, and may it open one more connection.
-//! A door only translates the answer to its wire.
+//! topic and through which filter, may it open one more connection; and
+//! the requests that wait on Kafka (opening a subscription, a topic's
+//! look-up), each bounded by `limits.request_timeout_ms`. A door only
+//! translates the answer to its wire.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -10,6 +14,7 @@ use super::limits::SubjectGuard;
 use super::Node;
 use crate::acl::{Action, SubscribeGrantResult};
 use crate::auth::{AuthMode, Principal};
+use crate::delivery::{self, Opened};
 use crate::error::GatewayError;
 use crate::filter::Filter;
 use crate::metrics;
@@ -65,5 +70,47 @@ impl Node {
             Some(guard) => Ok(Some(guard)),
             None => Err(GatewayError::Limit(format!("subject already has {max} connections"))),
         }
+    }
+}
+
+impl Node {
+    /// Opens a subscription on its route for any door, bounded by
+    /// `limits.request_timeout_ms`: past it the answer is `NoAnswer` and
+    /// the work is dropped, which undoes whatever part of it was done.
+    pub fn open_subscription(
+        &self,
+        request: delivery::Request,
+    ) -> impl Future<Output = Result<Opened, GatewayError>> + Send + 'static {
+        let routes = self.routes.clone();
+        within(self.config.limits.request_timeout(), async move { routes.open(request).await })
+    }
+
+    /// A topic's partition count for a publish, creating the topic where
+    /// allowed; `fresh` asks Kafka again rather than trust the cache.
+    /// Bounded like [`Node::open_subscription`].
+    pub fn look_up_topic(
+        &self,
+        topic: String,
+        fresh: bool,
+    ) -> impl Future<Output = Result<i32, GatewayError>> + Send + 'static {
+        let topics = self.topics.clone();
+        within(self.config.limits.request_timeout(), async move {
+            if fresh {
+                topics.refresh(&topic).await
+            } else {
+                topics.partitions(&topic).await
+            }
+        })
+    }
+}
+
+/// `work`, or `NoAnswer` once `timeout` has passed (`work` is dropped).
+async fn within<T>(
+    timeout: Duration,
+    work: impl Future<Output = Result<T, GatewayError>>,
+) -> Result<T, GatewayError> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
     }
 }

@@ -106,14 +106,8 @@ impl Session {
         let queue = self.waiting.entry(topic.clone()).or_default();
         queue.push_back(owned(publish));
         if queue.len() == 1 {
-            let (topics, timeout) = (self.context.topics.clone(), self.request_timeout());
-            self.lookups.push(Box::pin(async move {
-                let found = match tokio::time::timeout(timeout, topics.refresh(&topic)).await {
-                    Ok(found) => found,
-                    Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
-                };
-                (topic, found)
-            }));
+            let found = self.context.look_up_topic(topic.clone(), true);
+            self.lookups.push(Box::pin(async move { (topic, found.await) }));
         }
         Ok(())
     }

@@ -5,7 +5,6 @@
 //! client unsubscribed meanwhile or the session ended.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use ferry_protocol::{ServerFrame, Subscribe};
 
@@ -81,10 +80,6 @@ pub(super) struct SubscribeDone {
 }
 
 impl Session {
-    pub(super) fn request_timeout(&self) -> Duration {
-        self.context.config.limits.request_timeout()
-    }
-
     /// Checks a subscribe and starts its Kafka work, which answers it when
     /// done (see [`Session::subscribe_done`]). An error is its reply now.
     pub(super) fn subscribe(&mut self, request: &Subscribe) -> Result<(), GatewayError> {
@@ -127,18 +122,12 @@ impl Session {
             filter,
             outlet: self.outlet.clone(),
         };
-        let (routes, id, topic) =
-            (self.context.routes.clone(), request.id.clone(), request.topic.clone());
-        let timeout = self.request_timeout();
+        let (id, topic) = (request.id.clone(), request.topic.clone());
+        let opened = self.context.open_subscription(opening);
         self.openings.insert(topic.clone(), Opening { id: id.clone(), cancelled: false });
         // Beside the read loop; dropped (and so undone) if the session ends.
-        self.subscribing.push(Box::pin(async move {
-            let result = match tokio::time::timeout(timeout, routes.open(opening)).await {
-                Ok(result) => result,
-                Err(_) => Err(GatewayError::NoAnswer(timeout.as_millis() as u64)),
-            };
-            SubscribeDone { id, topic, result }
-        }));
+        self.subscribing
+            .push(Box::pin(async move { SubscribeDone { id, topic, result: opened.await } }));
         Ok(())
     }
 
