@@ -225,6 +225,11 @@ impl App {
         self.embedded.clone()
     }
 
+    /// The node every door shares (for tests that drive a door directly).
+    pub fn node(&self) -> Arc<Node> {
+        self.state.clone()
+    }
+
     /// Cancel this token to shut the gateway down gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.state.shutdown.clone()

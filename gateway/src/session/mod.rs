@@ -33,10 +33,10 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{Message, Utf8Bytes};
 use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Publish, ServerFrame};
 use futures::stream::{FuturesUnordered, SplitStream};
-use futures::{Future, StreamExt};
+use futures::{Future, Sink, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -133,6 +133,27 @@ pub struct Authenticated {
     pub guard: Option<SubjectGuard>,
 }
 
+/// What a session reads frames from and writes them to: an upgraded
+/// WebSocket, or any stream and sink of messages (the unit tests drive a
+/// session through channels).
+pub trait Socket:
+    Stream<Item = Result<Message, axum::Error>>
+    + Sink<Message, Error = axum::Error>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> Socket for S where
+    S: Stream<Item = Result<Message, axum::Error>>
+        + Sink<Message, Error = axum::Error>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// Serves one upgraded WebSocket until it closes; `id` names the socket in
 /// the gateway's logs and Kafka bookkeeping. Without `authenticated` the
 /// socket must send an `auth` frame within the auth timeout.
@@ -140,8 +161,8 @@ pub struct Authenticated {
 /// Sets the session up at once (and spawns its writer); the future it
 /// returns holds only what the session needs while it runs, since an idle
 /// socket's memory is mostly its task.
-pub fn run(
-    socket: WebSocket,
+pub fn run<S: Socket>(
+    socket: S,
     context: Arc<Node>,
     id: u64,
     permit: OwnedSemaphorePermit,
@@ -221,7 +242,7 @@ struct Session {
 }
 
 impl Session {
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
+    async fn serve<S: Socket>(&mut self, stream: &mut SplitStream<S>) -> End {
         if self.principal.is_some() {
             if let Err(end) = Box::pin(self.welcome()).await {
                 return end;
@@ -422,11 +443,11 @@ impl Session {
     }
 
     /// Leaves every topic, answers what must be answered, closes the socket.
-    async fn finish(
+    async fn finish<S: Socket>(
         mut self,
         end: End,
         writer: tokio::task::JoinHandle<()>,
-        mut stream: SplitStream<WebSocket>,
+        mut stream: SplitStream<S>,
     ) {
         let topics = self.subscriptions.topics();
         for topic in topics {
@@ -519,3 +540,6 @@ impl Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
