@@ -413,6 +413,12 @@ pub enum Taken {
 }
 
 impl Drain {
+    /// Whether a reply (or a close) waits: the writer sends those at once
+    /// rather than wait for more records to write with them.
+    pub fn replies_waiting(&self) -> bool {
+        !self.shared.lock().replies.is_empty()
+    }
+
     /// Moves up to `max` items into `out`: replies first, then records in
     /// their order, then lossy records (with their `lagged` notices).
     pub fn take(&mut self, max: usize, out: &mut Vec<Item>) -> Taken {

@@ -178,8 +178,11 @@ pub fn run<S: Socket>(
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &context.config.websocket;
-    let writer_config =
-        WriterConfig { ping_interval: ws.ping_interval(), write_timeout: ws.write_timeout() };
+    let writer_config = WriterConfig {
+        ping_interval: ws.ping_interval(),
+        write_timeout: ws.write_timeout(),
+        coalesce: ws.write_coalesce(),
+    };
     let writer = tokio::spawn(writer::run(sink, drain, writer_config));
 
     let (principal, subject_guard) = match authenticated {

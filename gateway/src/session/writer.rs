@@ -25,6 +25,10 @@ const KEPT_BATCH: usize = 8;
 pub struct WriterConfig {
     pub ping_interval: Duration,
     pub write_timeout: Duration,
+    /// How long an idle writer woken by a record waits for more records
+    /// to write with it (`websocket.write_coalesce_ms`); zero: it only
+    /// lets the burst under way finish queueing. Replies never wait.
+    pub coalesce: Duration,
 }
 
 /// Runs until a close frame is sent, the session ends, or a write fails or
@@ -54,9 +58,15 @@ where
                 biased;
                 () = &mut timer => {}
                 () = drain.ready() => {
-                    // Let the producers of a burst queue the rest of it, so
-                    // that it goes out in one write rather than one per frame.
-                    tokio::task::yield_now().await;
+                    if config.coalesce.is_zero() || drain.replies_waiting() {
+                        // Let the producers of a burst queue the rest of it,
+                        // so that it goes out in one write, not one per frame.
+                        tokio::task::yield_now().await;
+                    } else {
+                        // Records only: the ones that follow within the
+                        // window share their write.
+                        tokio::time::sleep(config.coalesce).await;
+                    }
                 }
             }
             continue;
@@ -212,6 +222,7 @@ mod tests {
     const CONFIG: WriterConfig = WriterConfig {
         ping_interval: Duration::from_secs(20),
         write_timeout: Duration::from_secs(5),
+        coalesce: Duration::ZERO,
     };
 
     fn text(s: &str) -> Event {
@@ -295,5 +306,30 @@ mod tests {
         run(sink.clone(), drain, CONFIG).await;
         let code = CloseCode::IDLE_TIMEOUT.0;
         assert_eq!(sink.events(), [text("bye"), Event::Close(code), Event::Flush]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn records_within_the_coalescing_window_share_a_write_and_replies_do_not_wait() {
+        let sink = Recorder::default();
+        let (outlet, drain) = Outlet::new(8, 8, CancellationToken::new());
+        let replies = outlet.replies(8);
+        let config = WriterConfig { coalesce: Duration::from_millis(5), ..CONFIG };
+        let writer = tokio::spawn(run(sink.clone(), drain, config));
+        tokio::task::yield_now().await;
+        record(&outlet, "r1");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        record(&outlet, "r2");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(sink.events(), [], "still within the window");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(sink.events(), [text("r1"), text("r2"), Event::Flush], "one write");
+
+        replies.send("ack".into()).await.unwrap();
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        let events = sink.events();
+        assert_eq!(events[3..], [text("ack"), Event::Flush], "a reply goes out at once");
+        drop(replies);
+        writer.await.unwrap();
     }
 }
