@@ -394,49 +394,45 @@ impl Stream {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));
         tokio::pin!(kicked, shutdown, expiry);
-        let mut taken = Vec::new();
-        for event in first {
+        // The opening events, then each record of the outlet's batches.
+        let mut opening = first.into_iter();
+        let mut records = Vec::new().into_iter();
+        loop {
+            let (event, is_record) = if let Some(event) = opening.next() {
+                (event, false)
+            } else if let Some(item) = records.next() {
+                // A stream has records only: no replies, no lossy policy.
+                let (Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. })) = item else {
+                    continue;
+                };
+                (self.message(frame.as_str()), true)
+            } else {
+                let mut batch = Vec::new();
+                self.drain.take(TAKE, &mut batch);
+                if batch.is_empty() {
+                    tokio::select! {
+                        biased;
+                        () = &mut kicked => return "slow_consumer",
+                        () = &mut shutdown => return "going_away",
+                        () = &mut expiry => return "token_expired",
+                        () = self.tx.closed() => return "client_gone",
+                        () = self.drain.ready() => {}
+                    }
+                }
+                records = batch.into_iter();
+                continue;
+            };
             tokio::select! {
                 biased;
                 () = &mut kicked => return "slow_consumer",
                 () = &mut shutdown => return "going_away",
                 () = &mut expiry => return "token_expired",
                 sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
+                    Ok(Ok(())) if is_record => metrics::sse_events(1),
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return "client_gone",
                     Err(_) => return "write_timeout",
                 },
-            }
-        }
-        loop {
-            self.drain.take(TAKE, &mut taken);
-            if taken.is_empty() {
-                tokio::select! {
-                    biased;
-                    () = &mut kicked => return "slow_consumer",
-                    () = &mut shutdown => return "going_away",
-                    () = &mut expiry => return "token_expired",
-                    () = self.tx.closed() => return "client_gone",
-                    () = self.drain.ready() => continue,
-                }
-            }
-            for item in taken.drain(..) {
-                // A stream has records only: no replies, no lossy policy.
-                let (Item::Frame(frame) | Item::Paced(PacedFrame { frame, .. })) = item else {
-                    continue;
-                };
-                let event = self.message(frame.as_str());
-                tokio::select! {
-                    biased;
-                    () = &mut kicked => return "slow_consumer",
-                    () = &mut shutdown => return "going_away",
-                    () = &mut expiry => return "token_expired",
-                    sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
-                        Ok(Ok(())) => metrics::sse_events(1),
-                        Ok(Err(_)) => return "client_gone",
-                        Err(_) => return "write_timeout",
-                    },
-                }
             }
         }
     }
