@@ -189,10 +189,16 @@ pub struct LimitsConfig {
     /// published). Bounds every reply even when Kafka never answers.
     pub request_timeout_ms: u64,
     /// Connections accepted but not yet upgraded to a WebSocket (TLS
-    /// handshake, request headers, plain HTTP requests). Past it, new TCP
-    /// connections are closed at once, so slow handshakes cannot exhaust
-    /// the file descriptors.
+    /// handshake, request headers, plain HTTP requests). At the bound, the
+    /// oldest pending handshake is closed to make room for the new
+    /// connection, so slow handshakes can neither exhaust the file
+    /// descriptors nor lock new clients out.
     pub max_pending_handshakes: usize,
+    /// Pending handshakes from one client address; past it, that address's
+    /// new TCP connections are closed at once. Behind a proxy every
+    /// connection has the proxy's address: raise it to at least the
+    /// proxy's connection count (or to `max_pending_handshakes`).
+    pub max_pending_handshakes_per_address: usize,
 }
 
 /// WebSocket liveness and buffers.
@@ -387,6 +393,7 @@ impl Default for LimitsConfig {
             replay_queue: 256,
             request_timeout_ms: 30_000,
             max_pending_handshakes: 1_024,
+            max_pending_handshakes_per_address: 64,
         }
     }
 }
@@ -477,6 +484,10 @@ impl Config {
         check(l.replay_queue >= 1, "limits.replay_queue must be at least 1");
         check(l.request_timeout_ms >= 1_000, "limits.request_timeout_ms must be at least 1000");
         check(l.max_pending_handshakes >= 1, "limits.max_pending_handshakes must be at least 1");
+        check(
+            l.max_pending_handshakes_per_address >= 1,
+            "limits.max_pending_handshakes_per_address must be at least 1",
+        );
         let h = &self.http_publish;
         check(h.max_records >= 1, "http_publish.max_records must be at least 1");
         check(h.max_body_bytes >= 1024, "http_publish.max_body_bytes must be at least 1024");
