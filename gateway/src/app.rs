@@ -260,6 +260,10 @@ impl App {
         let settings = http::server::Settings {
             header_read_timeout: state.config.server.header_read_timeout(),
             max_pending_handshakes: state.config.limits.max_pending_handshakes,
+            max_pending_handshakes_per_address: state
+                .config
+                .limits
+                .max_pending_handshakes_per_address,
         };
         let server = tokio::spawn(http::server::serve(
             self.listener,

@@ -374,7 +374,11 @@ async fn the_acl_imposed_filter_applies_and_an_expired_token_ends_the_stream() {
 
 #[ferry_test]
 async fn streams_do_not_hold_handshake_slots() {
-    let gw = spawn_gateway_with(|c| c.limits.max_pending_handshakes = 2).await;
+    let gw = spawn_gateway_with(|c| {
+        c.limits.max_pending_handshakes = 2;
+        c.server.header_read_timeout_ms = 60_000;
+    })
+    .await;
     let topic = unique_topic("sse-slots");
     let mut streams = Vec::new();
     for _ in 0..4 {
@@ -382,9 +386,24 @@ async fn streams_do_not_hold_handshake_slots() {
         assert_eq!(s.next().await.event, "subscribed");
         streams.push(s);
     }
+    // Slow handshakes fill the bound and make room for each other: a
+    // stream that still counted as pending would be closed to make room.
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, b"GET /sse HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(tcp);
+    }
     assert_eq!(gw.get("/healthz").await.0, 200, "new connections still get in");
     let mut client = gw.client().await;
-    client.subscribed(&topic).await;
+    client.acked(&topic, serde_json::json!("to every stream")).await;
+    for s in &mut streams {
+        let event = s.next().await;
+        assert_eq!(event.event, "message", "the stream is still open");
+        assert!(event.data.contains("to every stream"), "{}", event.data);
+    }
 }
 
 #[ferry_test]

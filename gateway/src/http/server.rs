@@ -8,12 +8,18 @@
 //!   request's headers within `server.header_read_timeout_ms` (one deadline
 //!   for both), and a keep-alive connection may idle at most that long
 //!   between requests;
-//! - at most `limits.max_pending_handshakes` connections may be in the
-//!   handshake at once (accepted, not yet upgraded to a WebSocket or
-//!   closed): each holds a permit from accept until then (an upgrade gives
-//!   it back when it is answered, before the client reads the 101). Past the bound a
-//!   new connection is closed at once, before any byte is read, and counted
-//!   in `ferry_connections_rejected_total{reason="handshakes"}`.
+//! - a connection is *pending* from accept until it is upgraded to a
+//!   WebSocket (an upgrade stops counting when it is answered, before the
+//!   client reads the 101) or closes. At most
+//!   `limits.max_pending_handshakes_per_address` may be pending from one
+//!   client address: past it, that address's new connection is closed at
+//!   once, before any byte is read, and counted in
+//!   `ferry_connections_rejected_total{reason="handshakes_per_address"}`;
+//! - at most `limits.max_pending_handshakes` may be pending in all: at the
+//!   bound the *oldest* pending connection is closed to make room, and
+//!   counted in `ferry_connections_rejected_total{reason="handshakes"}`. So
+//!   many slow handshakes, even from many addresses, cannot lock a new
+//!   client out until they time out: it is the slow ones that go first.
 //!
 //! A WebSocket, once upgraded, no longer counts here: it holds a
 //! `limits.max_connections` permit instead (see `ws.rs`). A Server-Sent
@@ -26,7 +32,9 @@
 //! [`serve`] returns once they are gone. Upgraded sockets are the sessions'
 //! business (they close with 1001).
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,7 +48,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -58,18 +65,95 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     /// Connections in the handshake at once.
     pub max_pending_handshakes: usize,
+    /// Connections in the handshake at once from one client address.
+    pub max_pending_handshakes_per_address: usize,
 }
 
-/// A connection's pending-handshake permit, in every request's extensions,
-/// so that a handler whose response lives long (an SSE stream) can stop
-/// counting against `limits.max_pending_handshakes`.
+/// The connections in the handshake, oldest first, and how many come from
+/// each address. Its lock is held for a few map operations, never across
+/// an await.
+#[derive(Debug)]
+struct Pending {
+    settings: Settings,
+    state: Mutex<PendingState>,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    next: u64,
+    /// Sequence number → (address, closes the connection when cancelled).
+    oldest_first: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl PendingState {
+    fn remove(&mut self, seq: u64) -> Option<CancellationToken> {
+        let (ip, evict) = self.oldest_first.remove(&seq)?;
+        if let Some(count) = self.per_address.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_address.remove(&ip);
+            }
+        }
+        Some(evict)
+    }
+}
+
+impl Pending {
+    /// Admits a new connection from `ip`, closing the oldest pending one if
+    /// the total is at its bound; `None` if `ip` is at its own bound.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<PendingEntry> {
+        let evict = CancellationToken::new();
+        let mut state = self.state.lock().expect("pending handshakes lock");
+        if state.per_address.get(&ip).copied().unwrap_or(0)
+            >= self.settings.max_pending_handshakes_per_address
+        {
+            return None;
+        }
+        if state.oldest_first.len() >= self.settings.max_pending_handshakes {
+            if let Some(oldest) = state.oldest_first.keys().next().copied() {
+                if let Some(token) = state.remove(oldest) {
+                    token.cancel();
+                    metrics::connection_rejected("handshakes");
+                }
+            }
+        }
+        let seq = state.next;
+        state.next += 1;
+        state.oldest_first.insert(seq, (ip, evict.clone()));
+        *state.per_address.entry(ip).or_insert(0) += 1;
+        Some(PendingEntry { pending: self.clone(), seq, evict })
+    }
+}
+
+/// One connection's place among the pending handshakes; dropping it (the
+/// connection closed, or was upgraded) gives the place back.
+#[derive(Debug)]
+struct PendingEntry {
+    pending: Arc<Pending>,
+    seq: u64,
+    /// Cancelled when the connection is evicted to make room.
+    evict: CancellationToken,
+}
+
+impl Drop for PendingEntry {
+    fn drop(&mut self) {
+        self.pending.state.lock().expect("pending handshakes lock").remove(self.seq);
+    }
+}
+
+/// A connection's place among the pending handshakes, in every request's
+/// extensions, so that a handler whose response lives long (an SSE stream)
+/// can stop counting against the handshake bounds.
 #[derive(Debug, Clone)]
-pub struct HandshakeSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+pub struct HandshakeSlot(Arc<Mutex<Option<PendingEntry>>>);
 
 impl HandshakeSlot {
-    /// Gives the permit back (once; later calls do nothing).
+    /// Gives the place back (once; later calls do nothing). From then on the
+    /// connection is never evicted to make room.
     pub fn release(&self) {
-        self.0.lock().expect("handshake slot lock").take();
+        let entry = self.0.lock().expect("handshake slot lock").take();
+        drop(entry);
     }
 }
 
@@ -82,7 +166,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let pending = Arc::new(Semaphore::new(settings.max_pending_handshakes));
+    let pending = Arc::new(Pending { settings, state: Mutex::default() });
     let connections = TaskTracker::new();
     let mut last_accept_error: Option<Instant> = None;
     loop {
@@ -90,8 +174,8 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let tcp = match accepted {
-            Ok((tcp, _peer)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 if !is_connection_error(&e) {
                     // Out of file descriptors or similar: back off instead
@@ -109,8 +193,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            metrics::connection_rejected("handshakes");
+        let Some(entry) = pending.admit(peer.ip()) else {
+            metrics::connection_rejected("handshakes_per_address");
             drop(tcp);
             continue;
         };
@@ -124,7 +208,7 @@ pub async fn serve(
             router.clone(),
             settings,
             deadline,
-            permit,
+            entry,
             shutdown.clone(),
         ));
     }
@@ -145,21 +229,23 @@ async fn connection(
     router: Router,
     settings: Settings,
     deadline: Instant,
-    permit: OwnedSemaphorePermit,
+    entry: PendingEntry,
     shutdown: CancellationToken,
 ) {
     // Held until the connection closes or is upgraded (this task ends
     // then), or a handler releases it.
-    let slot = HandshakeSlot(Arc::new(Mutex::new(Some(permit))));
+    let evicted = entry.evict.clone();
+    let slot = HandshakeSlot(Arc::new(Mutex::new(Some(entry))));
     let Some(tls) = tls else {
-        return http(tcp, router, settings, deadline, shutdown, slot).await;
+        return http(tcp, router, settings, deadline, shutdown, evicted, slot).await;
     };
     let handshake = tokio::select! {
         _ = shutdown.cancelled() => return,
+        _ = evicted.cancelled() => return,
         handshake = tokio::time::timeout_at(deadline, tls.acceptor().accept(tcp)) => handshake,
     };
     match handshake {
-        Ok(Ok(stream)) => http(stream, router, settings, deadline, shutdown, slot).await,
+        Ok(Ok(stream)) => http(stream, router, settings, deadline, shutdown, evicted, slot).await,
         Ok(Err(e)) => {
             metrics::connection_rejected("tls_handshake");
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -175,6 +261,7 @@ async fn http<I>(
     settings: Settings,
     deadline: Instant,
     shutdown: CancellationToken,
+    evicted: CancellationToken,
     slot: HandshakeSlot,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -209,6 +296,9 @@ async fn http<I>(
                 }
                 waiting_for_headers = false;
             }
+            // Closed to make room for a newer connection (the socket is
+            // dropped with the connection).
+            _ = evicted.cancelled() => return,
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
