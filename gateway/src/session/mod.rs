@@ -24,7 +24,7 @@ mod publish;
 mod subscribe;
 pub mod writer;
 
-use publish::InFlight;
+use publish::{InFlight, Rate};
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -36,7 +36,7 @@ use std::time::Duration;
 use axum::extract::ws::{Message, Utf8Bytes};
 use ferry_protocol::{decode_client_frame, ClientFrame, CloseCode, Publish, ServerFrame};
 use futures::stream::{FuturesUnordered, SplitStream};
-use futures::{Future, Sink, Stream, StreamExt};
+use futures::{Future, FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
@@ -70,6 +70,8 @@ enum Step {
         id: Option<String>,
         token: String,
     },
+    /// The encoded reply, then the session ends.
+    ReplyThenEnd(Utf8Bytes, End),
 }
 
 impl Step {
@@ -368,20 +370,25 @@ impl Session {
             return Ok(Step::reply(err.to_frame(Some(frame.id()))));
         }
         let reply = match frame {
-            ClientFrame::Publish(publish) => {
-                if let Err(e) = self.check_rate()? {
+            ClientFrame::Publish(publish) => match self.check_rate() {
+                Rate::Allowed => match self.publish(publish) {
+                    Ok(()) => return Ok(Step::Done),
+                    Err((id, e)) => {
+                        metrics::publish_failed(e.code().as_str());
+                        e.to_frame(Some(&id))
+                    }
+                },
+                Rate::Refused(e) => {
                     metrics::publish_failed(e.code().as_str());
                     e.to_frame(Some(&publish.id))
-                } else {
-                    match self.publish(publish) {
-                        Ok(()) => return Ok(Step::Done),
-                        Err((id, e)) => {
-                            metrics::publish_failed(e.code().as_str());
-                            e.to_frame(Some(&id))
-                        }
-                    }
                 }
-            }
+                Rate::Close(e) => {
+                    // This publish is answered too, before the close frame.
+                    metrics::publish_failed(e.code().as_str());
+                    let reply = Utf8Bytes::from(e.to_frame(Some(&publish.id)).encode());
+                    return Ok(Step::ReplyThenEnd(reply, End::Close(CloseCode::RATE_LIMITED)));
+                }
+            },
             ClientFrame::Subscribe(request) => match self.subscribe(&request) {
                 Ok(()) => return Ok(Step::Done),
                 Err(e) => e.to_frame(Some(&request.id)),
@@ -420,6 +427,10 @@ impl Session {
         match step {
             Step::Done => Ok(()),
             Step::Reply(text) => self.send_text(text).await,
+            Step::ReplyThenEnd(text, end) => {
+                self.send_text(text).await?;
+                Err(end)
+            }
             // Boxed: a rare, large future (the token check) that would
             // otherwise take room in every idle socket's task.
             Step::Authenticate { id, token } => Box::pin(self.authenticate(id, &token)).await,
@@ -459,28 +470,38 @@ impl Session {
         // Subscribes still waiting on Kafka: dropping their work undoes
         // whatever part of it was done.
         self.subscribing.clear();
-        let openings: Vec<(String, Opening)> = self.openings.drain().collect();
         let close = match end {
             End::Shutdown => {
-                // Every request gets its answer before the socket closes.
+                // The gateway stops reading; what it read is answered.
                 let shutting_down =
                     GatewayError::Unavailable("the gateway is shutting down".into());
-                for (_, opening) in openings {
-                    let _ = self.send(shutting_down.to_frame(Some(&opening.id))).await;
-                }
-                let waiting: Vec<Publish<'static>> =
-                    self.waiting.drain().flat_map(|(_, queued)| queued).collect();
-                for publish in waiting {
-                    metrics::publish_failed(shutting_down.code().as_str());
-                    let _ = self.send(shutting_down.to_frame(Some(&publish.id))).await;
-                }
-                self.drain_inflight().await;
+                self.answer_before_close::<S>(shutting_down, None).await;
                 Some(CloseCode::GOING_AWAY)
             }
+            End::Close(code) if code == CloseCode::SLOW_CONSUMER => {
+                // The client does not read: no answer would reach it.
+                metrics::slow_consumer();
+                Some(code)
+            }
             End::Close(code) => {
-                if code == CloseCode::SLOW_CONSUMER {
-                    metrics::slow_consumer();
-                }
+                // Every publish read so far gets its answer before the close
+                // frame, and so do the frames the client sent before it
+                // could know (already in the socket's buffers).
+                let (closing, read_ahead) = match code {
+                    CloseCode::RATE_LIMITED => {
+                        let rate = self.context.config.limits.publish_rate;
+                        (GatewayError::RateLimited(rate), Some(&mut stream))
+                    }
+                    CloseCode::TOKEN_EXPIRED => {
+                        let e = GatewayError::Unauthorized("the token expired".into());
+                        (e, Some(&mut stream))
+                    }
+                    _ => {
+                        let why = format!("the connection is closing ({})", code.reason());
+                        (GatewayError::Unavailable(why), None)
+                    }
+                };
+                self.answer_before_close(closing, read_ahead).await;
                 Some(code)
             }
             End::ClientClosed => {
@@ -517,7 +538,48 @@ impl Session {
         }
     }
 
-    /// Shutdown: every in-flight publish gets its `ack` or `error`, waiting
+    /// Before the gateway closes the socket: every request it read gets its
+    /// answer. Subscribes and publishes not yet handed to Kafka get
+    /// `closing`; with `read_ahead`, so do the requests the client already
+    /// sent (read without waiting); publishes in Kafka's hands get their
+    /// real outcome (see [`Session::drain_inflight`]).
+    async fn answer_before_close<S: Socket>(
+        &mut self,
+        closing: GatewayError,
+        read_ahead: Option<&mut SplitStream<S>>,
+    ) {
+        let mut refused: Vec<String> = self.openings.drain().map(|(_, o)| o.id).collect();
+        let waiting = self.waiting.drain().flat_map(|(_, queued)| queued);
+        refused.extend(waiting.map(|publish| {
+            metrics::publish_failed(closing.code().as_str());
+            publish.id.into_owned()
+        }));
+        if let Some(stream) = read_ahead {
+            // Bounded by the reply queue's room, so this never waits long.
+            for _ in 0..REPLY_SLACK {
+                let Some(Some(Ok(message))) = stream.next().now_or_never() else { break };
+                match message {
+                    Message::Text(text) => {
+                        let Ok(frame) = decode_client_frame(&text) else { continue };
+                        if let ClientFrame::Publish(_) = frame {
+                            metrics::publish_failed(closing.code().as_str());
+                        }
+                        refused.push(frame.id().to_owned());
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        }
+        for id in refused {
+            if self.send(closing.to_frame(Some(&id))).await.is_err() {
+                return;
+            }
+        }
+        self.drain_inflight().await;
+    }
+
+    /// Every in-flight publish gets its `ack` or `error`, waiting
     /// at most the shutdown grace for Kafka; past it, the rest get `timeout`.
     async fn drain_inflight(&mut self) {
         let deadline = Instant::now() + self.context.config.shutdown_grace();

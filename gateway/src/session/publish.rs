@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
-use ferry_protocol::{AckFrame, CloseCode, Payload, Publish};
+use ferry_protocol::{AckFrame, Payload, Publish};
 
 use super::{End, Session};
 use crate::acl::Action;
@@ -49,20 +49,30 @@ impl Future for InFlight {
     }
 }
 
+/// What the rate limit says of one publish.
+pub(super) enum Rate {
+    Allowed,
+    /// This publish is refused.
+    Refused(GatewayError),
+    /// Refused, and the client kept going after `rate_limit_strikes`
+    /// refusals: the socket closes with 4004 once it is answered.
+    Close(GatewayError),
+}
+
 impl Session {
-    /// The publish rate limit: `Ok(Err(_))` refuses this publish; `Err`
-    /// closes a client that keeps going after `rate_limit_strikes` refusals.
-    pub(super) fn check_rate(&mut self) -> Result<Result<(), GatewayError>, End> {
+    /// The publish rate limit, taken for one publish.
+    pub(super) fn check_rate(&mut self) -> Rate {
         if self.rate.take() {
             self.strikes = 0;
-            return Ok(Ok(()));
+            return Rate::Allowed;
         }
         self.strikes += 1;
         let limits = &self.context.config.limits;
+        let refused = GatewayError::RateLimited(limits.publish_rate);
         if self.strikes >= limits.rate_limit_strikes {
-            return Err(End::Close(CloseCode::RATE_LIMITED));
+            return Rate::Close(refused);
         }
-        Ok(Err(GatewayError::RateLimited(limits.publish_rate)))
+        Rate::Refused(refused)
     }
 
     /// Checks a publish and hands it to Kafka, or queues it behind its

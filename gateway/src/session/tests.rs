@@ -82,8 +82,20 @@ impl Client {
 /// A node on the embedded Kafka, and a session on it for an anonymous
 /// caller (`auth.mode = "none"`).
 async fn session() -> (App, Client) {
-    let config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    session_with(|_| {}).await
+}
+
+/// Like [`session`], with the node's configuration changed by `change`.
+async fn session_with(change: impl FnOnce(&mut Config)) -> (App, Client) {
+    let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    change(&mut config);
     let app = App::build(config).await.expect("a node on the embedded Kafka");
+    let client = open(&app);
+    (app, client)
+}
+
+/// Another session on the same node.
+fn open(app: &App) -> Client {
     let node = app.node();
     let (to_session, incoming) = mpsc::unbounded();
     let (outgoing, from_session) = mpsc::unbounded();
@@ -91,7 +103,7 @@ async fn session() -> (App, Client) {
     let caller = Authenticated { principal: Principal::anonymous(), guard: None };
     let socket = Channels { incoming, outgoing };
     tokio::spawn(run(socket, node, 1, permit, Some(caller)));
-    (app, Client { to_session, from_session })
+    Client { to_session, from_session }
 }
 
 #[tokio::test]
@@ -118,6 +130,58 @@ async fn a_session_without_a_websocket_welcomes_acks_refuses_and_closes() {
         match client.next().await {
             Message::Close(Some(close)) => assert_eq!(close.code, 1003, "unsupported data"),
             other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), test).await.expect("the test finishes in 60 s");
+}
+
+#[tokio::test]
+async fn a_rate_limit_close_answers_every_publish_before_the_close_frame() {
+    let test = async {
+        let (app, mut first) = session_with(|c| {
+            c.limits.publish_rate = 1;
+            c.limits.publish_burst = 1;
+            c.limits.rate_limit_strikes = 3;
+        })
+        .await;
+        // The topic exists and the node knows it: r0 goes to Kafka at once.
+        let topic = format!("strikes-{}", uuid::Uuid::new_v4().simple());
+        assert_eq!(first.frame().await["type"], "welcome");
+        first.send(json!({"type":"publish","id":"p","topic":topic,"value":0})).await;
+        assert_eq!(first.frame().await["type"], "ack");
+
+        let mut client = open(&app);
+        assert_eq!(client.frame().await["type"], "welcome");
+        // Six publishes back to back: r0 takes the one token, r1 and r2 are
+        // refused, r3 is the third strike, r4 and r5 were sent before the
+        // client could know.
+        for n in 0..6 {
+            client
+                .send(json!({"type":"publish","id":format!("r{n}"),"topic":topic,"value":n}))
+                .await;
+        }
+        let mut replies = std::collections::BTreeMap::new();
+        let close = loop {
+            match client.next().await {
+                Message::Text(text) => {
+                    let reply: Value = serde_json::from_str(&text).unwrap();
+                    let id = reply["id"].as_str().expect("a reply to a publish").to_owned();
+                    assert!(replies.insert(id, reply).is_none(), "one reply per publish");
+                }
+                Message::Close(close) => break close,
+                _ => {}
+            }
+        };
+        assert_eq!(close.expect("a close frame").code, 4004, "rate_limited");
+        let ids: Vec<&str> = replies.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            ["r0", "r1", "r2", "r3", "r4", "r5"],
+            "every publish answered: {replies:?}"
+        );
+        assert_eq!(replies["r0"]["type"], "ack", "r0 was produced: {}", replies["r0"]);
+        for id in ["r1", "r2", "r3", "r4", "r5"] {
+            assert_eq!(replies[id]["code"], "rate_limited", "{}", replies[id]);
         }
     };
     tokio::time::timeout(Duration::from_secs(60), test).await.expect("the test finishes in 60 s");
