@@ -77,6 +77,7 @@ export interface SubscribeFrame {
   /** Only with `group`. */
   ack?: AckMode;
   filter?: unknown;
+  /** Not with `group` (the gateway refuses it with `bad_request`). */
   overflow?: Overflow;
 }
 

@@ -364,6 +364,9 @@ impl<'a> RawFrame<'a> {
                     if !valid {
                         return Err(bad("`group` must be 1 to 200 of [A-Za-z0-9._-]".into()));
                     }
+                    if self.overflow.is_some() {
+                        return Err(bad("`overflow` does not apply to a group subscription: a member's records wait for it to read them and are never dropped; remove `overflow`".into()));
+                    }
                     if !matches!(from, StartFrom::Latest | StartFrom::Earliest) {
                         return Err(bad("a group starts from its committed offsets; `from` may only be \"latest\" or \"earliest\" (for a new group)".into()));
                     }

@@ -218,11 +218,13 @@ proptest! {
             }
             StartFrom::Timestamp(t) => json!({"timestamp": t}),
         };
-        let mut frame = json!({"type":"subscribe","id":id,"topic":topic,"from":wire_from,
-            "overflow":overflow.as_str()});
+        let mut frame = json!({"type":"subscribe","id":id,"topic":topic,"from":wire_from});
         if let Some((name, client_ack)) = &group {
             frame["group"] = json!(name);
             frame["ack"] = json!(if *client_ack { "client" } else { "auto" });
+        } else {
+            // Documented: a group takes no `overflow` (refused, see the vectors).
+            frame["overflow"] = json!(overflow.as_str());
         }
         let text = frame.to_string();
         let decoded = decode_client_frame(&text);
@@ -238,6 +240,7 @@ proptest! {
         prop_assert_eq!(&s.id, &id);
         prop_assert_eq!(&s.topic, &topic);
         prop_assert_eq!(&s.from, &from);
+        let overflow = if group.is_some() { Overflow::Disconnect } else { overflow };
         prop_assert_eq!(s.overflow, overflow);
         prop_assert_eq!(s.group.as_deref(), group.as_ref().map(|(g, _)| g.as_str()));
         let ack = match group { Some((_, true)) => AckMode::Client, _ => AckMode::Auto };

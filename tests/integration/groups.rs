@@ -283,3 +283,18 @@ async fn a_member_who_joins_later_starts_at_the_first_record_not_processed() {
     let m = next.next_message().await;
     assert_eq!(place(&m), (0, 5), "the first record nobody processed: {m}");
 }
+
+#[ferry_test]
+async fn a_group_subscribe_with_an_overflow_policy_is_refused_naming_it() {
+    let gw = spawn_gateway().await;
+    let mut client = gw.client().await;
+    let topic = unique_topic("group-overflow");
+    client
+        .send(json!({"type":"subscribe","id":"s1","topic":topic,"group":"g","overflow":"conflate"}))
+        .await;
+    let reply = client.reply("s1").await;
+    assert_eq!(reply["type"], "error", "not subscribed: {reply}");
+    assert_eq!(reply["id"], "s1");
+    assert_eq!(reply["code"], "bad_request");
+    assert!(reply["message"].as_str().unwrap().contains("`overflow`"), "{reply}");
+}

@@ -235,6 +235,7 @@ export function decodeClientFrame(text: string): DecodeResult {
     if (ack !== undefined && ack !== 'auto' && ack !== 'client') return fail('bad_request', id, `unknown ack ${JSON.stringify(ack)}: use "auto" or "client"`);
     if (group !== undefined) {
       if (!/^[A-Za-z0-9._-]{1,200}$/.test(group)) return fail('bad_request', id, '`group` must be 1 to 200 of [A-Za-z0-9._-]');
+      if (present('overflow')) return fail('bad_request', id, "`overflow` does not apply to a group subscription: a member's records wait for it to read them and are never dropped; remove `overflow`");
       if (present('from') && f.from !== 'latest' && f.from !== 'earliest') {
         return fail('bad_request', id, 'a group starts from its committed offsets; `from` may only be "latest" or "earliest" (for a new group)');
       }
