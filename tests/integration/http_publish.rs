@@ -164,8 +164,8 @@ async fn bad_bodies_get_400_with_a_clear_message() {
     let gw = spawn_gateway().await;
     let cases: [(&[u8], &str); 5] = [
         (b"not json", "{\"records\":[...]}"),
-        (b"{}", "missing field `records`"),
-        (b"{\"records\":{}}", "{\"records\":[...]}"),
+        (b"{}", "missing `records`"),
+        (b"{\"records\":{}}", "`records` must be an array"),
         (b"{\"records\":[],\"extra\":1}", "unknown field `extra`"),
         (b"{\"records\":[]}", "`records` is empty"),
     ];
@@ -381,4 +381,39 @@ async fn values_that_fail_their_topics_schema_are_refused_per_record() {
     let read = read_all(&gw.bootstrap, &topic, 1, 1).await;
     let values: Vec<&[u8]> = read.iter().map(|rec| rec.value.as_deref().unwrap()).collect();
     assert_eq!(values, [br#"{"temp":21.5}"#.as_slice()], "only the valid record is in Kafka");
+}
+
+#[ferry_test]
+async fn only_the_documented_body_shape_is_accepted_and_errors_name_the_problem() {
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("http-shape");
+    gw.kafka().create_topic(&topic, 1).await;
+    let record = json!({"topic": topic, "value": 1});
+    // A bare array, of records or of arrays, is not `{"records":[...]}`:
+    // refused as a whole, nothing produced.
+    for (body, says) in [
+        (json!([[record.clone()]]), "not an array"),
+        (json!([record.clone()]), "not an array"),
+        (json!({"records": record.clone()}), "`records` must be an array"),
+        (json!({"record": [record.clone()]}), "unknown field `record`"),
+    ] {
+        let (status, answer, _) = post(&gw, None, serde_json::to_vec(&body).unwrap(), false).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {message:?} does not say {says:?}");
+        assert!(!message.contains("invalid type"), "serde's words, not the caller's: {message}");
+    }
+    // A record with a `type` gets its own result, in the caller's terms;
+    // the records beside it are produced.
+    let typed = json!({"type": "publish", "id": "typed", "topic": topic, "value": 2});
+    let (status, answer, _) = post(&gw, None, records(json!([typed, record])), false).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results[0]["id"], "typed", "{answer}");
+    assert_eq!(results[0]["error"]["code"], "bad_request", "{answer}");
+    let message = results[0]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no `type` field"), "{message}");
+    // One partition: offset 0 means nothing before it was produced.
+    assert_eq!(results[1]["offset"], 0, "only the untyped record reached Kafka: {answer}");
 }

@@ -129,10 +129,8 @@ async fn handle(
         .await
         .map_err(|e| (0, e))?;
     let text = read_body(headers, body, config.max_body_bytes).await.map_err(|e| (0, e))?;
-    let envelope: Envelope<'_> = serde_json::from_slice(&text).map_err(|e| {
-        (0, Refusal::bad_request(format!("the body must be {{\"records\":[...]}}: {e}")))
-    })?;
-    let count = envelope.records.len();
+    let records = records(&text).map_err(|why| (0, Refusal::bad_request(why)))?;
+    let count = records.len();
     if count == 0 {
         return Err((0, Refusal::bad_request("`records` is empty")));
     }
@@ -140,7 +138,7 @@ async fn handle(
         let m = format!("{count} records; at most {} per request", config.max_records);
         return Err((count, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)));
     }
-    let frames: Vec<Frame> = envelope.records.iter().map(|raw| Frame::of(raw)).collect();
+    let frames: Vec<Frame> = records.iter().map(|raw| Frame::of(raw)).collect();
     let decoded: Vec<Result<Publish<'_>, RecordError>> = frames.iter().map(Frame::decode).collect();
     // All or nothing: a batch with a forbidden topic produces nothing.
     for publish in decoded.iter().flatten() {
@@ -262,17 +260,40 @@ fn error_result(id: &str, code: ferry_protocol::ErrorCode, e: &GatewayError) -> 
     json!({"id": id, "error": {"code": code.as_str(), "message": e.client_message(Some(id))}})
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    records: Vec<&'a RawValue>,
+/// The body's records: the body must be `{"records":[...]}` and nothing
+/// else. The error says what is wrong in the caller's terms.
+fn records(body: &[u8]) -> Result<Vec<&RawValue>, String> {
+    const SHAPE: &str = r#"the body must be {"records":[...]}"#;
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    match first {
+        None => return Err(format!("the body is empty; {SHAPE}")),
+        Some(b'[') => {
+            return Err(format!("{SHAPE}, not an array: put the records in `records`"));
+        }
+        Some(b'{') => {}
+        Some(_) => return Err(format!("{SHAPE}, a JSON object")),
+    }
+    let fields: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    if let Some(other) = fields.keys().find(|k| *k != "records") {
+        return Err(format!("unknown field `{other}`; {SHAPE}"));
+    }
+    let Some(records) = fields.get("records") else {
+        return Err(format!("missing `records`; {SHAPE}"));
+    };
+    if !records.get().starts_with('[') {
+        return Err("`records` must be an array of record objects".into());
+    }
+    serde_json::from_str(records.get()).map_err(|e| format!("`records`: {e}"))
 }
 
-/// Only reads a record's `id`, to know whether to make one up.
+/// Only reads a record's `id`, to know whether to make one up, and whether
+/// it has a `type` (records have none).
 #[derive(Deserialize)]
 struct IdPeek {
     id: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a record cannot be published: the id it named (if usable), the
@@ -294,12 +315,17 @@ impl Frame {
             let id = uuid::Uuid::new_v4().to_string();
             return Self { id, text: Err("a record must be a JSON object".into()) };
         };
-        let peeked = serde_json::from_str::<IdPeek>(record).ok().and_then(|p| p.id);
-        let (id, made_up) = match peeked {
+        let peeked = serde_json::from_str::<IdPeek>(record).ok();
+        let typed = peeked.as_ref().is_some_and(|p| p.kind.is_some());
+        let (id, made_up) = match peeked.and_then(|p| p.id) {
             Some(Value::String(id)) => (id, false),
             Some(_) => (String::new(), false),
             None => (uuid::Uuid::new_v4().to_string(), true),
         };
+        if typed {
+            let why = "a record has no `type` field (every record is a publish): remove it";
+            return Self { id, text: Err(why.into()) };
+        }
         let mut text = String::with_capacity(record.len() + 64);
         text.push_str(r#"{"type":"publish""#);
         if made_up {
@@ -415,8 +441,30 @@ mod tests {
         assert_eq!(code, ferry_protocol::ErrorCode::InvalidTopic);
         assert!(frame("{}").decode().is_err());
         assert!(frame("[1]").decode().is_err());
-        let (_, e, _) = frame(r#"{"type":"subscribe","topic":"t"}"#).decode().unwrap_err();
-        assert!(e.to_string().contains("type"), "{e}");
+    }
+
+    #[test]
+    fn only_the_documented_body_is_accepted_and_errors_say_what_is_wrong() {
+        let ok = records(br#" {"records":[{"topic":"t","value":1},{"topic":"u","value":2}]}"#);
+        assert_eq!(ok.unwrap().len(), 2);
+        let refused = |body: &str| records(body.as_bytes()).unwrap_err();
+        // A bare array (of records, or of arrays) is not the envelope.
+        assert!(refused(r#"[[{"topic":"t","value":1}]]"#).contains("not an array"));
+        assert!(refused(r#"[{"topic":"t","value":1}]"#).contains("not an array"));
+        assert!(refused(r#"{"records":{"topic":"t"}}"#).contains("`records` must be an array"));
+        assert!(refused(r#"{"record":[]}"#).contains("unknown field `record`"));
+        assert!(refused("{}").contains("missing `records`"));
+        assert!(refused("").contains("empty"));
+        assert!(refused("7").contains("a JSON object"));
+        assert!(refused(r#"{"records":[1,"#).contains("not valid JSON"));
+    }
+
+    #[test]
+    fn a_record_with_a_type_is_refused_in_the_callers_terms() {
+        let (_, e, code) =
+            frame(r#"{"type":"publish","topic":"t","value":1}"#).decode().unwrap_err();
+        assert_eq!(code, ferry_protocol::ErrorCode::BadRequest);
+        assert!(e.to_string().contains("no `type` field"), "{e}");
     }
 
     #[test]
