@@ -280,12 +280,13 @@ async fn live_subscription_survives_a_broker_outage_without_loss_or_duplicates()
 }
 
 /// Kafka unreachable from the start: the gateway stays up, says so on
-/// `/readyz`, and answers publishes promptly with `unavailable`.
+/// `/readyz`, and answers publishes and subscribes alike promptly with
+/// `unavailable` (a subscribe used to wait out the metadata timeout).
 #[ferry_test]
 async fn kafka_unreachable_at_start() {
     let gw = GatewayProcess::start(
         &["--kafka-brokers", "127.0.0.1:1"],
-        &[("FERRY_KAFKA_METADATA_TIMEOUT_MS", "500")],
+        &[("FERRY_KAFKA_METADATA_TIMEOUT_MS", "5000")],
     );
     let (status, _) = http_get(gw.addr, "/readyz").await;
     assert_eq!(status, 503);
@@ -295,7 +296,16 @@ async fn kafka_unreachable_at_start() {
     let reply = client.publish("anything", json!(1)).await;
     assert_eq!(reply["code"], "unavailable", "{reply}");
     assert!(reply["retry_after_ms"].as_u64().is_some());
-    assert!(started.elapsed() < Duration::from_secs(3));
+    let published_in = started.elapsed();
+    let started = std::time::Instant::now();
+    let reply = client.subscribe("anything").await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(reply["retry_after_ms"].as_u64().is_some());
+    let subscribed_in = started.elapsed();
+    eprintln!("publish answered in {published_in:?}, subscribe in {subscribed_in:?}");
+    // Well under the 5 s metadata timeout either waited for before.
+    assert!(published_in < Duration::from_secs(3), "publish took {published_in:?}");
+    assert!(subscribed_in < Duration::from_secs(3), "subscribe took {subscribed_in:?}");
 }
 
 /// Real Kafka only (the `FERRY_TEST_KAFKA` pass of CI): the mock cluster

@@ -50,6 +50,11 @@ async fn kafka_down_gives_prompt_unavailable_and_readyz_503() {
     assert_eq!(reply["code"], "unavailable", "{reply}");
     assert!(reply["retry_after_ms"].as_u64().unwrap() > 0);
     assert!(started.elapsed() < Duration::from_secs(5), "prompt, not a hang");
+    // A subscribe too, to a topic the node has never looked up.
+    let started = std::time::Instant::now();
+    let reply = client.subscribe(&unique_topic("down-new")).await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(5), "prompt, not a hang");
     kafka.broker_up(1).unwrap();
     assert_eq!(gw.wait_readyz(200, WAIT).await, 200);
     client.acked(&topic, json!(3)).await;

@@ -34,30 +34,33 @@ async fn concurrent_first_subscribes_to_new_topics_all_succeed() {
     }
 }
 
-/// Kafka goes away (embedded: the mock broker is taken down). A subscribe
-/// to a topic the node has never looked up now waits on Kafka; meanwhile
-/// the same socket's pings are answered at once, the socket is not closed
-/// as idle although the subscribe takes longer than the idle timeout, and
-/// the subscribe itself is answered within the request timeout.
+/// A subscribe Kafka is slow to answer (a second gateway on the embedded
+/// Kafka of the first: the mock answers no CreateTopics from it, while the
+/// node's probes still succeed). Meanwhile the same socket's pings are
+/// answered at once, the socket is not closed as idle although the
+/// subscribe takes longer than the idle timeout, and the subscribe itself
+/// is answered within the request timeout.
 #[ferry_test]
 async fn a_slow_subscribe_does_not_stall_the_socket_and_is_answered_in_bounded_time() {
+    let first = spawn_gateway().await;
+    if first.embedded.is_none() {
+        eprintln!(
+            "note: needs the embedded Kafka (its mock ignores another client's CreateTopics)"
+        );
+        return;
+    }
     let gw = spawn_gateway_with(|c| {
+        c.kafka.brokers = Some(first.bootstrap.clone());
+        c.kafka.auto_create_topics = Some(true);
         c.websocket.ping_interval_ms = 500;
         c.websocket.idle_timeout_ms = 1_500;
         c.kafka.metadata_timeout_ms = 1_000;
         c.limits.request_timeout_ms = 4_000;
     })
     .await;
-    let Some(kafka) = gw.embedded.clone() else {
-        eprintln!("note: the broker is taken down through the embedded mock only");
-        return;
-    };
-    kafka.broker_down(1).unwrap();
-    assert_eq!(gw.wait_readyz(503, WAIT).await, 503);
     // Connected now: a client that stays silent longer than the idle
     // timeout would rightly be closed.
     let mut client = gw.client().await;
-
     let topic = unique_topic("slow");
     client.send(json!({"type":"subscribe","id":"s1","topic":topic})).await;
     let started = tokio::time::Instant::now();
@@ -77,36 +80,6 @@ async fn a_slow_subscribe_does_not_stall_the_socket_and_is_answered_in_bounded_t
     let code = reply["code"].as_str().unwrap();
     assert!(code == "timeout" || code == "unavailable", "{reply}");
 
-    kafka.broker_up(1).unwrap();
-    assert_eq!(gw.wait_readyz(200, WAIT).await, 200);
-    client.subscribed(&topic).await;
-}
-
-/// A second gateway pointed at the embedded Kafka of the first: the mock
-/// answers no CreateTopics from it, so a subscribe to a new topic can never
-/// succeed there. It must still be answered, with `timeout` or
-/// `unavailable`, within the request timeout.
-#[ferry_test]
-async fn a_subscribe_kafka_never_answers_gets_an_error_reply() {
-    let first = spawn_gateway().await;
-    if first.embedded.is_none() {
-        eprintln!(
-            "note: needs the embedded Kafka (its mock ignores another client's CreateTopics)"
-        );
-        return;
-    }
-    let second = spawn_gateway_with(|c| {
-        c.kafka.brokers = Some(first.bootstrap.clone());
-        c.kafka.auto_create_topics = Some(true);
-        c.kafka.metadata_timeout_ms = 1_000;
-        c.limits.request_timeout_ms = 3_000;
-    })
-    .await;
-    let mut client = second.client().await;
-    let reply = client.subscribe(&unique_topic("never")).await;
-    assert_eq!(reply["type"], "error", "{reply}");
-    let code = reply["code"].as_str().unwrap();
-    assert!(code == "timeout" || code == "unavailable", "{reply}");
     // The socket goes on.
     let pong = client.request(json!({"type":"ping"})).await;
     assert_eq!(pong["type"], "pong");

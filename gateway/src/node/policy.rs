@@ -77,12 +77,20 @@ impl Node {
     /// Opens a subscription on its route for any door, bounded by
     /// `limits.request_timeout_ms`: past it the answer is `NoAnswer` and
     /// the work is dropped, which undoes whatever part of it was done.
+    /// While Kafka is unreachable the answer is `unavailable` at once, as
+    /// for a publish.
     pub fn open_subscription(
         &self,
         request: delivery::Request,
     ) -> impl Future<Output = Result<Opened, GatewayError>> + Send + 'static {
         let routes = self.routes.clone();
-        within(self.config.limits.request_timeout(), async move { routes.open(request).await })
+        let reachable = self.health.is_ready();
+        within(self.config.limits.request_timeout(), async move {
+            if !reachable {
+                return Err(GatewayError::Unavailable("Kafka is unreachable".into()));
+            }
+            routes.open(request).await
+        })
     }
 
     /// A topic's partition count for a publish, creating the topic where
