@@ -200,6 +200,7 @@ impl App {
             policy: Arc::new(CurrentPolicy::new(policy)),
             schemas: Arc::new(schemas),
             subjects: Arc::default(),
+            batches: Arc::default(),
             metrics: metrics::prometheus(),
             shutdown: CancellationToken::new(),
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),

@@ -25,7 +25,7 @@ mod ws;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Router;
 
 use crate::node::Node;
 
@@ -37,8 +37,7 @@ pub fn router(state: Arc<Node>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/publish", post(publish::publish).options(caller::preflight))
-        .route("/sse", get(sse::stream).options(caller::preflight))
-        .layer(Extension(Arc::new(publish::Publishes::default())));
+        .route("/sse", get(sse::stream).options(caller::preflight));
     if state.config.console.enabled {
         router = router.merge(console::routes());
     }

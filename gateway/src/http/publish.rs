@@ -10,96 +10,48 @@
 //!    bound, so a gzip bomb gets 413 having cost at most that), JSON
 //!    `{"records":[...]}` with 1 to `http_publish.max_records` records (400,
 //!    413);
-//! 3. the ACL, all or nothing: if any record names a topic the caller may
-//!    not publish to, nothing is produced and the answer is 403 naming it;
-//! 4. the subject's rate (`http_publish.rate` records per second, bursts of
-//!    `http_publish.burst`): a batch needing more tokens than are left gets
-//!    429 with `Retry-After`, nothing produced.
+//! 3. then the batch goes to the node's publish core
+//!    ([`Node::publish_batch`]): the ACL and the subject's rate
+//!    (`http_publish.rate`, bursts of `http_publish.burst`), all or nothing
+//!    (403 naming the topic; 429 with `Retry-After`), then each record on
+//!    its own.
 //!
-//! Then each record is checked like a socket `publish` frame (the same
-//! decoder: `value` or `value_b64`, `key` or `key_b64`, `headers`,
-//! `partition`), its topic looked up, and it is handed to the producer in
-//! request order. The answer is 200 with one result per record, in request
-//! order: `{"id","topic","partition","offset"}` or
+//! Each record is decoded like a socket `publish` frame (the same decoder:
+//! `value` or `value_b64`, `key` or `key_b64`, `headers`, `partition`;
+//! `id`, 1 to 64 characters, made up as a UUID when missing). The answer
+//! is 200 with one result per record, in request order:
+//! `{"id","topic","partition","offset"}` or
 //! `{"id","error":{"code","message"}}` with the protocol's error codes.
-//!
-//! `id` (1 to 64 characters; the gateway makes up a UUID when it is
-//! missing) travels as the Kafka header `ferry-id`. A record whose
-//! `(subject, id)` is still awaiting Kafka (from this request or another of
-//! the same subject, on this node) is not produced again: it gets the
-//! original's result.
+//! This file only translates: the body to records, the core's outcomes to
+//! statuses and JSON.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
-use ferry_protocol::{decode_client_frame, ClientFrame, Publish};
-use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt};
+use ferry_protocol::{decode_client_frame, ClientFrame, ErrorCode, Publish};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::caller::{self, Refusal, TokenSources};
-use crate::acl::Action;
 use crate::error::GatewayError;
-use crate::kafka::producer::Stored;
-use crate::kafka::topics::check_partition;
 use crate::metrics;
-use crate::node::limits::TokenBucket;
+use crate::node::publish::{BatchRefused, RecordRefused};
 use crate::node::Node;
-
-/// A delivery several requests may wait on (a retried id).
-type Delivery = Shared<BoxFuture<'static, Result<Stored, GatewayError>>>;
-
-/// Subjects tracked before idle (full) rate buckets are forgotten.
-const PRUNE_BUCKETS_AT: usize = 10_000;
-
-/// Node-wide state of the HTTP publish path.
-#[derive(Debug, Default)]
-pub struct Publishes {
-    /// Subject → its rate bucket. Short critical sections only.
-    buckets: Mutex<HashMap<String, TokenBucket>>,
-    /// (subject, id) → the delivery of that record while Kafka has not
-    /// answered. Short critical sections only.
-    inflight: Mutex<HashMap<(String, String), Delivery>>,
-}
-
-impl Publishes {
-    /// Whether `(subject, id)` is still waiting for Kafka on this node.
-    fn in_flight(&self, subject: &str, id: &str) -> bool {
-        let key = (subject.to_owned(), id.to_owned());
-        self.inflight.lock().expect("inflight lock").contains_key(&key)
-    }
-
-    /// Takes `n` tokens from `subject`'s bucket, or says how long until
-    /// there are enough.
-    fn take(&self, subject: &str, n: usize, rate: u32, burst: u32) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().expect("bucket lock");
-        if buckets.len() >= PRUNE_BUCKETS_AT {
-            buckets.retain(|_, b| !b.is_full(now));
-        }
-        let bucket =
-            buckets.entry(subject.to_owned()).or_insert_with(|| TokenBucket::new(rate, burst));
-        bucket.take_n(n)
-    }
-}
 
 /// `POST /v1/publish`.
 pub(super) async fn publish(
     State(state): State<Arc<Node>>,
-    Extension(publishes): Extension<Arc<Publishes>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (status, records, mut response) = match handle(&state, &publishes, &headers, body).await {
+    let (status, records, mut response) = match handle(&state, &headers, body).await {
         Ok((records, results)) => {
             (StatusCode::OK, records, axum::Json(json!({ "results": results })).into_response())
         }
@@ -115,7 +67,6 @@ type Refused = (usize, Refusal);
 
 async fn handle(
     state: &Arc<Node>,
-    publishes: &Arc<Publishes>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(usize, Vec<Value>), Refused> {
@@ -139,125 +90,31 @@ async fn handle(
         return Err((count, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)));
     }
     let frames: Vec<Frame> = records.iter().map(|raw| Frame::of(raw)).collect();
-    let decoded: Vec<Result<Publish<'_>, RecordError>> = frames.iter().map(Frame::decode).collect();
-    // All or nothing: a batch with a forbidden topic produces nothing.
-    for publish in decoded.iter().flatten() {
-        if !state.policy.allows(&principal, Action::Publish, &publish.topic) {
-            metrics::forbidden(Action::Publish.as_str());
-            let m = format!("not allowed to publish to {:?}; nothing was published", publish.topic);
-            return Err((count, Refusal::new(StatusCode::FORBIDDEN, "forbidden", m)));
+    let decoded = frames.iter().map(Frame::decode).collect();
+    let outcomes = state.publish_batch(&principal, decoded).await.map_err(|refused| {
+        let refusal = match refused {
+            BatchRefused::Forbidden(m) => Refusal::new(StatusCode::FORBIDDEN, "forbidden", m),
+            BatchRefused::RateLimited { message, retry_after } => {
+                let status = StatusCode::TOO_MANY_REQUESTS;
+                let seconds = retry_after.as_secs_f64().ceil() as u64;
+                Refusal::new(status, "rate_limited", message).retry_after(seconds)
+            }
+        };
+        (count, refusal)
+    })?;
+    let results = outcomes.into_iter().map(|outcome| match outcome {
+        Ok(stored) => json!({
+            "id": stored.id,
+            "topic": stored.topic,
+            "partition": stored.stored.partition,
+            "offset": stored.stored.offset,
+        }),
+        Err(refused) => {
+            let message = refused.error.client_message(Some(&refused.id));
+            json!({"id": refused.id, "error": {"code": refused.code.as_str(), "message": message}})
         }
-    }
-    if let Err(wait) = publishes.take(&principal.subject, count, config.rate, config.burst) {
-        let m = format!(
-            "publishing faster than {} records per second; nothing was published",
-            config.rate
-        );
-        let refusal = Refusal::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", m);
-        return Err((count, refusal.retry_after(wait.as_secs_f64().ceil() as u64)));
-    }
-    let partitions = look_up_topics(state, &decoded).await;
-    let mut outcomes: Vec<BoxFuture<'static, Value>> = Vec::with_capacity(count);
-    for (i, item) in decoded.into_iter().enumerate() {
-        let publish = match item {
-            Ok(publish) => publish,
-            Err((id, e, code)) => {
-                let id = id.unwrap_or_else(|| frames[i].id.clone());
-                metrics::publish_failed(code.as_str());
-                let result = error_result(&id, code, &e);
-                outcomes.push(async move { result }.boxed());
-                continue;
-            }
-        };
-        let checked = match partitions.get(&*publish.topic) {
-            Some(Err(e)) => Err(e.clone()),
-            Some(Ok(n)) => {
-                publish.partition.map_or(Ok(()), |p| check_partition(&publish.topic, *n, p))
-            }
-            None => Err(GatewayError::Internal("topic not looked up".into())),
-        };
-        // Each record's value is validated once: a retry of an id still in
-        // flight joins the original's delivery instead.
-        let validated = checked.and_then(|()| {
-            if publishes.in_flight(&principal.subject, &publish.id) {
-                return Ok(());
-            }
-            state.schemas.validate(&publish.topic, &publish.value)
-        });
-        let delivery =
-            validated.and_then(|()| deliver(state, publishes, &principal.subject, &publish));
-        let (id, topic) = (publish.id.to_string(), publish.topic.to_string());
-        outcomes.push(
-            async move {
-                match delivery {
-                    Err(e) => {
-                        metrics::publish_failed(e.code().as_str());
-                        error_result(&id, e.code(), &e)
-                    }
-                    Ok(delivery) => match delivery.await {
-                        Ok(stored) => json!({
-                            "id": id,
-                            "topic": topic,
-                            "partition": stored.partition,
-                            "offset": stored.offset,
-                        }),
-                        Err(e) => {
-                            metrics::publish_failed(e.code().as_str());
-                            error_result(&id, e.code(), &e)
-                        }
-                    },
-                }
-            }
-            .boxed(),
-        );
-    }
-    Ok((count, futures::future::join_all(outcomes).await))
-}
-
-/// Hands a checked record to the producer, or joins the delivery of the
-/// same `(subject, id)` still in flight.
-fn deliver(
-    state: &Node,
-    publishes: &Arc<Publishes>,
-    subject: &str,
-    publish: &Publish<'_>,
-) -> Result<Delivery, GatewayError> {
-    let key = (subject.to_owned(), publish.id.to_string());
-    let mut inflight = publishes.inflight.lock().expect("inflight lock");
-    if let Some(delivery) = inflight.get(&key) {
-        return Ok(delivery.clone());
-    }
-    let delivery = state.publisher.send(publish)?.boxed().shared();
-    inflight.insert(key.clone(), delivery.clone());
-    drop(inflight);
-    // Forget the id once Kafka answered (whoever waits on it or not).
-    let (watch, publishes) = (delivery.clone(), publishes.clone());
-    tokio::spawn(async move {
-        let _ = watch.await;
-        publishes.inflight.lock().expect("inflight lock").remove(&key);
     });
-    Ok(delivery)
-}
-
-/// Each distinct topic's partition count (creating it where allowed),
-/// looked up together, each bounded by `limits.request_timeout_ms`.
-async fn look_up_topics<E>(
-    state: &Arc<Node>,
-    decoded: &[Result<Publish<'_>, E>],
-) -> BTreeMap<String, Result<i32, GatewayError>> {
-    let mut topics: Vec<String> =
-        decoded.iter().flatten().map(|p| p.topic.to_string()).collect::<Vec<_>>();
-    topics.sort();
-    topics.dedup();
-    let lookups = topics.into_iter().map(|topic| {
-        let found = state.look_up_topic(topic.clone(), false);
-        async move { (topic, found.await) }
-    });
-    futures::future::join_all(lookups).await.into_iter().collect()
-}
-
-fn error_result(id: &str, code: ferry_protocol::ErrorCode, e: &GatewayError) -> Value {
-    json!({"id": id, "error": {"code": code.as_str(), "message": e.client_message(Some(id))}})
+    Ok((count, results.collect()))
 }
 
 /// The body's records: the body must be `{"records":[...]}` and nothing
@@ -273,7 +130,7 @@ fn records(body: &[u8]) -> Result<Vec<&RawValue>, String> {
         Some(b'{') => {}
         Some(_) => return Err(format!("{SHAPE}, a JSON object")),
     }
-    let fields: BTreeMap<String, &RawValue> =
+    let fields: std::collections::BTreeMap<String, &RawValue> =
         serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
     if let Some(other) = fields.keys().find(|k| *k != "records") {
         return Err(format!("unknown field `{other}`; {SHAPE}"));
@@ -295,10 +152,6 @@ struct IdPeek {
     #[serde(rename = "type")]
     kind: Option<serde::de::IgnoredAny>,
 }
-
-/// Why a record cannot be published: the id it named (if usable), the
-/// error, and its wire code.
-type RecordError = (Option<String>, GatewayError, ferry_protocol::ErrorCode);
 
 /// One record as the text of a `publish` frame, decoded by the protocol's
 /// own decoder so that both paths accept exactly the same records.
@@ -338,24 +191,20 @@ impl Frame {
         Self { id, text: Ok(text) }
     }
 
-    fn decode(&self) -> Result<Publish<'_>, RecordError> {
+    fn decode(&self) -> Result<Publish<'_>, RecordRefused> {
+        let refused = |id: Option<String>, why: String, code| RecordRefused {
+            id: id.unwrap_or_else(|| self.id.clone()),
+            error: GatewayError::BadRequest(why),
+            code,
+        };
         let text = match &self.text {
             Ok(text) => text,
-            Err(why) => {
-                let code = ferry_protocol::ErrorCode::BadRequest;
-                return Err((None, GatewayError::BadRequest(why.clone()), code));
-            }
+            Err(why) => return Err(refused(None, why.clone(), ErrorCode::BadRequest)),
         };
         match decode_client_frame(text) {
             Ok(ClientFrame::Publish(publish)) => Ok(publish),
-            Ok(_) => {
-                let code = ferry_protocol::ErrorCode::BadRequest;
-                Err((None, GatewayError::BadRequest("not a publish".into()), code))
-            }
-            Err(e) => {
-                let message = e.message.replace(" frame", " record");
-                Err((e.id, GatewayError::BadRequest(message), e.code))
-            }
+            Ok(_) => Err(refused(None, "not a publish".into(), ErrorCode::BadRequest)),
+            Err(e) => Err(refused(e.id, e.message.replace(" frame", " record"), e.code)),
         }
     }
 }
@@ -433,12 +282,11 @@ mod tests {
         assert_eq!(p.id, f.id, "a made-up id is used");
         assert_eq!(p.value.as_bytes(), &[0, 1]);
 
-        let (_, e, code) =
-            frame(r#"{"topic":"t","value":1,"from":"latest"}"#).decode().unwrap_err();
-        assert_eq!(code, ferry_protocol::ErrorCode::BadRequest);
-        assert!(e.to_string().contains("`from`"), "{e}");
-        let (_, _, code) = frame(r#"{"topic":"a b","value":1}"#).decode().unwrap_err();
-        assert_eq!(code, ferry_protocol::ErrorCode::InvalidTopic);
+        let refused = frame(r#"{"topic":"t","value":1,"from":"latest"}"#).decode().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        assert!(refused.error.to_string().contains("`from`"), "{:?}", refused.error);
+        let refused = frame(r#"{"topic":"a b","value":1}"#).decode().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::InvalidTopic);
         assert!(frame("{}").decode().is_err());
         assert!(frame("[1]").decode().is_err());
     }
@@ -461,22 +309,9 @@ mod tests {
 
     #[test]
     fn a_record_with_a_type_is_refused_in_the_callers_terms() {
-        let (_, e, code) =
-            frame(r#"{"type":"publish","topic":"t","value":1}"#).decode().unwrap_err();
-        assert_eq!(code, ferry_protocol::ErrorCode::BadRequest);
-        assert!(e.to_string().contains("no `type` field"), "{e}");
-    }
-
-    #[test]
-    fn bucket_takes_batches_and_says_how_long_to_wait() {
-        let p = Publishes::default();
-        assert!(p.take("s", 10, 10, 10).is_ok());
-        let wait = p.take("s", 5, 10, 10).unwrap_err();
-        assert!(
-            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
-            "{wait:?}"
-        );
-        assert!(p.take("other", 10, 10, 10).is_ok(), "buckets are per subject");
+        let refused = frame(r#"{"type":"publish","topic":"t","value":1}"#).decode().unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        assert!(refused.error.to_string().contains("no `type` field"), "{:?}", refused.error);
     }
 
     #[tokio::test]

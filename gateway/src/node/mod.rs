@@ -7,10 +7,12 @@
 //! (publish rates of sockets and of HTTP subjects) and the per-subject
 //! connection counts. `policy.rs` holds the decisions every door takes the
 //! same way: the subscribe ACL with its imposed filters, and counting a
-//! subject's connections.
+//! subject's connections. [`publish`] holds the publish checks and
+//! batches (one outcome per record, in order).
 
 pub mod limits;
 mod policy;
+pub mod publish;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::kafka::producer::Publisher;
 use crate::kafka::topics::Topics;
 use crate::schema::Schemas;
 use limits::SubjectConnections;
+use publish::Batches;
 
 /// The gateway's handles and settings, shared by every door.
 #[derive(Debug)]
@@ -50,6 +53,8 @@ pub struct Node {
     pub schemas: Arc<Schemas>,
     /// Open connections per subject (WebSocket and SSE).
     pub subjects: Arc<SubjectConnections>,
+    /// Rates and records in flight of batch publishing, per subject.
+    pub batches: Arc<Batches>,
     pub metrics: PrometheusHandle,
     /// Cancelled when the gateway starts shutting down.
     pub shutdown: CancellationToken,

@@ -1,6 +1,8 @@
 //! The `publish` command: rate limit, ACL, de-duplication of retries, the
 //! in-flight bound; then the producer, at once for a known topic, or after
-//! the topic's look-up (publishes to one topic keep their order).
+//! the topic's look-up (publishes to one topic keep their order). The ACL,
+//! schema and partition checks are the node's (see [`crate::node::publish`]);
+//! the window of publishes in flight is the connection's own.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,7 +12,6 @@ use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{AckFrame, Payload, Publish};
 
 use super::{End, Session};
-use crate::acl::Action;
 use crate::error::GatewayError;
 use crate::kafka::producer::Delivery;
 use crate::kafka::topics::check_partition;
@@ -79,9 +80,7 @@ impl Session {
     /// topic's look-up; the reply comes later through `inflight`. An error
     /// is the publish's reply now (with its id).
     pub(super) fn publish(&mut self, publish: Publish<'_>) -> Result<(), (String, GatewayError)> {
-        if !self.allowed(Action::Publish, &publish.topic) {
-            let e =
-                GatewayError::Forbidden(format!("not allowed to publish to {:?}", publish.topic));
+        if let Err(e) = self.context.may_publish(self.principal.as_ref(), &publish.topic) {
             return Err((publish.id.into_owned(), e));
         }
         if self.inflight_ids.contains(&*publish.id) {
