@@ -9,8 +9,10 @@
 //! - [`template`]: the one parser of `{sub}` / `{claims.NAME}` placeholders,
 //!   for ACL patterns and ACL-imposed filters.
 //! - [`node`]: the one state ([`node::Node`]): every handle the doors
-//!   share, built once; and the node's bounds on callers (the token
-//!   bucket, per-subject connection counts).
+//!   share, built once; the node's bounds on callers (the token bucket,
+//!   per-subject connection counts); the decisions every door takes the
+//!   same way (subscribe ACL and imposed filters, the publish checks and
+//!   batches in [`node::publish`], request timeouts).
 //! - [`app`]: builds Kafka clients, hub, fan-out, the [`node::Node`] and
 //!   the HTTP server; runs and drains.
 //! - [`http`]: the listener (plain or TLS with hot reload, header-read
@@ -48,14 +50,16 @@
 //!   publish before the producer (`invalid_value`).
 //! - [`throttle`]: rate-limited logging of repeated failures.
 //!
-//! Publish: session → ACL and rate limit → topic check → [`kafka::producer`] → delivery future →
-//! `ack`/`error` into the socket's outlet (replies first) → writer.
+//! Publish: a door (session, HTTP) → the node's checks (ACL, rate,
+//! schema, topic and partition) → [`kafka::producer`] → delivery future →
+//! `ack`/`error` into the socket's outlet (replies first) → writer, or the
+//! HTTP answer.
 //!
 //! Delivery: every consumer runs [`kafka::source::pump`], which hands each
 //! record to its route. The live route ([`kafka::fanout`]) encodes a record
 //! once and dispatches it through the [`hub`] to each subscriber's
-//! [`outlet`], never waiting; a replay ([`kafka::replay`]) and a shared
-//! group ([`kafka::groups`]) fill the same outlet, paced. The socket's
+//! [`outlet`], never waiting; a catch-up ([`kafka::catchup`]) and a
+//! shared group ([`kafka::groups`]) fill the same outlet, paced. The socket's
 //! writer (or an SSE stream) drains the outlet; a group record's completion
 //! flows back from the writer to its group as a message, the only thing
 //! that flows back.

@@ -16,8 +16,9 @@
 //!
 //! Files: `mod.rs` (the connection: read loop, replies, close and drain),
 //! `auth.rs` (welcome, authentication and refresh, ACL checks),
-//! `publish.rs` and `subscribe.rs` (the commands), [`limits`] (rate and
-//! per-subject limits), [`writer`] (the socket's only writer).
+//! `publish.rs` and `subscribe.rs` (the commands), [`writer`] (the
+//! socket's only writer). The limits and checks it applies are the node's
+//! ([`crate::node`]).
 
 mod auth;
 mod publish;
