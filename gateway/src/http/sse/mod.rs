@@ -38,7 +38,6 @@
 //! connection itself is stuck writing.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -49,21 +48,21 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use ferry_protocol::{
-    decode_client_frame, AckMode, ClientFrame, MessageFrame, Overflow, ServerFrame, StartFrom,
-};
+use ferry_protocol::{AckMode, MessageFrame, Overflow, ServerFrame, StartFrom};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod query;
+
+use query::{bad, check_topics, parse_query, refusal_of, Refused};
+
 use super::caller::{self, Refusal, TokenSources};
 use super::server::HandshakeSlot;
 use crate::auth::Principal;
 use crate::delivery::{self, Held};
-use crate::error::GatewayError;
-use crate::filter::Filter;
 use crate::metrics;
 use crate::node::limits::SubjectGuard;
 use crate::node::Node;
@@ -75,9 +74,6 @@ const EVENT_BUFFER: usize = 64;
 
 /// Most records taken from the outlet at once.
 const TAKE: usize = 64;
-
-/// The query parameters `/sse` knows.
-const PARAMS: &[&str] = &["topic", "from", "filter", "access_token", "resume"];
 
 /// `GET /sse`.
 pub(super) async fn stream(
@@ -102,105 +98,6 @@ pub(super) async fn stream(
     };
     caller::allow_origin(&state, &headers, &mut response);
     response
-}
-
-/// A refusal and its `ferry_sse_rejected_total` reason.
-type Refused = (&'static str, Refusal);
-
-fn bad(message: impl Into<String>) -> Refused {
-    ("bad_request", Refusal::bad_request(message))
-}
-
-/// What the query asks for.
-#[derive(Debug, Default)]
-struct Request {
-    topics: Vec<String>,
-    from: Option<String>,
-    filter: Option<String>,
-    resume: Option<String>,
-    query: HashMap<String, String>,
-}
-
-fn parse_query(query: &str) -> Result<Request, Refused> {
-    let mut request = Request::default();
-    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
-        let once = |slot: &mut Option<String>| {
-            if slot.is_some() {
-                return Err(bad(format!("`{name}` given twice")));
-            }
-            *slot = Some(value.to_string());
-            Ok(())
-        };
-        match name.as_ref() {
-            "topic" => request.topics.push(value.to_string()),
-            "from" => once(&mut request.from)?,
-            "filter" => once(&mut request.filter)?,
-            "resume" => once(&mut request.resume)?,
-            "access_token" => {
-                request.query.insert(name.to_string(), value.to_string());
-            }
-            other => {
-                return Err(bad(format!(
-                    "unknown query parameter `{other}`; /sse takes {}",
-                    PARAMS.join(", ")
-                )))
-            }
-        }
-    }
-    if request.topics.is_empty() {
-        return Err(bad("name at least one `topic`"));
-    }
-    let mut seen = HashSet::new();
-    if let Some(dup) = request.topics.iter().find(|t| !seen.insert(t.as_str())) {
-        return Err(bad(format!("topic {dup:?} named twice")));
-    }
-    Ok(request)
-}
-
-/// One topic's subscription, checked.
-struct Wanted {
-    topic: String,
-    from: StartFrom,
-    filter: Option<Arc<Filter>>,
-}
-
-/// Checks each topic as a socket `subscribe` frame would be, and the ACL.
-fn check_topics(
-    state: &Node,
-    principal: &Principal,
-    request: &Request,
-) -> Result<Vec<Wanted>, Refused> {
-    let max = state.config.limits.max_subscriptions;
-    if request.topics.len() > max {
-        let m = format!("{} topics; at most {max} per stream", request.topics.len());
-        return Err(("limit", Refusal::new(StatusCode::TOO_MANY_REQUESTS, "limit", m)));
-    }
-    let from = match request.from.as_deref() {
-        None => Value::String("latest".into()),
-        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
-    };
-    let filter = match request.filter.as_deref() {
-        None => Value::Null,
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| bad(format!("`filter` must be JSON, as in a subscribe frame: {e}")))?,
-    };
-    let mut wanted = Vec::with_capacity(request.topics.len());
-    for topic in &request.topics {
-        let mut frame = json!({"type": "subscribe", "id": "sse", "topic": topic, "from": from});
-        if !filter.is_null() {
-            frame["filter"] = filter.clone();
-        }
-        let subscribe = match decode_client_frame(&frame.to_string()) {
-            Ok(ClientFrame::Subscribe(s)) => s,
-            Ok(_) => return Err(bad("not a subscription")),
-            Err(e) => return Err(bad(e.message)),
-        };
-        let filter = state
-            .subscription_filter(Some(principal), topic, subscribe.filter.as_ref())
-            .map_err(|e| refusal_of(&e))?;
-        wanted.push(Wanted { topic: subscribe.topic, from: subscribe.from, filter });
-    }
-    Ok(wanted)
 }
 
 async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Response, Refused> {
@@ -295,22 +192,6 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
     // Reverse proxies (nginx) must not buffer the stream.
     response.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
-}
-
-/// A request error as the SSE door answers it, with the reason label of
-/// `ferry_sse_rejected_total`.
-fn refusal_of(e: &GatewayError) -> Refused {
-    let refusal = Refusal::of(e);
-    let reason = match refusal.status {
-        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::PAYLOAD_TOO_LARGE => {
-            "bad_request"
-        }
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::TOO_MANY_REQUESTS => "limit",
-        StatusCode::FORBIDDEN => "forbidden",
-        _ => "unavailable",
-    };
-    (reason, refusal)
 }
 
 /// When the caller's token runs out (plus leeway).
@@ -460,22 +341,4 @@ fn position(frame: &str) -> Option<(Cow<'_, str>, i32, i64)> {
     }
     let at = serde_json::from_str::<Position<'_>>(frame).ok()?;
     Some((at.topic, at.partition, at.offset))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_names_topics_once_and_refuses_unknown_parameters() {
-        let r = parse_query("topic=a&topic=b%2Ec&from=earliest&access_token=x").unwrap();
-        assert_eq!(r.topics, ["a", "b.c"]);
-        assert_eq!(r.from.as_deref(), Some("earliest"));
-        assert_eq!(r.query.get("access_token").map(String::as_str), Some("x"));
-        let msg = |q: &str| parse_query(q).unwrap_err().1.message;
-        assert!(msg("").contains("at least one"));
-        assert!(msg("topic=a&topic=a").contains("twice"));
-        assert!(msg("topic=a&from=latest&from=earliest").contains("twice"));
-        assert!(msg("topic=a&token=x").contains("unknown query parameter `token`"));
-    }
 }
