@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ferry_gateway::app::BuildError;
-use ferry_gateway::config::{self, Config, Overrides};
+use ferry_gateway::config::{self, Config, Overrides, Purpose};
 use ferry_gateway::App;
 use rdkafka::error::KafkaError;
 use tracing_subscriber::EnvFilter;
@@ -86,7 +86,11 @@ fn main() -> ExitCode {
         node_id: args.node_id,
         insecure: args.insecure,
     };
-    let config = match config::load(&overrides, std::env::vars()) {
+    let purpose = match args.command {
+        Some(Command::Token { .. }) => Purpose::Token,
+        None => Purpose::Serve,
+    };
+    let config = match config::load_for(purpose, &overrides, std::env::vars()) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("ferry: {errors}");

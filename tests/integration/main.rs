@@ -27,4 +27,5 @@ mod requests;
 mod schema;
 mod secure;
 mod sse;
+mod startup;
 mod tls;

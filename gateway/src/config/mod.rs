@@ -10,11 +10,13 @@
 //! settings.
 //!
 //! Strict everywhere: an unknown key in the file, and a `FERRY_*` variable
-//! in a section's namespace (`FERRY_KAFKA_*`, `FERRY_LIMITS_*`, ...) that
-//! names no key, are errors ([`load`] says which, with the nearest key).
-//! Variables outside those namespaces (`FERRY_LOG`, `FERRY_CONFIG`,
-//! `FERRY_TEST_*`) and the ones `scripts/kafka` reads
-//! ([`SCRIPT_VARIABLES`]) are not configuration. Every error names its key.
+//! that names no key, are errors ([`load`] says which, with the nearest
+//! key). The only `FERRY_*` variables that are not configuration are listed
+//! in [`NOT_SETTINGS`] (`FERRY_LOG`, `FERRY_CONFIG`, and those of the
+//! scripts and test harnesses that start gateways). Every error names its
+//! key. What needs the filesystem or the Kafka client (TLS files, Kafka
+//! client settings) is checked here too, so that every mistake is reported
+//! at once, before anything starts.
 
 pub mod kafka_security;
 
@@ -443,8 +445,9 @@ impl Config {
         ms(self.shutdown_grace_ms)
     }
 
-    /// Checks value ranges; returns every problem found.
-    fn validate(&self) -> Vec<String> {
+    /// Checks value ranges, and for [`Purpose::Serve`] what serving needs
+    /// on top; returns every problem found.
+    fn validate(&self, purpose: Purpose) -> Vec<String> {
         let mut errors = Vec::new();
         let mut check = |ok: bool, msg: &str| {
             if !ok {
@@ -502,12 +505,18 @@ impl Config {
             self.tls.cert_file.is_some() == self.tls.key_file.is_some(),
             "tls.cert_file and tls.key_file must be set together",
         );
-        check(
-            self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
-            "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
-        );
-        if let Err(problems) = crate::config::kafka_security::resolve(&k.security, k.embedded()) {
-            errors.extend(problems);
+        if purpose == Purpose::Serve {
+            check(
+                self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
+                "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
+            );
+            if let Some((cert, key)) = self.tls.files() {
+                errors.extend(crate::http::tls::check_files(cert, key));
+            }
+            match crate::config::kafka_security::resolve(&k.security, k.embedded()) {
+                Ok(_) => errors.extend(crate::kafka::client_config::check(k)),
+                Err(problems) => errors.extend(problems),
+            }
         }
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
@@ -572,9 +581,18 @@ pub struct Overrides {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigErrors(pub Vec<String>);
 
-/// `FERRY_KAFKA_*` variables that belong to `scripts/kafka` (the local
-/// broker), not to the gateway; the configuration ignores them.
-pub const SCRIPT_VARIABLES: &[&str] = &[
+/// Every `FERRY_*` variable that is not a setting, and may be in a
+/// gateway's environment: any other `FERRY_*` variable that names no key
+/// stops the node. Scripts and harnesses that start gateways export these
+/// (`scripts/test` runs the suites with `FERRY_KAFKA_PORT` set, a shell may
+/// have sourced `scripts/kafka`'s `secure.env`), so the gateway accepts
+/// them rather than asking every caller to strip them. A new one must be
+/// added here and to docs/deployment.md.
+pub const NOT_SETTINGS: &[&str] = &[
+    // Read by the gateway itself.
+    "FERRY_CONFIG",
+    "FERRY_LOG",
+    // scripts/kafka (the local broker) and scripts/test.
     "FERRY_KAFKA_PORT",
     "FERRY_KAFKA_STATE",
     "FERRY_KAFKA_HOME",
@@ -583,11 +601,67 @@ pub const SCRIPT_VARIABLES: &[&str] = &[
     "FERRY_KAFKA_TIMEOUT",
     "FERRY_KAFKA_SECURE",
     "FERRY_KAFKA_SECURE_PORT",
+    // scripts/kafka's secure.env (the secured broker's addresses and files).
+    "FERRY_SECURE_PLAINTEXT",
+    "FERRY_SECURE_SASL_SSL",
+    "FERRY_SECURE_MTLS",
+    "FERRY_SECURE_CA",
+    "FERRY_SECURE_CLIENT_CERT",
+    "FERRY_SECURE_CLIENT_KEY",
+    "FERRY_SECURE_UNTRUSTED_CA",
+    "FERRY_SECURE_USER",
+    "FERRY_SECURE_PASSWORD",
+    // The Rust integration suite and scripts/test.
+    "FERRY_TEST_KAFKA",
+    "FERRY_TEST_KAFKA_SECURE",
+    "FERRY_TEST_SKIP_REAL_KAFKA",
+    "FERRY_TEST_LOG",
+    "FERRY_HOSTILE_STRICT",
+    // The client suites (client-js, clients/kotlin).
+    "FERRY_BIN",
+    "FERRY_TEST_PIDS",
+    "FERRY_TEST_VERBOSE",
+    // bench/ and scripts/soak.
+    "FERRY_BENCH_TOKEN",
+    "FERRY_SOAK_OUT",
+    "FERRY_SOAK_VENV",
+    // docker/compose.yaml's host side, scripts/docker-test, scripts/docker-base.
+    "FERRY_PORT",
+    "FERRY_DASHBOARD_PORT",
+    "FERRY_KAFKA_HOST_PORT",
+    "FERRY_BUILD_JOBS",
+    "FERRY_DOCKER_TEST_DIR",
+    "FERRY_DOCKER_TEST_KEEP",
+    "FERRY_DOCKER_PULL",
+    "FERRY_DOCKER_BASE_DIR",
+    "FERRY_DOCKER_BASE_FORCE",
 ];
 
+/// What the configuration is loaded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Running the gateway: every check.
+    Serve,
+    /// `ferry token`: the file and the variables must still be right, but
+    /// what only serving needs (an authenticated public listener, readable
+    /// TLS files, a usable Kafka client) is not checked, so that a token
+    /// can be minted in the gateway's container or next to a configuration
+    /// made for another host.
+    Token,
+}
+
 /// Loads file, then environment (`env` yields `(name, value)` pairs), then
-/// flags, and validates the result.
+/// flags, and validates the result for serving.
 pub fn load(
+    overrides: &Overrides,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigErrors> {
+    load_for(Purpose::Serve, overrides, env)
+}
+
+/// [`load`], with the checks of `purpose`.
+pub fn load_for(
+    purpose: Purpose,
     overrides: &Overrides,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
@@ -613,7 +687,6 @@ pub fn load(
         }
     }
     let known = env_keys();
-    let namespaces = env_namespaces();
     let mut env: Vec<(String, String)> =
         env.into_iter().filter(|(name, _)| name.starts_with("FERRY_")).collect();
     env.sort();
@@ -623,16 +696,13 @@ pub fn load(
                 Ok(value) => set_path(&mut table, path, value),
                 Err(why) => errors.push(format!("{name}: {why}")),
             },
-            None if SCRIPT_VARIABLES.contains(&name.as_str()) => {}
+            None if NOT_SETTINGS.contains(&name.as_str()) => {}
             None if REMOVED.iter().any(|(key, _)| env_name(&split(key)) == name) => {
                 let removed = REMOVED.iter().find(|(key, _)| env_name(&split(key)) == name);
                 let (key, instead) = removed.expect("found above");
                 errors.push(format!("{name} ({key}) was removed: use {instead}"));
             }
-            None if namespaces.iter().any(|prefix| name.starts_with(prefix.as_str())) => {
-                errors.push(unknown_variable(&name, &known));
-            }
-            None => {}
+            None => errors.push(unknown_variable(&name, &known)),
         }
     }
     let flags = [
@@ -649,7 +719,7 @@ pub fn load(
     let mut config = deserialize_sections(table, &mut errors);
     config.insecure = overrides.insecure;
     config.source_file = overrides.config_file.clone();
-    errors.extend(config.validate());
+    errors.extend(config.validate(purpose));
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -679,18 +749,6 @@ fn env_setting(path: &[String], raw: &str) -> Result<toml::Value, String> {
     Err(format!("{} (for `{}`)", first.unwrap_err(), path.join(".")))
 }
 
-/// `FERRY_<SECTION>_` for every section of the configuration: a variable
-/// starting with one of these must name a key.
-fn env_namespaces() -> Vec<String> {
-    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
-    let table = defaults.as_table().expect("the configuration is a table");
-    table
-        .iter()
-        .filter(|(_, v)| v.is_table())
-        .map(|(section, _)| format!("FERRY_{}_", section.to_uppercase()))
-        .collect()
-}
-
 /// Keys a release removed, and what took their place; a configuration that
 /// still sets one is refused with this hint.
 const REMOVED: &[(&str, &str)] = &[(
@@ -700,10 +758,12 @@ const REMOVED: &[(&str, &str)] = &[(
 )];
 
 /// The error for a `FERRY_*` variable that names no key, with the nearest
-/// key's variable when one is close.
+/// key's variable (or the nearest of [`NOT_SETTINGS`]) when one is close.
 fn unknown_variable(name: &str, known: &BTreeMap<String, Vec<String>>) -> String {
     let nearest = known
         .keys()
+        .map(String::as_str)
+        .chain(NOT_SETTINGS.iter().copied())
         .map(|k| (edit_distance(name, k), k))
         .filter(|(d, _)| *d <= 3)
         .min_by_key(|(d, _)| *d);
@@ -997,20 +1057,87 @@ mod tests {
     }
 
     #[test]
-    fn variables_outside_the_config_namespaces_are_not_configuration() {
-        let config = load(
+    fn only_the_listed_variables_are_not_configuration() {
+        let mut listed = env(&[("NOT_FERRY_LIMITS_X", "1"), ("FERRY_LOG", "debug")]);
+        listed.extend(NOT_SETTINGS.iter().map(|name| (name.to_string(), "1".to_owned())));
+        let config = load(&Overrides::default(), listed).unwrap();
+        assert!(config.kafka.embedded());
+        for name in NOT_SETTINGS {
+            assert!(!env_keys().contains_key(*name), "{name} is a setting");
+        }
+    }
+
+    #[test]
+    fn every_other_ferry_variable_is_an_error_naming_the_nearest_name() {
+        let errors = load(
             &Overrides::default(),
             env(&[
-                ("FERRY_LOG", "debug"),
+                ("FERRY_LISTN", "127.0.0.1:1"),
+                ("FERRY_SHUTDOWN_GRACE", "5"),
                 ("FERRY_CONFIG_EXTRA", "x"),
-                ("FERRY_TEST_KAFKA", "127.0.0.1:9092"),
-                ("FERRY_KAFKA_PORT", "23092"),
-                ("FERRY_KAFKA_STATE", "/tmp/k"),
-                ("NOT_FERRY_LIMITS_X", "1"),
+                ("FERRY_LGO", "debug"),
+                ("FERRY_TEST_SOMETHING_ELSE", "1"),
             ]),
         )
+        .unwrap_err()
+        .0;
+        let all = errors.join("\n");
+        for part in [
+            "FERRY_LISTN: no such setting (did you mean FERRY_LISTEN?)",
+            "FERRY_SHUTDOWN_GRACE: no such setting (did you mean FERRY_SHUTDOWN_GRACE_MS?)",
+            "FERRY_CONFIG_EXTRA: no such setting",
+            "FERRY_LGO: no such setting (did you mean FERRY_LOG?)",
+            "FERRY_TEST_SOMETHING_ELSE: no such setting",
+        ] {
+            assert!(all.contains(part), "{part:?} missing from\n{all}");
+        }
+        assert_eq!(errors.len(), 5, "{all}");
+    }
+
+    #[test]
+    fn a_token_needs_no_serving_configuration() {
+        let vars = env(&[
+            ("FERRY_LISTEN", "0.0.0.0:8080"),
+            ("FERRY_AUTH_HS_SECRET", "a-secret-that-is-long-enough-0123456789"),
+            ("FERRY_TLS_CERT_FILE", "/nonexistent/cert.pem"),
+            ("FERRY_TLS_KEY_FILE", "/nonexistent/key.pem"),
+        ]);
+        let errors = load(&Overrides::default(), vars.clone()).unwrap_err().0.join("\n");
+        assert!(errors.contains("auth.mode = \"none\" on a non-loopback address"), "{errors}");
+        assert!(errors.contains("tls.cert_file: /nonexistent/cert.pem"), "{errors}");
+        assert!(errors.contains("tls.key_file: /nonexistent/key.pem"), "{errors}");
+        let config = load_for(Purpose::Token, &Overrides::default(), vars).unwrap();
+        assert!(config.auth.hs_secret.is_some());
+        let errors = load_for(
+            Purpose::Token,
+            &Overrides::default(),
+            env(&[("FERRY_AUTH_HS_SECRET", "short"), ("FERRY_AUTH_MODDE", "jwt")]),
+        )
+        .unwrap_err()
+        .0
+        .join("\n");
+        assert!(errors.contains("auth.hs_secret must be at least 32 bytes"), "{errors}");
+        assert!(errors.contains("did you mean FERRY_AUTH_MODE?"), "{errors}");
+    }
+
+    #[test]
+    fn kafka_client_settings_are_checked_with_the_rest() {
+        let dir = std::env::temp_dir().join(format!("ferry-config-rdk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ferry.toml");
+        std::fs::write(
+            &file,
+            "[kafka.librdkafka]\n\"no.such.option\" = \"1\"\n\"sasl.password\" = \"\"\n\"linger.ms\" = \"soon\"\n",
+        )
         .unwrap();
-        assert!(config.kafka.embedded());
+        let overrides = Overrides { config_file: Some(file), ..Default::default() };
+        let errors = load(&overrides, env(&[("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "0")]))
+            .unwrap_err()
+            .0
+            .join("\n");
+        assert!(errors.contains("kafka.librdkafka.\"no.such.option\""), "{errors}");
+        assert!(errors.contains("kafka.librdkafka.\"linger.ms\""), "{errors}");
+        assert!(errors.contains("limits.max_subscriptions"), "{errors}");
     }
 
     #[test]
@@ -1170,7 +1297,8 @@ mod tests {
                 .unwrap_err()
                 .0;
         assert!(errors.iter().any(|e| e.contains("tls.cert_file and tls.key_file")), "{errors:?}");
-        let config = load(
+        let config = load_for(
+            Purpose::Token,
             &Overrides::default(),
             env(&[("FERRY_TLS_CERT_FILE", "/c.pem"), ("FERRY_TLS_KEY_FILE", "/k.pem")]),
         )

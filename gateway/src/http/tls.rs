@@ -156,6 +156,66 @@ impl Tls {
     }
 }
 
+/// Checks `tls.cert_file` and `tls.key_file` the way [`Tls::new`] will
+/// load them, for configuration loading: one error per file, each naming
+/// its key, and a key that does not match the certificate.
+pub fn check_files(cert_file: &Path, key_file: &Path) -> Vec<String> {
+    let provider = rustls::crypto::ring::default_provider();
+    let chain = CertificateDer::pem_file_iter(cert_file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>());
+    let key = PrivateKeyDer::from_pem_file(key_file);
+    let mut errors = Vec::new();
+    match &chain {
+        Err(e) => errors.push(format!("tls.cert_file: {}: {e}", cert_file.display())),
+        Ok(chain) if chain.is_empty() => errors
+            .push(format!("tls.cert_file: {}: no CERTIFICATE block found", cert_file.display())),
+        Ok(_) => {}
+    }
+    let signer = match key {
+        Err(e) => {
+            errors.push(format!("tls.key_file: {}: {e}", key_file.display()));
+            None
+        }
+        Ok(key) => match provider.key_provider.load_private_key(key) {
+            Ok(signer) => Some(signer),
+            Err(e) => {
+                errors.push(format!(
+                    "tls.key_file: {}: unusable private key: {e}",
+                    key_file.display()
+                ));
+                None
+            }
+        },
+    };
+    if let (Ok(chain), Some(signer), true) = (chain, signer, errors.is_empty()) {
+        if let Err(TlsError::Mismatch { cert, key }) =
+            matched(CertifiedKey::new(chain, signer), cert_file, key_file)
+        {
+            errors.push(format!(
+                "tls.key_file: {} does not belong to the first certificate of {}",
+                key.display(),
+                cert.display()
+            ));
+        }
+    }
+    errors
+}
+
+/// `certified` when its key belongs to its leaf certificate (or rustls
+/// cannot tell).
+fn matched(
+    certified: CertifiedKey,
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(certified))
+        }
+        Err(_) => Err(TlsError::Mismatch { cert: cert_file.to_owned(), key: key_file.to_owned() }),
+    }
+}
+
 /// Reads and checks a certificate chain and its key.
 fn load(
     cert_file: &Path,
@@ -177,13 +237,7 @@ fn load(
         .key_provider
         .load_private_key(key)
         .map_err(|source| TlsError::Key { path: key_file.to_owned(), source })?;
-    let certified = CertifiedKey::new(chain, signer);
-    match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
-            Ok(Arc::new(certified))
-        }
-        Err(_) => Err(TlsError::Mismatch { cert: cert_file.to_owned(), key: key_file.to_owned() }),
-    }
+    matched(CertifiedKey::new(chain, signer), cert_file, key_file)
 }
 
 /// SHA-256 of the leaf certificate, as `openssl x509 -fingerprint -sha256`

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::KafkaError;
 
 use crate::config::kafka_security::{self as security, Value};
 use crate::config::KafkaConfig;
@@ -39,6 +40,46 @@ impl std::fmt::Debug for ClientSettings {
             .field("passthrough", &passthrough)
             .finish_non_exhaustive()
     }
+}
+
+/// Checks that librdkafka takes every setting of every client the gateway
+/// makes (`kafka.librdkafka` and what `[kafka.security]` turns into), for
+/// configuration loading: one error per refused property, naming it but
+/// never a secret's value. Only a real client can find the few conflicts
+/// librdkafka checks when it starts.
+pub fn check(config: &KafkaConfig) -> Vec<String> {
+    // Any address will do: nothing connects.
+    let Ok(settings) = ClientSettings::new(config, "127.0.0.1:9092".to_owned()) else {
+        return Vec::new(); // `[kafka.security]`'s own errors are reported by its check
+    };
+    let mut errors = Vec::new();
+    for client in [settings.producer(), settings.consumer(), settings.admin()] {
+        // One property at a time: librdkafka stops at the first it refuses.
+        let refused = client.config_map().into_iter().filter_map(|(key, value)| {
+            ClientConfig::new().set(key, value).create_native_config().err()
+        });
+        for e in refused {
+            let error = match &e {
+                KafkaError::ClientConfig(_, description, key, _) => {
+                    let setting = if settings.passthrough.contains_key(key) {
+                        format!("kafka.librdkafka.\"{key}\"")
+                    } else {
+                        format!("kafka.security (librdkafka's {key:?})")
+                    };
+                    if security::is_sensitive_property(key) {
+                        format!("{setting}: refused by the Kafka client")
+                    } else {
+                        format!("{setting}: {description}")
+                    }
+                }
+                other => format!("kafka: {other}"),
+            };
+            if !errors.contains(&error) {
+                errors.push(error);
+            }
+        }
+    }
+    errors
 }
 
 impl ClientSettings {

@@ -1,0 +1,186 @@
+//! Starting and stopping the `ferry` binary as an operator sees it: every
+//! configuration mistake found before anything starts (TLS files and
+//! unknown `FERRY_*` variables included), a clean exit on SIGTERM while the
+//! node still waits for Kafka, `--version`, `ferry token` without a serving
+//! configuration, and what the first log lines and `/metrics` tell.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::helpers::*;
+use ferry_test_macros::ferry_test;
+
+/// A secret long enough for `auth.hs_secret`.
+const SECRET: &str = "a-startup-test-secret-that-is-long-enough-0123456789";
+
+/// What a `ferry` run that ended left behind.
+#[derive(Debug)]
+struct Exit {
+    /// The exit code; `None` when a signal ended it.
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `ferry` with `args` and `env` (and none of this process's own
+/// `FERRY_*` variables) until it exits; a run still going after `wait` is
+/// killed and fails the test.
+async fn run_ferry(args: &[&str], env: &[(&str, &str)], wait: Duration) -> Exit {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FERRY_")) {
+        command.env_remove(name);
+    }
+    let mut child = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry binary starts");
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = tokio::time::Instant::now() + wait;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry {args:?} still ran after {wait:?}; stderr: {}", stderr.join().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Exit { code: status.code(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// A file in a fresh temporary directory.
+fn temp_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("ferry-startup-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// Signs of a start that got under way: the embedded Kafka or the listener.
+fn assert_nothing_started(stderr: &str) {
+    for started in ["embedded kafka", "listening on", "TLS certificate loaded"] {
+        assert!(!stderr.contains(started), "{started:?} before the errors:\n{stderr}");
+    }
+}
+
+#[ferry_test(timeout_secs = 90)]
+async fn tls_file_errors_are_reported_with_the_others_before_anything_starts() {
+    let key = temp_file("key.pem", "not a PEM key\n");
+    let missing = std::env::temp_dir()
+        .join(format!("ferry-startup-missing-{}", uuid::Uuid::new_v4().simple()))
+        .join("cert.pem");
+    let missing = missing.to_string_lossy().into_owned();
+
+    // The TLS files alone: a configuration error, not a failed start.
+    let tls = format!("[tls]\ncert_file = \"{missing}\"\nkey_file = \"{key}\"\n");
+    let config = temp_file("ferry.toml", &tls);
+    let exit = run_ferry(&["--config", &config, "--listen", "127.0.0.1:0"], &[], WAIT).await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    assert!(exit.stderr.contains("tls.cert_file"), "{}", exit.stderr);
+    assert!(exit.stderr.contains(&missing), "{}", exit.stderr);
+    assert!(exit.stderr.contains("tls.key_file"), "{}", exit.stderr);
+    assert_nothing_started(&exit.stderr);
+
+    // With another mistake: every error in one list.
+    let config = temp_file("ferry.toml", &format!("{tls}[limits]\nmax_frame_bytes = 10\n"));
+    let exit = run_ferry(&["--config", &config, "--listen", "127.0.0.1:0"], &[], WAIT).await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    let stderr = &exit.stderr;
+    for part in ["invalid configuration", "tls.cert_file", &missing, "limits.max_frame_bytes"] {
+        assert!(stderr.contains(part), "{part:?} missing from\n{stderr}");
+    }
+    assert_nothing_started(stderr);
+}
+
+#[ferry_test(timeout_secs = 90)]
+async fn an_unknown_ferry_variable_stops_the_node_naming_the_nearest_key() {
+    let exit = run_ferry(
+        &["--listen", "127.0.0.1:0"],
+        &[("FERRY_LISTN", "127.0.0.1:0"), ("FERRY_SHUTDOWN_GRACE", "5000")],
+        WAIT,
+    )
+    .await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    let stderr = &exit.stderr;
+    assert!(
+        stderr.contains("FERRY_LISTN: no such setting (did you mean FERRY_LISTEN?)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "FERRY_SHUTDOWN_GRACE: no such setting (did you mean FERRY_SHUTDOWN_GRACE_MS?)"
+        ),
+        "{stderr}"
+    );
+    assert_nothing_started(stderr);
+}
+
+/// The variables of the scripts and test harnesses that start gateways
+/// (`scripts/test`, `scripts/kafka`, the client suites) are inherited by
+/// those gateways, and are not configuration.
+#[ferry_test(timeout_secs = 90)]
+async fn harness_variables_do_not_stop_the_node() {
+    let gw = GatewayProcess::start(
+        &[],
+        &[
+            ("FERRY_KAFKA_PORT", "9092"),
+            ("FERRY_KAFKA_SECURE", "1"),
+            ("FERRY_KAFKA_SECURE_PORT", "9192"),
+            ("FERRY_TEST_KAFKA_SECURE", "/tmp/nowhere"),
+            ("FERRY_TEST_SKIP_REAL_KAFKA", "1"),
+            ("FERRY_BIN", "/tmp/ferry"),
+            ("FERRY_SECURE_CA", "/tmp/ca.pem"),
+            ("FERRY_PORT", "8080"),
+        ],
+    );
+    assert_eq!(http_get(gw.addr, "/healthz").await.0, 200);
+}
+
+/// The container's environment: a public listen address and no auth mode,
+/// which the gateway refuses to serve, but a token needs neither.
+#[ferry_test(timeout_secs = 60)]
+async fn a_token_is_minted_without_a_serving_configuration() {
+    let exit = run_ferry(
+        &["token", "--sub", "x"],
+        &[
+            ("FERRY_LISTEN", "0.0.0.0:8080"),
+            ("FERRY_AUTH_HS_SECRET", SECRET),
+            ("FERRY_LOG", "info"),
+        ],
+        WAIT,
+    )
+    .await;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    let token = exit.stdout.trim();
+    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .unwrap_or_else(|e| panic!("{token:?} does not verify: {e}"))
+        .claims;
+    assert_eq!(claims["sub"], "x");
+
+    // A mistake in the file is still one.
+    let exit = run_ferry(
+        &["token", "--sub", "x"],
+        &[("FERRY_AUTH_HS_SECRET", SECRET), ("FERRY_AUTH_MODDE", "jwt")],
+        WAIT,
+    )
+    .await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    assert!(exit.stderr.contains("did you mean FERRY_AUTH_MODE?"), "{}", exit.stderr);
+}
