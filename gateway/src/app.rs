@@ -150,6 +150,9 @@ impl App {
             config.kafka.topic_replication,
             timeout,
         ));
+        if embedded.is_none() {
+            tracing::info!(bootstrap, "waiting for Kafka (up to {timeout:?})");
+        }
         if !health.probe(&producer, timeout).await {
             tracing::warn!(
                 bootstrap,

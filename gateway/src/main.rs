@@ -9,6 +9,7 @@ use ferry_gateway::app::BuildError;
 use ferry_gateway::config::{self, Config, Overrides, Purpose};
 use ferry_gateway::App;
 use rdkafka::error::KafkaError;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
@@ -20,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Every setting can also come from a TOML file or a FERRY_* variable
 /// (see README.md).
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "ferry", version)]
 struct Args {
     /// TOML configuration file.
     #[arg(long, env = "FERRY_CONFIG", global = true)]
@@ -117,6 +118,15 @@ fn serve(config: Config) -> ExitCode {
             );
         }
     }
+    if config.auth.mode == ferry_gateway::auth::AuthMode::Jwt && config.acl.rules.is_empty() {
+        tracing::warn!(
+            "authentication is on and there are no ACL rules: every publish, subscribe and \
+             group join is refused (token grants only narrow what rules allow). Add \
+             [[acl.rules]] to the configuration file, e.g. `[[acl.rules]]` then \
+             `publish = [\"demo.*\"]` and `subscribe = [\"demo.*\"]` for every authenticated \
+             client (README.md, \"Authentication and topic ACLs\")"
+        );
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,8 +134,27 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let app = match App::build(config).await {
+    let code = runtime.block_on(async {
+        // Listening from the start: a signal while the node still starts
+        // (waiting for Kafka) stops it cleanly too.
+        let stop = CancellationToken::new();
+        match Signals::new() {
+            Ok(signals) => {
+                tokio::spawn(signals.cancel_on_signal(stop.clone()));
+            }
+            Err(e) => {
+                eprintln!("ferry: cannot handle signals: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        let built = tokio::select! {
+            built = App::build(config) => built,
+            _ = stop.cancelled() => {
+                tracing::info!("stopped before serving");
+                return ExitCode::SUCCESS;
+            }
+        };
+        let app = match built {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("ferry: {e}");
@@ -134,12 +163,16 @@ fn serve(config: Config) -> ExitCode {
         };
         let shutdown = app.shutdown_token();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            stop.cancelled().await;
             shutdown.cancel();
         });
         app.run().await;
         ExitCode::SUCCESS
-    })
+    });
+    // A Kafka look-up left running by a start cut short ends on its own
+    // timeout; the process need not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// 64 for what the operator must fix in the configuration: a setting the
@@ -215,11 +248,27 @@ fn mint_token(
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        _ = term.recv() => tracing::info!("SIGTERM received"),
+/// SIGINT and SIGTERM, handled from the moment this is made.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Cancels `stop` on the first signal.
+    async fn cancel_on_signal(mut self, stop: CancellationToken) {
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+        stop.cancel();
     }
 }

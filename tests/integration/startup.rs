@@ -71,6 +71,12 @@ fn temp_file(name: &str, text: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// A loopback port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
 /// Signs of a start that got under way: the embedded Kafka or the listener.
 fn assert_nothing_started(stderr: &str) {
     for started in ["embedded kafka", "listening on", "TLS certificate loaded"] {
@@ -151,6 +157,60 @@ async fn harness_variables_do_not_stop_the_node() {
     assert_eq!(http_get(gw.addr, "/healthz").await.0, 200);
 }
 
+#[ferry_test(timeout_secs = 90)]
+async fn sigterm_while_waiting_for_kafka_at_start_exits_cleanly() {
+    let brokers = format!("127.0.0.1:{}", closed_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--listen", "127.0.0.1:0", "--kafka-brokers", &brokers])
+        .env("FERRY_KAFKA_METADATA_TIMEOUT_MS", "60000")
+        .env("FERRY_SHUTDOWN_GRACE_MS", "1000")
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry binary starts");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let waiting = || log.lock().unwrap().iter().any(|l| l.contains("waiting for Kafka"));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !waiting() {
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no \"waiting for Kafka\" line: {:?}", log.lock().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 10 s after SIGTERM: {:?}", log.lock().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}; log: {:?}", log.lock().unwrap());
+}
+
+#[ferry_test(timeout_secs = 60)]
+async fn version_names_the_binary() {
+    let exit = run_ferry(&["--version"], &[], WAIT).await;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+    assert_eq!(exit.stdout.trim(), format!("ferry {}", env!("CARGO_PKG_VERSION")));
+}
+
 /// The container's environment: a public listen address and no auth mode,
 /// which the gateway refuses to serve, but a token needs neither.
 #[ferry_test(timeout_secs = 60)]
@@ -183,4 +243,14 @@ async fn a_token_is_minted_without_a_serving_configuration() {
     .await;
     assert_eq!(exit.code, Some(64), "{exit:?}");
     assert!(exit.stderr.contains("did you mean FERRY_AUTH_MODE?"), "{}", exit.stderr);
+}
+
+#[ferry_test(timeout_secs = 90)]
+async fn jwt_without_acl_rules_warns_that_everything_is_refused() {
+    let gw =
+        GatewayProcess::start(&[], &[("FERRY_AUTH_MODE", "jwt"), ("FERRY_AUTH_HS_SECRET", SECRET)]);
+    let line = gw.wait_log("no ACL rules", WAIT).await;
+    let line = line.unwrap_or_else(|| panic!("no warning; log: {:?}", gw.log.lock().unwrap()));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("[[acl.rules]]"), "{line}");
 }
