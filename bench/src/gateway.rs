@@ -211,7 +211,8 @@ pub(crate) fn drain(stderr: impl Read, keep: &Mutex<VecDeque<String>>, tx: &mpsc
     for line in BufReader::new(stderr).lines() {
         let Ok(line) = line else { break };
         if let Some(rest) = line.split("embedded kafka bootstrap=").nth(1) {
-            let _ = tx.send(Line::Bootstrap(rest.trim().to_owned()));
+            let bootstrap = rest.split_whitespace().next().unwrap_or_default();
+            let _ = tx.send(Line::Bootstrap(bootstrap.to_owned()));
         }
         if let Some(rest) = line.split("listening on http://").nth(1) {
             let addr = rest.split_whitespace().next().unwrap_or_default();

@@ -115,7 +115,13 @@ impl App {
         let embedded = match config.kafka.embedded() {
             true => {
                 let kafka = EmbeddedKafka::start(1)?;
-                tracing::info!("embedded kafka bootstrap={}", kafka.bootstrap_servers());
+                let bootstrap = kafka.bootstrap_servers();
+                // The port changes on every start: the line says what to
+                // paste.
+                tracing::info!(
+                    "embedded kafka bootstrap={bootstrap} (any Kafka client can join, e.g. \
+                     kcat -b {bootstrap} -L)"
+                );
                 Some(Arc::new(kafka))
             }
             false => None,

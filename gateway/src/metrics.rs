@@ -224,6 +224,10 @@ fn register_at_zero() {
     for reason in SCHEMA_REJECTION_REASONS {
         counter!(SCHEMA_REJECTIONS, "reason" => reason).absolute(0);
     }
+    describe_counter!(TLS_RELOADS, "TLS certificate reloads, by result (ok, rejected).");
+    for result in ["ok", "rejected"] {
+        counter!(TLS_RELOADS, "result" => result).absolute(0);
+    }
     describe_counter!(HTTP_PUBLISH_REQUESTS, "POST /v1/publish requests, by HTTP status.");
     describe_counter!(HTTP_PUBLISH_RECORDS, "Records received by POST /v1/publish.");
     describe_gauge!(SSE_STREAMS, "Open Server-Sent Events streams.");

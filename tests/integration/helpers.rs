@@ -372,7 +372,7 @@ impl GatewayProcess {
                     panic!("gateway did not start; log: {:?}", log.lock().unwrap())
                 });
             if let Some(rest) = line.split("embedded kafka bootstrap=").nth(1) {
-                embedded_bootstrap = Some(rest.trim().to_owned());
+                embedded_bootstrap = rest.split_whitespace().next().map(str::to_owned);
             }
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let addr = rest.split_whitespace().next().unwrap().parse().unwrap();

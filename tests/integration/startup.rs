@@ -245,6 +245,36 @@ async fn a_token_is_minted_without_a_serving_configuration() {
     assert!(exit.stderr.contains("did you mean FERRY_AUTH_MODE?"), "{}", exit.stderr);
 }
 
+#[ferry_test(timeout_secs = 60)]
+async fn the_console_is_served_with_a_trailing_slash_too() {
+    let gw = spawn_gateway().await;
+    let (status, body) = gw.get("/console/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<script src=\"/console/app.js\""), "{body}");
+}
+
+/// In a process of its own: the recorder is process-wide, and other tests
+/// reload certificates.
+#[ferry_test(timeout_secs = 90)]
+async fn tls_reloads_are_in_metrics_from_the_start() {
+    let gw = GatewayProcess::start(&[], &[]);
+    let (status, body) = http_get(gw.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for result in ["ok", "rejected"] {
+        let series = format!("ferry_tls_reloads_total{{result=\"{result}\"}} 0");
+        assert!(body.contains(&series), "{series} missing from /metrics:\n{body}");
+    }
+}
+
+#[ferry_test(timeout_secs = 90)]
+async fn the_embedded_kafka_line_gives_a_kcat_command() {
+    let gw = GatewayProcess::start(&[], &[]);
+    let bootstrap = gw.embedded_bootstrap.clone().expect("an embedded Kafka");
+    assert!(!bootstrap.contains(' '), "{bootstrap:?}");
+    let line = gw.log_lines("embedded kafka bootstrap=").join("\n");
+    assert!(line.contains(&format!("kcat -b {bootstrap} -L")), "{line}");
+}
+
 #[ferry_test(timeout_secs = 90)]
 async fn jwt_without_acl_rules_warns_that_everything_is_refused() {
     let gw =

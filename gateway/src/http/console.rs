@@ -43,6 +43,7 @@ const CROSS_ORIGIN_RESOURCE_POLICY: HeaderName =
 pub(super) fn routes() -> Router<Arc<Node>> {
     Router::new()
         .route("/console", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route("/console/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
         .route("/console/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }))
         .route("/console/app.css", get(|| async { asset("text/css; charset=utf-8", APP_CSS) }))
         .route("/console/icon.svg", get(|| async { asset("image/svg+xml", ICON_SVG) }))
