@@ -240,6 +240,18 @@ async fn burst_read_by_fast(
 
 #[ferry_test]
 async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
+    drop_oldest_burst("latest").await;
+}
+
+/// A replay's `overflow` applies once it has caught up: the same burst to a
+/// socket that subscribed `from: "earliest"` is dropped and reported, not
+/// a reason to close it.
+#[ferry_test]
+async fn a_replay_drops_and_reports_by_its_overflow_once_live() {
+    drop_oldest_burst("earliest").await;
+}
+
+async fn drop_oldest_burst(from: &str) {
     // The slow socket reads nothing during the burst: on a loaded machine
     // that can last longer than the default write timeout, which would
     // (rightly) close it. This test is about the lossy queue. The queue
@@ -255,8 +267,8 @@ async fn drop_oldest_drops_and_reports_while_the_fast_socket_gets_everything() {
     let mut fast = gw.client().await;
     fast.subscribed(&topic).await;
     let mut slow = gw.client().await;
-    let reply =
-        slow.request(json!({"type":"subscribe","topic":topic,"overflow":"drop_oldest"})).await;
+    let subscribe = json!({"type":"subscribe","topic":topic,"from":from,"overflow":"drop_oldest"});
+    let reply = slow.request(subscribe).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
 
     // `slow` does not read while the burst goes by.
