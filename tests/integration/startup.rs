@@ -23,6 +23,26 @@ struct Exit {
     stderr: String,
 }
 
+/// Waits at most `wait` for `child` to exit; past it the child is killed
+/// and the answer is `None`.
+async fn exit_within(
+    child: &mut std::process::Child,
+    wait: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Runs `ferry` with `args` and `env` (and none of this process's own
 /// `FERRY_*` variables) until it exits; a run still going after `wait` is
 /// killed and fails the test.
@@ -47,17 +67,8 @@ async fn run_ferry(args: &[&str], env: &[(&str, &str)], wait: Duration) -> Exit 
     };
     let stdout = read(Box::new(child.stdout.take().unwrap()));
     let stderr = read(Box::new(child.stderr.take().unwrap()));
-    let deadline = tokio::time::Instant::now() + wait;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ferry {args:?} still ran after {wait:?}; stderr: {}", stderr.join().unwrap());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let Some(status) = exit_within(&mut child, wait).await else {
+        panic!("ferry {args:?} still ran after {wait:?}; stderr: {}", stderr.join().unwrap());
     };
     Exit { code: status.code(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
@@ -189,18 +200,9 @@ async fn sigterm_while_waiting_for_kafka_at_start_exits_cleanly() {
     }
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if tokio::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running 10 s after SIGTERM: {:?}", log.lock().unwrap());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = exit_within(&mut child, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|| panic!("still running 10 s after SIGTERM: {:?}", log.lock().unwrap()));
     assert_eq!(status.code(), Some(0), "{status:?}; log: {:?}", log.lock().unwrap());
 }
 
