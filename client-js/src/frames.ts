@@ -47,6 +47,8 @@ export interface PublishFrame {
   key?: string;
   key_b64?: string;
   headers?: Record<string, string>;
+  /** W3C trace context (capability `traceparent`); becomes the record's `traceparent` header. */
+  traceparent?: string;
   partition?: number;
 }
 
@@ -127,6 +129,13 @@ export interface PublishFields {
   key?: string | Uint8Array;
   /** Record headers (UTF-8 text values). */
   headers?: Record<string, string>;
+  /**
+   * W3C trace context (`00-<32 hex>-<16 hex>-<2 hex>`), carried to Kafka as the
+   * record's `traceparent` header and delivered in `headers`. Needs a gateway
+   * that announces the `traceparent` capability (an older one answers
+   * `bad_request` naming the field); for an older one put it in `headers`.
+   */
+  traceparent?: string;
   /** Explicit partition; by default Kafka's partitioner picks one from the key. */
   partition?: number;
 }
@@ -150,7 +159,7 @@ export function publishFrame(id: string, topic: string, value: unknown, fields: 
     }
     frame.value = value;
   }
-  const { key, headers, partition } = fields;
+  const { key, headers, traceparent, partition } = fields;
   if (key instanceof Uint8Array) frame.key_b64 = toBase64(key);
   else if (key !== undefined) frame.key = key;
   if (headers !== undefined) {
@@ -163,6 +172,16 @@ export function publishFrame(id: string, topic: string, value: unknown, fields: 
       }
     }
     frame.headers = headers;
+  }
+  if (traceparent !== undefined) {
+    const ids = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/.exec(traceparent);
+    if (!ids || /^0+$/.test(ids[1]!) || /^0+$/.test(ids[2]!)) {
+      throw new FerryError('bad_request', '`traceparent` must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>', { requestId: id });
+    }
+    if (Object.keys(headers ?? {}).some((h) => h.toLowerCase() === 'traceparent')) {
+      throw new FerryError('bad_request', 'give `traceparent` once: as the option or in `headers`, not both', { requestId: id });
+    }
+    frame.traceparent = traceparent;
   }
   if (partition !== undefined) {
     if (!Number.isInteger(partition) || partition < 0) {

@@ -226,6 +226,7 @@ struct RawFrame<'a> {
     key: Option<String>,
     key_b64: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    traceparent: Option<String>,
     partition: Option<i32>,
     token: Option<String>,
     from: Option<serde_json::Value>,
@@ -300,7 +301,16 @@ impl<'a> RawFrame<'a> {
         };
         let kind = self.kind.as_ref();
         let allowed: &[&str] = match kind {
-            "publish" => &["topic", "value", "value_b64", "key", "key_b64", "headers", "partition"],
+            "publish" => &[
+                "topic",
+                "value",
+                "value_b64",
+                "key",
+                "key_b64",
+                "headers",
+                "traceparent",
+                "partition",
+            ],
             "subscribe" => &["topic", "from", "overflow", "filter", "group", "ack"],
             "commit" => &["topic", "partition", "offset"],
             "unsubscribe" => &["topic"],
@@ -394,6 +404,7 @@ impl<'a> RawFrame<'a> {
             ("key", self.key.is_some()),
             ("key_b64", self.key_b64.is_some()),
             ("headers", self.headers.is_some()),
+            ("traceparent", self.traceparent.is_some()),
             ("partition", self.partition.is_some()),
             ("token", self.token.is_some()),
             ("from", self.from.is_some()),
@@ -498,15 +509,49 @@ impl<'a> RawFrame<'a> {
         if self.partition.is_some_and(|p| p < 0) {
             return bad("`partition` must not be negative");
         }
+        let mut headers = self.headers.unwrap_or_default();
+        if let Some(traceparent) = self.traceparent {
+            if let Err(why) = check_traceparent(&traceparent) {
+                return Err(RequestError::bad_request(Some(&id), format!("`traceparent` {why}")));
+            }
+            if headers.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT)) {
+                return bad("give `traceparent` once: as the field or in `headers`, not both");
+            }
+            headers.insert(TRACEPARENT.to_owned(), traceparent);
+        }
         Ok(ClientFrame::Publish(Publish {
             id,
             topic,
             value,
             key,
-            headers: self.headers.unwrap_or_default(),
+            headers,
             partition: self.partition,
         }))
     }
+}
+
+/// The W3C trace context header a publish's `traceparent` becomes.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Checks a W3C `traceparent` value (version `00`):
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, lowercase, ids
+/// not all zeros. The error says what is wrong.
+pub fn check_traceparent(value: &str) -> Result<(), String> {
+    let shape = "must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>";
+    let parts: Vec<&str> = value.split('-').collect();
+    let [version, trace, parent, flags] = parts[..] else {
+        return Err(shape.into());
+    };
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if version != "00" || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2) {
+        return Err(shape.into());
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return Err("has an all-zero trace or parent id".into());
+    }
+    Ok(())
 }
 
 fn decode_b64(text: &str) -> Option<Vec<u8>> {
@@ -529,6 +574,29 @@ mod tests {
         let text = r#"{"type":"publish","id":"p1","topic":"t","value":null}"#;
         let ClientFrame::Publish(p) = decode_client_frame(text).unwrap() else { panic!() };
         assert_eq!(p.value.as_bytes(), b"null");
+    }
+
+    #[test]
+    fn traceparent_becomes_the_header_and_is_checked() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let text =
+            format!(r#"{{"type":"publish","id":"p1","topic":"t","value":1,"traceparent":"{tp}"}}"#);
+        let ClientFrame::Publish(p) = decode_client_frame(&text).unwrap() else { panic!() };
+        assert_eq!(p.headers.get(TRACEPARENT).map(String::as_str), Some(tp));
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "",
+        ] {
+            assert!(check_traceparent(bad).is_err(), "{bad:?} accepted");
+        }
+        let both = format!(
+            r#"{{"type":"publish","id":"p2","topic":"t","value":1,"traceparent":"{tp}","headers":{{"Traceparent":"x"}}}}"#
+        );
+        let err = decode_client_frame(&both).unwrap_err();
+        assert!(err.message.contains("once"), "{}", err.message);
     }
 
     #[test]

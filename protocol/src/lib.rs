@@ -19,8 +19,8 @@ pub mod server;
 pub mod topic;
 
 pub use client::{
-    decode_client_frame, AckMode, ClientFrame, Overflow, Payload, Publish, RequestError, StartFrom,
-    Subscribe,
+    check_traceparent, decode_client_frame, AckMode, ClientFrame, Overflow, Payload, Publish,
+    RequestError, StartFrom, Subscribe, TRACEPARENT,
 };
 pub use codes::{CloseCode, ErrorCode, UpgradeRefusal};
 pub use server::{AckFrame, Limits, MessageFrame, ServerFrame};
@@ -35,8 +35,8 @@ pub const SUBPROTOCOL: &str = "ferry.v1";
 /// announced in `welcome.capabilities`. A client sends a field or frame that
 /// belongs to a capability only when the gateway announced it (a gateway
 /// refuses fields it does not know with `bad_request`). A `welcome` without
-/// `capabilities` comes from a gateway older than the list; it has all of
-/// these. New names are only ever added; see the compatibility policy in
+/// `capabilities` comes from a gateway older than the list; it has the
+/// first six (all but `traceparent`). New names are only ever added; see the compatibility policy in
 /// `protocol/README.md`.
 ///
 /// - `from`: `subscribe.from` (replay, resume from offsets or a timestamp), `gap`.
@@ -45,7 +45,9 @@ pub const SUBPROTOCOL: &str = "ferry.v1";
 /// - `group`: `subscribe.group` and `subscribe.ack` (shared groups).
 /// - `commit`: the `commit` frame and its `committed` reply.
 /// - `auth`: the `auth` frame (first authentication and in-band refresh), `authed`.
-pub const CAPABILITIES: &[&str] = &["auth", "commit", "filter", "from", "group", "overflow"];
+/// - `traceparent`: `publish.traceparent` (W3C trace context, carried to Kafka).
+pub const CAPABILITIES: &[&str] =
+    &["auth", "commit", "filter", "from", "group", "overflow", "traceparent"];
 
 /// [`CAPABILITIES`] as owned strings, for `welcome.capabilities`.
 pub fn capabilities() -> Vec<String> {

@@ -129,3 +129,56 @@ async fn inflight_publish_limit_gives_limit_error() {
     assert!(codes.get("limit").copied().unwrap_or(0) > 0, "{codes:?}");
     assert_eq!(codes.keys().filter(|k| *k != "ack" && *k != "limit").count(), 0, "{codes:?}");
 }
+
+/// W3C trace context: a publish frame's `traceparent` field and `POST
+/// /v1/publish`'s `traceparent` header become the Kafka record's
+/// `traceparent` header, which a Kafka consumer reads and a subscriber gets
+/// in `headers`; a record's own value wins over the request's.
+#[ferry_test]
+async fn traceparent_travels_through_kafka_to_consumers_and_subscribers() {
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const OWN: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let gw = spawn_gateway().await;
+    let topic = unique_topic("trace");
+    gw.kafka().create_topic(&topic, 1).await;
+    let mut subscriber = gw.client().await;
+    subscriber.subscribed(&topic).await;
+    let mut client = gw.client().await;
+    let ack =
+        client.request(json!({"type":"publish","topic":topic,"value":1,"traceparent":TP})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let message = subscriber.next_message().await;
+    assert_eq!(message["headers"]["traceparent"], TP, "{message}");
+
+    let bad = client
+        .request(json!({"type":"publish","topic":topic,"value":2,"traceparent":"00-abc-01"}))
+        .await;
+    assert_eq!(bad["code"], "bad_request", "{bad}");
+    assert!(bad["message"].as_str().unwrap().contains("traceparent"), "{bad}");
+
+    let body = json!({"records":[
+        {"topic": topic, "value": 3},
+        {"topic": topic, "value": 4, "traceparent": OWN},
+    ]});
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let post = |tp: &'static str| {
+        http.post(format!("http://{}/v1/publish", gw.addr))
+            .header("traceparent", tp)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let answer: Value =
+        serde_json::from_str(&post(TP).await.unwrap().text().await.unwrap()).unwrap();
+    assert!(answer["results"][1]["offset"].is_i64(), "{answer}");
+    let refused = post("not-a-traceparent").await.unwrap();
+    assert_eq!(refused.status(), 400, "a malformed header refuses the request");
+
+    let records = read_all(&gw.bootstrap, &topic, 1, 3).await;
+    let traces: Vec<Option<String>> = records
+        .iter()
+        .map(|r| r.headers.get("traceparent").map(|v| String::from_utf8(v.clone()).unwrap()))
+        .collect();
+    let expected = [Some(TP), Some(TP), Some(OWN)].map(|t| t.map(str::to_owned));
+    assert_eq!(traces, expected, "the socket's, the request's, the record's own");
+}

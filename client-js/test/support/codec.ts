@@ -10,10 +10,10 @@
 import type { AckMode, From, Overflow } from '../../src/index.js';
 
 const MAX_ID_CHARS = 64;
-const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'partition', 'token', 'from', 'overflow', 'filter', 'group', 'ack', 'offset'];
+const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'traceparent', 'partition', 'token', 'from', 'overflow', 'filter', 'group', 'ack', 'offset'];
 const OVERFLOW = ['disconnect', 'drop_oldest', 'conflate'];
 const ALLOWED: Record<string, string[]> = {
-  publish: ['topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'partition'],
+  publish: ['topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'traceparent', 'partition'],
   subscribe: ['topic', 'from', 'overflow', 'filter', 'group', 'ack'],
   unsubscribe: ['topic'],
   ping: [],
@@ -166,7 +166,7 @@ export function decodeClientFrame(text: string): DecodeResult {
   const unknown = Object.keys(f).find((k) => !FIELDS.includes(k));
   if (unknown !== undefined) return fail('bad_request', echo, `invalid frame: unknown field \`${unknown}\``);
   if (typeof f.type !== 'string') return fail('bad_request', echo, 'invalid frame: missing field `type`');
-  for (const k of ['id', 'topic', 'value_b64', 'key', 'key_b64', 'token', 'overflow', 'group', 'ack']) {
+  for (const k of ['id', 'topic', 'value_b64', 'key', 'key_b64', 'traceparent', 'token', 'overflow', 'group', 'ack']) {
     if (k in f && f[k] !== null && typeof f[k] !== 'string') return fail('bad_request', echo, `invalid frame: \`${k}\` is not a string`);
   }
   if ('headers' in f && f.headers !== null) {
@@ -271,6 +271,17 @@ export function decodeClientFrame(text: string): DecodeResult {
   if (reserved !== undefined) return fail('bad_request', id, `header ${JSON.stringify(reserved)} is reserved: \`ferry-\` headers are set by the gateway`);
   const partition = present('partition') ? (f.partition as number) : null;
   if (partition !== null && partition < 0) return fail('bad_request', id, '`partition` must not be negative');
+  const headers = { ...((f.headers as Record<string, string> | null | undefined) ?? {}) };
+  if (present('traceparent')) {
+    const traceparent = f.traceparent as string;
+    const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$/.exec(traceparent);
+    if (!m) return fail('bad_request', id, '`traceparent` must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>');
+    if (/^0+$/.test(m[1]!) || /^0+$/.test(m[2]!)) return fail('bad_request', id, '`traceparent` has an all-zero trace or parent id');
+    if (Object.keys(headers).some((h) => h.toLowerCase() === 'traceparent')) {
+      return fail('bad_request', id, 'give `traceparent` once: as the field or in `headers`, not both');
+    }
+    headers.traceparent = traceparent;
+  }
   const b64 = (bytes: Uint8Array): string => Buffer.from(bytes).toString('base64');
   return {
     ok: true,
@@ -280,7 +291,7 @@ export function decodeClientFrame(text: string): DecodeResult {
       topic,
       value_b64: b64(value),
       key_b64: key === null ? null : b64(key),
-      headers: (f.headers as Record<string, string> | null | undefined) ?? {},
+      headers,
       partition,
     },
   };

@@ -97,6 +97,7 @@ async function clientSends(t: TestContext, f: Json): Promise<Json> {
           id: f.id as string,
           ...(key === undefined ? {} : { key }),
           ...(f.headers === undefined ? {} : { headers: f.headers as Record<string, string> }),
+          ...(f.traceparent === undefined ? {} : { traceparent: f.traceparent as string }),
           ...(f.partition === undefined ? {} : { partition: f.partition as number }),
         })
         .catch(() => undefined);
@@ -270,6 +271,8 @@ describe('decodeServerFrame', () => {
   });
 });
 
+const TRACEPARENT = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+
 describe('publishFrame', () => {
   it('puts bytes in value_b64 and key_b64, JSON in value, and only the options used', () => {
     assert.equal(
@@ -292,6 +295,13 @@ describe('publishFrame', () => {
     bad(() => publishFrame('a', 't', 1, { headers: { h: 1 as unknown as string } }), 'bad_request');
     bad(() => publishFrame('a', 'a b', 1), 'invalid_topic');
     bad(() => publishFrame('a', 't', 1, { headers: { 'Ferry-Id': 'x' } }), 'bad_request');
+    bad(() => publishFrame('a', 't', 1, { traceparent: 'abc' }), 'bad_request');
+    bad(() => publishFrame('a', 't', 1, { traceparent: TRACEPARENT, headers: { Traceparent: 'x' } }), 'bad_request');
+  });
+  it('sends a traceparent as its own field, beside the headers', () => {
+    const frame = publishFrame('a', 't', 1, { traceparent: TRACEPARENT, headers: { h: 'v' } });
+    assert.deepEqual(frame.headers, { h: 'v' });
+    assert.equal(frame.traceparent, TRACEPARENT);
   });
   it('encodes large binary values', () => {
     const big = new Uint8Array(200_000).map((_, i) => i % 256);

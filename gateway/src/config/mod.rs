@@ -197,9 +197,11 @@ pub struct LimitsConfig {
     /// descriptors nor lock new clients out.
     pub max_pending_handshakes: usize,
     /// Pending handshakes from one client address; past it, that address's
-    /// new TCP connections are closed at once. Behind a proxy every
-    /// connection has the proxy's address: raise it to at least the
-    /// proxy's connection count (or to `max_pending_handshakes`).
+    /// new TCP connections are closed at once. Half the total bound by
+    /// default, so one address never holds more than half and a burst of
+    /// reconnects from one NAT of up to 512 passes. Behind a proxy every
+    /// connection has the proxy's address: raise it to
+    /// `max_pending_handshakes`.
     pub max_pending_handshakes_per_address: usize,
 }
 
@@ -395,7 +397,7 @@ impl Default for LimitsConfig {
             replay_queue: 256,
             request_timeout_ms: 30_000,
             max_pending_handshakes: 1_024,
-            max_pending_handshakes_per_address: 64,
+            max_pending_handshakes_per_address: 512,
         }
     }
 }

@@ -18,7 +18,9 @@
 //!
 //! Each record is decoded like a socket `publish` frame (the same decoder:
 //! `value` or `value_b64`, `key` or `key_b64`, `headers`, `partition`;
-//! `id`, 1 to 64 characters, made up as a UUID when missing). The answer
+//! `id`, 1 to 64 characters, made up as a UUID when missing; `traceparent`).
+//! A `traceparent` request header is the trace context of the records
+//! without their own. The answer
 //! is 200 with one result per record, in request order:
 //! `{"id","topic","partition","offset"}` or
 //! `{"id","error":{"code","message"}}` with the protocol's error codes.
@@ -33,7 +35,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferry_protocol::{decode_client_frame, ClientFrame, ErrorCode, Publish};
+use ferry_protocol::{
+    check_traceparent, decode_client_frame, ClientFrame, ErrorCode, Publish, TRACEPARENT,
+};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -89,8 +93,17 @@ async fn handle(
         let m = format!("{count} records; at most {} per request", config.max_records);
         return Err((count, Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", m)));
     }
+    let traceparent = traceparent(headers).map_err(|e| (count, e))?;
     let frames: Vec<Frame> = records.iter().map(|raw| Frame::of(raw)).collect();
-    let decoded = frames.iter().map(Frame::decode).collect();
+    let mut decoded: Vec<_> = frames.iter().map(Frame::decode).collect();
+    if let Some(traceparent) = traceparent {
+        // The request's trace context, for the records without their own.
+        for publish in decoded.iter_mut().flatten() {
+            if !publish.headers.keys().any(|k| k.eq_ignore_ascii_case(TRACEPARENT)) {
+                publish.headers.insert(TRACEPARENT.to_owned(), traceparent.clone());
+            }
+        }
+    }
     let outcomes = state.publish_batch(&principal, decoded).await.map_err(|refused| {
         let refusal = match refused {
             BatchRefused::Forbidden(m) => Refusal::new(StatusCode::FORBIDDEN, "forbidden", m),
@@ -115,6 +128,14 @@ async fn handle(
         }
     });
     Ok((count, results.collect()))
+}
+
+/// The request's W3C `traceparent` header, checked.
+fn traceparent(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
+    let Some(value) = headers.get(TRACEPARENT) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| Refusal::bad_request("`traceparent` is not text"))?;
+    check_traceparent(value).map_err(|why| Refusal::bad_request(format!("`traceparent` {why}")))?;
+    Ok(Some(value.to_owned()))
 }
 
 /// The body's records: the body must be `{"records":[...]}` and nothing

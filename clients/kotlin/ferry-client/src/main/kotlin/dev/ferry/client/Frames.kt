@@ -64,6 +64,12 @@ public data class PublishOptions(
      * de-duplicate retries; by default the client makes one up.
      */
     val id: String? = null,
+    /**
+     * W3C trace context (`00-<32 hex>-<16 hex>-<2 hex>`), stored as the
+     * record's `traceparent` header. Needs a gateway that announces the
+     * `traceparent` capability; for an older one put it in [headers].
+     */
+    val traceparent: String? = null,
 )
 
 /** Where a subscription starts. */
@@ -349,6 +355,15 @@ public object ClientFrames {
             }
         }
         if (options.partition != null && options.partition < 0) throw FerryException("bad_request", "a partition is 0 or more")
+        options.traceparent?.let { tp ->
+            val ids = Regex("^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$").find(tp)
+            if (ids == null || ids.groupValues[1].all { it == '0' } || ids.groupValues[2].all { it == '0' }) {
+                throw FerryException("bad_request", "`traceparent` must be a W3C traceparent: 00-<32 hex>-<16 hex>-<2 hex>", requestId = id)
+            }
+            if (options.headers.keys.any { it.equals("traceparent", ignoreCase = true) }) {
+                throw FerryException("bad_request", "give `traceparent` once: as the option or in headers, not both", requestId = id)
+            }
+        }
         val out = StringBuilder(128)
         out.append("{\"type\":\"publish\",\"id\":").append(JsonText.quote(id))
         out.append(",\"topic\":").append(JsonText.quote(topic))
@@ -362,6 +377,7 @@ public object ClientFrames {
             out.append(",\"headers\":")
             options.headers.entries.joinTo(out, ",", "{", "}") { JsonText.quote(it.key) + ":" + JsonText.quote(it.value) }
         }
+        options.traceparent?.let { out.append(",\"traceparent\":").append(JsonText.quote(it)) }
         options.partition?.let { out.append(",\"partition\":").append(it) }
         return out.append('}').toString()
     }

@@ -48,6 +48,7 @@ class VectorsTest {
             ClientFrames.publish(f.s("id")!!, f.s("topic")!!, value, PublishOptions(
                 key = f.s("key"), keyBytes = f.s("key_b64")?.let { b64.decode(it) }, headers = headers,
                 partition = (f["partition"] as? JsonPrimitive)?.int,
+                traceparent = f.s("traceparent"),
             ))
         }
         "subscribe" -> ClientFrames.subscribe(f.s("id")!!, f.s("topic")!!, SubscribeOptions(
