@@ -115,9 +115,22 @@ impl Connector {
     }
 }
 
-/// Sends `subscribe` and waits for `subscribed`.
+/// Sends `subscribe` and waits for `subscribed`. A node that cannot reach
+/// Kafka at that moment answers `unavailable` at once: asked again a second
+/// later, as clients do, for up to the reply timeout.
 pub(crate) async fn subscribe(ws: &mut Ws, topic: &str) -> Result<()> {
-    request(ws, "subscribe", topic, "subscribed").await
+    let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        match request(ws, "subscribe", topic, "subscribed").await {
+            Err(e)
+                if e.to_string().contains(r#""code":"unavailable""#)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Sends `unsubscribe` and waits for `unsubscribed`.
