@@ -394,11 +394,15 @@ async fn many_sockets_from_earliest_share_their_kafka_reads() {
     // The readers share the gateway's 2 cores with the rest of the suite: one
     // may wait its turn longer than the default write timeout, and they
     // send nothing (not even pongs while busy) for longer than the idle
-    // timeout; neither is what is tested here.
+    // timeout; neither is what is tested here. A subscribe the loaded node
+    // cannot open in time is answered `timeout` within 15 s (before a
+    // socket's wait of 20 s for its next frame) and asked again, as
+    // client-js does.
     let file = node_config(
         &kafka,
         "ferry-earliest",
-        "[websocket]\nwrite_timeout_ms = 120000\nidle_timeout_ms = 600000",
+        "[websocket]\nwrite_timeout_ms = 120000\nidle_timeout_ms = 600000\n\
+         [limits]\nrequest_timeout_ms = 15000",
     );
     let gw = GatewayProcess::start(&["--config", file.to_str().unwrap()], &[]);
     let url = gw.ws_url();
