@@ -12,11 +12,13 @@
 //!   still awaiting Kafka on this node (from this batch or another) is not
 //!   produced again: it shares the original's outcome.
 //!
-//! A WebSocket session keeps its own window of publishes in flight (per
-//! connection, answered as Kafka answers, see `session/publish.rs`) and
-//! makes the same checks through the same functions.
+//! - [`Window`]: a connection's publishes in flight (WebSocket): the same
+//!   de-duplication of ids still awaiting Kafka, per connection, and the
+//!   in-flight bound. The session answers each as Kafka answers it (see
+//!   `session/publish.rs`) and makes the same checks as a batch, through
+//!   the same functions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +69,47 @@ impl Batches {
         let bucket =
             buckets.entry(subject.to_owned()).or_insert_with(|| TokenBucket::new(rate, burst));
         bucket.take_n(n)
+    }
+}
+
+/// The ids of one connection's publishes awaiting Kafka: a retry of one
+/// of them is not produced again (the original's answer serves both), and
+/// at most `limits.max_inflight_publishes` wait at once.
+#[derive(Debug, Default)]
+pub struct Window {
+    ids: HashSet<String>,
+}
+
+/// What a [`Window`] says of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Not in flight: check it and produce it.
+    New,
+    /// A retry of a publish still in flight: not produced again.
+    Retry,
+}
+
+impl Window {
+    /// Whether `id` may go on, with `max` publishes allowed in flight.
+    pub fn admit(&self, id: &str, max: usize) -> Result<Admit, GatewayError> {
+        if self.ids.contains(id) {
+            return Ok(Admit::Retry);
+        }
+        if self.ids.len() >= max {
+            let why = format!("{max} publishes are already awaiting Kafka on this connection");
+            return Err(GatewayError::Limit(why));
+        }
+        Ok(Admit::New)
+    }
+
+    /// `id` is in flight from now on.
+    pub fn insert(&mut self, id: String) {
+        self.ids.insert(id);
+    }
+
+    /// `id` was answered.
+    pub fn remove(&mut self, id: &str) {
+        self.ids.remove(id);
     }
 }
 
@@ -244,6 +287,19 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_admits_retries_and_bounds_what_is_in_flight() {
+        let mut w = Window::default();
+        assert_eq!(w.admit("a", 2).unwrap(), Admit::New);
+        w.insert("a".into());
+        assert_eq!(w.admit("a", 2).unwrap(), Admit::Retry, "a retry is not produced again");
+        w.insert("b".into());
+        assert!(matches!(w.admit("c", 2), Err(GatewayError::Limit(_))), "at most 2 in flight");
+        assert_eq!(w.admit("a", 2).unwrap(), Admit::Retry, "a retry is never refused");
+        w.remove("a");
+        assert_eq!(w.admit("c", 2).unwrap(), Admit::New);
+    }
 
     #[test]
     fn bucket_takes_batches_and_says_how_long_to_wait() {

@@ -28,7 +28,7 @@ pub mod writer;
 use publish::{InFlight, Rate};
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -45,6 +45,7 @@ use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
 use crate::node::limits::{SubjectGuard, TokenBucket};
+use crate::node::publish::Window;
 use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
 use writer::WriterConfig;
@@ -205,7 +206,7 @@ pub fn run<S: Socket>(
         openings: HashMap::new(),
         subscribing: FuturesUnordered::new(),
         inflight: FuturesUnordered::new(),
-        inflight_ids: HashSet::new(),
+        inflight_ids: Window::default(),
         waiting: HashMap::new(),
         lookups: FuturesUnordered::new(),
     };
@@ -241,7 +242,7 @@ struct Session {
     subscribing: FuturesUnordered<PendingSubscribe>,
     inflight: FuturesUnordered<InFlight>,
     /// Ids of the publishes not answered yet: in `inflight` or `waiting`.
-    inflight_ids: HashSet<String>,
+    inflight_ids: Window,
     /// Topic → publishes waiting for its look-up, in arrival order.
     waiting: HashMap<String, VecDeque<Publish<'static>>>,
     lookups: FuturesUnordered<PendingLookup>,

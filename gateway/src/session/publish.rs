@@ -16,6 +16,7 @@ use crate::error::GatewayError;
 use crate::kafka::producer::Delivery;
 use crate::kafka::topics::check_partition;
 use crate::metrics;
+use crate::node::publish::Admit;
 
 /// A publish Kafka has yet to answer: resolves to its id and its reply (the
 /// `ack`, or the `error`). A plain struct rather than a boxed `async`
@@ -83,17 +84,13 @@ impl Session {
         if let Err(e) = self.context.may_publish(self.principal.as_ref(), &publish.topic) {
             return Err((publish.id.into_owned(), e));
         }
-        if self.inflight_ids.contains(&*publish.id) {
+        let max = self.context.config.limits.max_inflight_publishes;
+        match self.inflight_ids.admit(&publish.id, max) {
+            Ok(Admit::New) => {}
             // A retry of a publish still awaiting Kafka: not produced twice;
             // the original's reply answers this id.
-            return Ok(());
-        }
-        let max = self.context.config.limits.max_inflight_publishes;
-        if self.inflight_ids.len() >= max {
-            let e = GatewayError::Limit(format!(
-                "{max} publishes are already awaiting Kafka on this connection"
-            ));
-            return Err((publish.id.into_owned(), e));
+            Ok(Admit::Retry) => return Ok(()),
+            Err(e) => return Err((publish.id.into_owned(), e)),
         }
         // Validated once, here, before it can wait for its topic's look-up.
         if let Err(e) = self.context.schemas.validate(&publish.topic, &publish.value) {
@@ -136,12 +133,12 @@ impl Session {
                     .partition
                     .map_or(Ok(()), |p| check_partition(topic, *n, p))
                     .and_then(|()| {
-                        self.inflight_ids.remove(&*publish.id);
+                        self.inflight_ids.remove(&publish.id);
                         self.produce(&publish)
                     }),
             };
             if let Err(e) = outcome {
-                self.inflight_ids.remove(&*publish.id);
+                self.inflight_ids.remove(&publish.id);
                 metrics::publish_failed(e.code().as_str());
                 self.send(e.to_frame(Some(&publish.id))).await?;
             }
