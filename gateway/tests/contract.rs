@@ -2,12 +2,11 @@
 //! written down: README.md's configuration table and metric list against
 //! the configuration and `metrics.rs`, `protocol/vectors/filters.json`
 //! against the filter compiler, the upgrade's subprotocol rule and
-//! `welcome.capabilities` on the wire, and the exit codes of `ferry`.
+//! `welcome.capabilities` on the wire. The exit codes of `ferry` are
+//! checked in `tests/integration/startup.rs`.
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_gateway::filter::{Filter, RecordView};
 use ferry_gateway::{App, Config};
@@ -185,69 +184,4 @@ async fn the_upgrade_refuses_unknown_subprotocols_and_welcome_announces_capabili
     })
     .await
     .expect("test timed out");
-}
-
-/// Runs `ferry` with `args` and `env` (and nothing else of this process's
-/// `FERRY_*` environment); returns its exit code and stderr. Fails past 60 s.
-fn run_ferry(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("FERRY_")) {
-        command.env_remove(name);
-    }
-    let mut child = command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("ferry binary");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().ok();
-            panic!("ferry {args:?} did not exit within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    (status.code().unwrap_or(-1), stderr)
-}
-
-fn temp_file(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("ferry-contract-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-#[test]
-fn configuration_errors_exit_64_naming_the_problem() {
-    let (code, stderr) =
-        run_ferry(&["--listen", "127.0.0.1:0"], &[("FERRY_LIMITS_MAX_SUBSCRIPTION", "5")]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("did you mean FERRY_LIMITS_MAX_SUBSCRIPTIONS?"), "{stderr}");
-
-    // A setting the Kafka client refuses is a configuration error too.
-    let file = temp_file("bad-kafka.toml", "[kafka.librdkafka]\n\"no.such.option\" = \"1\"\n");
-    let (code, stderr) = run_ferry(&["--config", &file, "--listen", "127.0.0.1:0"], &[]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("no.such.option"), "{stderr}");
-}
-
-#[test]
-fn token_grants_without_the_grants_claim_are_refused() {
-    let secret = ("FERRY_AUTH_HS_SECRET", "a-test-secret-that-is-long-enough-0123456789");
-    let (code, stderr) = run_ferry(&["token", "--sub", "dev", "--grant-sub", "t.*"], &[secret]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("acl.token_grants_claim"), "{stderr}");
-    let (code, stderr) = run_ferry(
-        &["token", "--sub", "dev", "--grant-sub", "t.*"],
-        &[secret, ("FERRY_ACL_TOKEN_GRANTS_CLAIM", "ferry")],
-    );
-    assert_eq!(code, 0, "{stderr}");
 }

@@ -50,6 +50,7 @@ const FIELDS: &[&str] = &[
     "key",
     "key_b64",
     "headers",
+    "traceparent",
     "partition",
     "token",
     "from",

@@ -286,3 +286,33 @@ async fn jwt_without_acl_rules_warns_that_everything_is_refused() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("[[acl.rules]]"), "{line}");
 }
+
+#[ferry_test(timeout_secs = 60)]
+async fn configuration_errors_exit_64_naming_the_problem() {
+    let exit =
+        run_ferry(&["--listen", "127.0.0.1:0"], &[("FERRY_LIMITS_MAX_SUBSCRIPTION", "5")], WAIT)
+            .await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    assert!(exit.stderr.contains("did you mean FERRY_LIMITS_MAX_SUBSCRIPTIONS?"), "{exit:?}");
+
+    // A setting the Kafka client refuses is a configuration error too.
+    let file = temp_file("bad-kafka.toml", "[kafka.librdkafka]\n\"no.such.option\" = \"1\"\n");
+    let exit = run_ferry(&["--config", &file, "--listen", "127.0.0.1:0"], &[], WAIT).await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    assert!(exit.stderr.contains("no.such.option"), "{exit:?}");
+}
+
+#[ferry_test(timeout_secs = 60)]
+async fn token_grants_without_the_grants_claim_are_refused() {
+    let secret = ("FERRY_AUTH_HS_SECRET", SECRET);
+    let exit = run_ferry(&["token", "--sub", "dev", "--grant-sub", "t.*"], &[secret], WAIT).await;
+    assert_eq!(exit.code, Some(64), "{exit:?}");
+    assert!(exit.stderr.contains("acl.token_grants_claim"), "{exit:?}");
+    let exit = run_ferry(
+        &["token", "--sub", "dev", "--grant-sub", "t.*"],
+        &[secret, ("FERRY_ACL_TOKEN_GRANTS_CLAIM", "ferry")],
+        WAIT,
+    )
+    .await;
+    assert_eq!(exit.code, Some(0), "{exit:?}");
+}
