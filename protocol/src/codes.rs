@@ -119,8 +119,15 @@ impl CloseCode {
     /// The subject already has the most connections allowed per node.
     /// Reconnect later.
     pub const TOO_MANY_CONNECTIONS: CloseCode = CloseCode(4005);
+    /// An operator disconnected this connection (admin API, by subject or
+    /// by session). The client may reconnect; its token still holds.
+    pub const DISCONNECTED: CloseCode = CloseCode(4006);
     /// A refresh token named another subject than the socket's. Terminal.
     pub const SUBJECT_CHANGED: CloseCode = CloseCode(4501);
+    /// An operator revoked the connection's token (by subject or by token
+    /// id): every node refuses it from now on. Terminal: stop and report;
+    /// only a token issued after the revocation is accepted again.
+    pub const REVOKED: CloseCode = CloseCode(4502);
     /// Sent by a *client*, never by the gateway: the client closed a socket
     /// it gave up on (no `welcome` or no `pong` in time) and will reconnect.
     pub const CLIENT_GAVE_UP: CloseCode = CloseCode(4100);
@@ -140,7 +147,9 @@ impl CloseCode {
         Self::AUTH_TIMEOUT,
         Self::RATE_LIMITED,
         Self::TOO_MANY_CONNECTIONS,
+        Self::DISCONNECTED,
         Self::SUBJECT_CHANGED,
+        Self::REVOKED,
     ];
 
     /// Whether a well-behaved client should reconnect after this code.
@@ -171,8 +180,10 @@ impl CloseCode {
             4003 => "auth_timeout",
             4004 => "rate_limited",
             4005 => "too_many_connections",
+            4006 => "disconnected",
             4100 => "client_gave_up",
             4501 => "subject_changed",
+            4502 => "revoked",
             _ => "closed",
         }
     }
