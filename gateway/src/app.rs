@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::acl::{CurrentPolicy, Policy};
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::control::Control;
 use crate::delivery::Routes;
 use crate::hub::Hub;
 use crate::kafka::catchup;
@@ -36,6 +37,8 @@ use crate::kafka::groups::Groups;
 use crate::kafka::health::Health;
 use crate::kafka::producer::Publisher;
 use crate::kafka::topics::{Creator, Topics};
+use crate::node::registry::Registry;
+use crate::node::revocations::Revocations;
 use crate::node::{self, Node};
 use crate::recent::Budget;
 use crate::schema::Schemas;
@@ -93,6 +96,15 @@ pub struct App {
     producer: FutureProducer<KafkaContext>,
     bootstrap: String,
     embedded: Option<Arc<EmbeddedKafka>>,
+    admin: Option<Admin>,
+}
+
+/// The admin API's listener and the node's side of the control topic.
+struct Admin {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    control: Arc<Control>,
+    token: crate::auth::Secret,
 }
 
 impl std::fmt::Debug for App {
@@ -194,10 +206,26 @@ impl App {
             .local_addr()
             .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
 
+        let admin_listener = match config.admin.enabled {
+            false => None,
+            true => {
+                let addr = config.admin.listen;
+                let listener =
+                    listen(addr).map_err(|source| BuildError::Listen { addr, source })?;
+                let local =
+                    listener.local_addr().map_err(|source| BuildError::Listen { addr, source })?;
+                Some((listener, local))
+            }
+        };
         let routes = Arc::new(Routes {
             topics: topics.clone(),
             fanout,
-            groups: Groups::new(settings, context, config.kafka.group_prefix.clone(), timeout),
+            groups: Groups::new(
+                settings.clone(),
+                context.clone(),
+                config.kafka.group_prefix.clone(),
+                timeout,
+            ),
         });
         let state = Arc::new(Node {
             node_id: config.node_id(),
@@ -215,9 +243,23 @@ impl App {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sessions: TaskTracker::new(),
             next_session: AtomicU64::new(1),
+            registry: Arc::new(Registry::new(config.node_id())),
+            revocations: Arc::new(Revocations::new(config.admin.enabled)),
+            draining: AtomicBool::new(false),
             config,
         });
-        Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded })
+        let admin = match admin_listener {
+            None => None,
+            Some((listener, local_addr)) => {
+                let token = state.config.admin.bearer().map_err(|e| BuildError::Config(vec![e]))?;
+                let token = token.ok_or_else(|| {
+                    BuildError::Config(vec!["admin.enabled needs a token".to_owned()])
+                })?;
+                let control = Control::new(state.clone(), producer.clone(), settings, context);
+                Some(Admin { listener, local_addr, control, token })
+            }
+        };
+        Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded, admin })
     }
 
     /// The address the server is bound to (useful with port 0).
@@ -228,6 +270,11 @@ impl App {
     /// Kafka bootstrap servers in use (the embedded one's, if embedded).
     pub fn kafka_bootstrap(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr)
     }
 
     /// The embedded Kafka, for fault injection in tests.
@@ -260,6 +307,12 @@ impl App {
         }
         if let Some(path) = state.config.source_file.clone() {
             tokio::spawn(watch_policy(state.clone(), path, background.clone()));
+        }
+        if let Some(admin) = self.admin {
+            tokio::spawn(admin.control.clone().run(background.clone()));
+            let router = http::admin::router(admin.control, admin.token);
+            tracing::info!("admin API on http://{}", admin.local_addr);
+            tokio::spawn(http::admin::serve(admin.listener, router, background.clone()));
         }
         let addr = self.local_addr;
         let (scheme, ws) = if self.tls.is_some() { ("https", "wss") } else { ("http", "ws") };

@@ -21,6 +21,9 @@
 //!   console), and the plain HTTP transports: `POST /v1/publish` (batches,
 //!   acked once stored) and `GET /sse` (Server-Sent Events, resumable on
 //!   any node).
+//! - [`control`]: the fleet's control topic (heartbeats, revocations,
+//!   disconnects, queries and their answers), which the admin API
+//!   (`http::admin`, its own listener) asks through.
 //! - [`resume`]: the SSE resume token (every partition's next offset).
 //! - [`delivery`]: the routes ([`delivery::Routes`]: live fan-out, replay,
 //!   shared group) and opening a subscription on one for any transport;
@@ -68,6 +71,7 @@ pub mod acl;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod error;
 pub mod filter;

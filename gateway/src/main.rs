@@ -65,6 +65,15 @@ enum Command {
         #[arg(long = "grant-sub", value_name = "PATTERN")]
         grant_sub: Vec<String>,
     },
+    /// Drain the node running with this configuration (a Kubernetes
+    /// `preStop` hook): asks its admin API (`admin.listen`, with the admin
+    /// token) to close its connections over SECONDS, then waits until the
+    /// node has exited (at most SECONDS plus `shutdown_grace_ms` and 5 s).
+    Drain {
+        /// Over how long the connections close.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 /// Exit code for a configuration error (like EX_USAGE).
@@ -88,7 +97,7 @@ fn main() -> ExitCode {
         insecure: args.insecure,
     };
     let purpose = match args.command {
-        Some(Command::Token { .. }) => Purpose::Token,
+        Some(Command::Token { .. } | Command::Drain { .. }) => Purpose::Token,
         None => Purpose::Serve,
     };
     let config = match config::load_for(purpose, &overrides, std::env::vars()) {
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
         Some(Command::Token { sub, claims, ttl, grant_pub, grant_sub }) => {
             mint_token(&config, sub, &claims, ttl, grant_pub, grant_sub)
         }
+        Some(Command::Drain { seconds }) => drain(&config, seconds),
         None => serve(config),
     }
 }
@@ -246,6 +256,78 @@ fn mint_token(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ferry drain`: POSTs `/admin/v1/drain` to the local admin API, then
+/// waits until nothing listens there any more.
+fn drain(config: &Config, seconds: u64) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let admin = &config.admin;
+    if !admin.enabled {
+        eprintln!("ferry drain: the admin API is off (admin.enabled)");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let token = match admin.bearer() {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            eprintln!("ferry drain: set FERRY_ADMIN_TOKEN (admin.token) or admin.token_file");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("ferry drain: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    // A node listening on every address is reached on loopback.
+    let mut addr = admin.listen;
+    if addr.ip().is_unspecified() {
+        let ip =
+            if addr.is_ipv4() { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+        addr = SocketAddr::new(ip, addr.port());
+    }
+    let body = format!("{{\"seconds\":{seconds}}}");
+    let request = format!(
+        "POST /admin/v1/drain HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.0,
+        body.len()
+    );
+    let answer = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(request.as_bytes())?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("ferry drain: the admin API at {addr} does not answer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = answer.split(' ').nth(1).unwrap_or_default();
+    let said = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body).trim();
+    if status != "202" {
+        eprintln!("ferry drain: the node answered {status}: {said}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!("ferry drain: {said}");
+    let deadline = Instant::now()
+        + Duration::from_secs(seconds + 5)
+        + Duration::from_millis(config.shutdown_grace_ms);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err() {
+            eprintln!("ferry drain: the node has exited");
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("ferry drain: the node still runs after the drain; it ends on SIGTERM");
+    ExitCode::SUCCESS
 }
 
 /// SIGINT and SIGTERM, handled from the moment this is made.

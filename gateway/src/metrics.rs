@@ -44,6 +44,10 @@ pub const CATCHUP_READERS: &str = "ferry_catchup_readers";
 pub const CATCHING_UP: &str = "ferry_catching_up";
 pub const HANDOVERS: &str = "ferry_handovers_total";
 pub const CATCHUP_SECONDS: &str = "ferry_catchup_seconds";
+pub const ADMIN_REQUESTS: &str = "ferry_admin_requests_total";
+pub const CONTROL_READY: &str = "ferry_control_ready";
+pub const FLEET_NODES: &str = "ferry_fleet_nodes";
+pub const REVOCATIONS: &str = "ferry_revocations";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -101,7 +105,7 @@ impl Hot {
 
 /// Close codes the gateway sends, for the `reason` label of
 /// `ferry_connections_closed_total`.
-const CLOSE_CODES: [CloseCode; 12] = [
+const CLOSE_CODES: [CloseCode; 15] = [
     CloseCode::GOING_AWAY,
     CloseCode::PROTOCOL_ERROR,
     CloseCode::UNSUPPORTED_DATA,
@@ -114,6 +118,9 @@ const CLOSE_CODES: [CloseCode; 12] = [
     CloseCode::RATE_LIMITED,
     CloseCode::TOO_MANY_CONNECTIONS,
     CloseCode::SUBJECT_CHANGED,
+    CloseCode::SERVICE_RESTART,
+    CloseCode::DISCONNECTED,
+    CloseCode::REVOKED,
 ];
 
 /// How a session ends without a close code of the gateway's.
@@ -121,8 +128,10 @@ const OTHER_CLOSE_REASONS: [&str; 3] = ["client_closed", "connection_lost", "wri
 
 /// Why a connection is refused (`ferry_connections_rejected_total`): by the
 /// upgrade ([`crate::http`]'s `ws`) or by the listener before it.
-const REJECT_REASONS: [&str; 9] = [
+const REJECT_REASONS: [&str; 11] = [
     "shutting_down",
+    "draining",
+    "not_ready",
     "subprotocol",
     "origin",
     "max_connections",
@@ -134,8 +143,8 @@ const REJECT_REASONS: [&str; 9] = [
 ];
 
 /// Why a token is refused (`ferry_auth_failures_total`).
-const AUTH_FAILURE_REASONS: [&str; 6] =
-    ["too_large", "malformed", "algorithm", "unknown_key", "invalid", "missing_subject"];
+const AUTH_FAILURE_REASONS: [&str; 7] =
+    ["too_large", "malformed", "algorithm", "unknown_key", "invalid", "missing_subject", "revoked"];
 
 /// HTTP statuses of `POST /v1/publish` (`ferry_http_publish_requests_total`).
 pub const HTTP_PUBLISH_STATUSES: [&str; 9] =
@@ -146,8 +155,10 @@ pub const HTTP_PUBLISH_STATUSES: [&str; 9] =
 pub const SCHEMA_REJECTION_REASONS: [&str; 2] = ["invalid", "not_json"];
 
 /// Why an SSE request is refused (`ferry_sse_rejected_total`).
-pub const SSE_REJECT_REASONS: [&str; 9] = [
+pub const SSE_REJECT_REASONS: [&str; 11] = [
     "shutting_down",
+    "draining",
+    "not_ready",
     "origin",
     "max_connections",
     "unauthorized",
@@ -159,8 +170,20 @@ pub const SSE_REJECT_REASONS: [&str; 9] = [
 ];
 
 /// How an SSE stream ends (`ferry_sse_closed_total`).
-pub const SSE_CLOSE_REASONS: [&str; 5] =
-    ["client_gone", "slow_consumer", "token_expired", "going_away", "write_timeout"];
+pub const SSE_CLOSE_REASONS: [&str; 8] = [
+    "client_gone",
+    "slow_consumer",
+    "token_expired",
+    "going_away",
+    "write_timeout",
+    "disconnected",
+    "revoked",
+    "service_restart",
+];
+
+/// Admin API actions (`action` label of [`ADMIN_REQUESTS`]).
+pub const ADMIN_ACTIONS: [&str; 7] =
+    ["nodes", "connections", "disconnect", "revoke", "drain", "subscribers", "refused"];
 
 /// Describes every series and creates it at zero, so that a fresh gateway's
 /// `/metrics` already lists each documented series with its HELP text
@@ -273,6 +296,16 @@ fn register_at_zero() {
     // first publish or catch-up.
     let _ = histogram!(PUBLISH_LATENCY);
     let _ = histogram!(CATCHUP_SECONDS);
+    describe_counter!(
+        ADMIN_REQUESTS,
+        "Admin API requests, by action (refused: no or a wrong admin token) and HTTP status."
+    );
+    describe_gauge!(CONTROL_READY, "1 when this node has read the control topic to its end.");
+    describe_gauge!(FLEET_NODES, "Nodes heard on the control topic in the last 5 heartbeats.");
+    describe_gauge!(REVOCATIONS, "Token revocations in force (by subject and by token id).");
+    gauge!(CONTROL_READY).set(0.0);
+    gauge!(FLEET_NODES).set(0.0);
+    gauge!(REVOCATIONS).set(0.0);
 }
 
 pub fn connection_opened() {
@@ -397,6 +430,20 @@ pub fn http_publish(status: u16, records: usize) {
         .unwrap_or("500");
     counter!(HTTP_PUBLISH_REQUESTS, "status" => status).increment(1);
     counter!(HTTP_PUBLISH_RECORDS).increment(records as u64);
+}
+
+/// `action` is one of [`ADMIN_ACTIONS`].
+pub fn admin_request(action: &'static str, status: u16) {
+    counter!(ADMIN_REQUESTS, "action" => action, "status" => status.to_string()).increment(1);
+}
+
+pub fn control_ready(ready: bool) {
+    gauge!(CONTROL_READY).set(if ready { 1.0 } else { 0.0 });
+}
+
+pub fn fleet(nodes: usize, revocations: usize) {
+    gauge!(FLEET_NODES).set(nodes as f64);
+    gauge!(REVOCATIONS).set(revocations as f64);
 }
 
 pub fn sse_opened() {

@@ -101,12 +101,18 @@ impl TestKafka {
 impl TestKafka {
     /// Points an in-process gateway at this Kafka (one of several nodes).
     pub async fn spawn_node(&self) -> TestGateway {
+        self.spawn_node_with(|_| {}).await
+    }
+
+    /// Like [`TestKafka::spawn_node`], with config changes.
+    pub async fn spawn_node_with(&self, tweak: impl FnOnce(&mut Config)) -> TestGateway {
         spawn_gateway_with(|c| {
             c.kafka.brokers = Some(self.bootstrap());
             if self.is_embedded() {
                 // The mock broker answers fetches only when this wait expires.
                 c.kafka.librdkafka.insert("fetch.wait.max.ms".into(), "5".into());
             }
+            tweak(c);
         })
         .await
     }
@@ -204,6 +210,8 @@ pub fn test_config() -> Config {
 /// A gateway running in this process.
 pub struct TestGateway {
     pub addr: SocketAddr,
+    /// The admin API's address, when it is on.
+    pub admin: Option<SocketAddr>,
     pub bootstrap: String,
     pub embedded: Option<Arc<EmbeddedKafka>>,
     shutdown: CancellationToken,
@@ -231,9 +239,10 @@ pub async fn spawn_gateway_with(tweak: impl FnOnce(&mut Config)) -> TestGateway 
 pub async fn spawn_gateway_config(config: Config) -> TestGateway {
     let app = App::build(config).await.expect("gateway builds");
     let (addr, bootstrap) = (app.local_addr(), app.kafka_bootstrap().to_owned());
+    let admin = app.admin_addr();
     let (embedded, shutdown) = (app.embedded_kafka(), app.shutdown_token());
     let task = Some(tokio::spawn(app.run()));
-    TestGateway { addr, bootstrap, embedded, shutdown, task }
+    TestGateway { addr, admin, bootstrap, embedded, shutdown, task }
 }
 
 impl TestGateway {

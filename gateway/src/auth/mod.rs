@@ -172,6 +172,8 @@ pub enum AuthError {
     Invalid(String),
     #[error("token has no `sub` claim")]
     MissingSubject,
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl AuthError {
@@ -184,6 +186,7 @@ impl AuthError {
             Self::UnknownKey(_) => "unknown_key",
             Self::Invalid(_) => "invalid",
             Self::MissingSubject => "missing_subject",
+            Self::Revoked => "revoked",
         }
     }
 }

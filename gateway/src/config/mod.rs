@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::acl::AclConfig;
-use crate::auth::{AuthConfig, AuthMode};
+use crate::auth::{AuthConfig, AuthMode, Secret};
 use crate::config::kafka_security::SecurityConfig;
 use crate::schema::SchemaConfig;
 
@@ -58,6 +58,7 @@ pub struct Config {
     pub console: ConsoleConfig,
     pub http_publish: HttpPublishConfig,
     pub sse: SseConfig,
+    pub admin: AdminConfig,
     /// Set by `--insecure` only: allow `auth.mode = "none"` off loopback.
     #[serde(skip)]
     pub insecure: bool,
@@ -263,6 +264,71 @@ impl Default for ConsoleConfig {
     }
 }
 
+/// The admin API and the cluster's control topic (see README.md,
+/// "Operating a fleet"). Turn it on on every node of a fleet: a node
+/// without it does not read the control topic, so it neither answers nor
+/// obeys what the admin API of another node asks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API on `admin.listen`, and take part in the control
+    /// topic (heartbeats, revocations, disconnects, queries).
+    pub enabled: bool,
+    /// Address of the admin API: its own port, never the public one.
+    /// Loopback by default; reach it with `kubectl port-forward` or from
+    /// the host.
+    pub listen: SocketAddr,
+    /// The admin bearer token (`Authorization: Bearer …`), at least 32
+    /// bytes; usually given as `FERRY_ADMIN_TOKEN`. Set this or
+    /// `admin.token_file`.
+    pub token: Option<Secret>,
+    /// A file holding the admin bearer token (a Kubernetes secret mount);
+    /// surrounding whitespace is ignored.
+    pub token_file: Option<PathBuf>,
+    /// The compacted Kafka topic every node reads and writes control
+    /// records to. Created (1 partition, `cleanup.policy=compact`) when
+    /// topics may be auto-created; else create it yourself.
+    pub control_topic: String,
+    /// How often a node announces itself on the control topic; a node not
+    /// heard from for 5 heartbeats is gone from `GET /admin/v1/nodes`.
+    pub heartbeat_ms: u64,
+    /// How long a revocation holds when the request gives no `until`: the
+    /// longest token lifetime you accept.
+    pub revoke_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:8081".parse().expect("valid address"),
+            token: None,
+            token_file: None,
+            control_topic: "ferry.control".into(),
+            heartbeat_ms: 1_000,
+            revoke_secs: 86_400,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The admin bearer token, from `admin.token` or `admin.token_file`.
+    pub fn bearer(&self) -> Result<Option<Secret>, String> {
+        if let Some(token) = &self.token {
+            return Ok(Some(token.clone()));
+        }
+        let Some(path) = &self.token_file else { return Ok(None) };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(Secret(text.trim().to_owned()))),
+            Err(e) => Err(format!("admin.token_file {}: {e}", path.display())),
+        }
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        ms(self.heartbeat_ms)
+    }
+}
+
 /// `POST /v1/publish`, the batch publish path over plain HTTP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -352,6 +418,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             schemas: Vec::new(),
             console: ConsoleConfig::default(),
+            admin: AdminConfig::default(),
             http_publish: HttpPublishConfig::default(),
             sse: SseConfig::default(),
             insecure: false,
@@ -520,6 +587,7 @@ impl Config {
                 Err(problems) => errors.extend(problems),
             }
         }
+        errors.extend(self.admin_errors(purpose));
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
         }
@@ -528,6 +596,49 @@ impl Config {
         }
         if let Err(problems) = crate::schema::Schemas::compile(&self.schemas) {
             errors.extend(problems);
+        }
+        errors
+    }
+}
+
+impl Config {
+    fn admin_errors(&self, purpose: Purpose) -> Vec<String> {
+        let a = &self.admin;
+        let mut errors = Vec::new();
+        if a.token.is_some() && a.token_file.is_some() {
+            errors.push("admin.token and admin.token_file: set one, not both".to_owned());
+        }
+        if !a.enabled {
+            return errors;
+        }
+        if a.control_topic.trim().is_empty() {
+            errors.push("admin.control_topic must not be empty".to_owned());
+        }
+        if a.heartbeat_ms < 100 {
+            errors.push("admin.heartbeat_ms must be at least 100".to_owned());
+        }
+        if a.revoke_secs < 1 {
+            errors.push("admin.revoke_secs must be at least 1".to_owned());
+        }
+        if purpose != Purpose::Serve {
+            return errors;
+        }
+        if a.listen == self.listen && a.listen.port() != 0 {
+            errors.push(format!(
+                "admin.listen ({}) must not be the public listen address: the admin API has its own port",
+                a.listen
+            ));
+        }
+        match a.bearer() {
+            Ok(None) => errors.push(
+                "admin.enabled needs a token: set FERRY_ADMIN_TOKEN (admin.token) or admin.token_file"
+                    .to_owned(),
+            ),
+            Ok(Some(token)) if token.0.len() < 32 => {
+                errors.push("the admin token must be at least 32 bytes".to_owned())
+            }
+            Ok(Some(_)) => {}
+            Err(e) => errors.push(e),
         }
         errors
     }
@@ -821,6 +932,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     let console = section(&mut table, "console", errors);
     let http_publish = section(&mut table, "http_publish", errors);
     let sse = section(&mut table, "sse", errors);
+    let admin = section(&mut table, "admin", errors);
     let mut config: Config = each_key(table, "", errors);
     config.kafka = kafka;
     config.limits = limits;
@@ -832,6 +944,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     config.console = console;
     config.http_publish = http_publish;
     config.sse = sse;
+    config.admin = admin;
     config
 }
 
@@ -881,6 +994,8 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
         "tls.cert_file",
         "tls.key_file",
         "sse.token_cookie",
+        "admin.token",
+        "admin.token_file",
     ] {
         keys.insert(env_name(&split(path)), split(path));
     }

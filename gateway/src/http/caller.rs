@@ -104,7 +104,7 @@ pub(super) async fn principal(
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return Err(unauthorized("a token is required: Authorization: Bearer <jwt>".into()));
     };
-    state.auth.verify(token).await.map_err(|e| unauthorized(e.to_string()))
+    state.authenticate(token).await.map_err(|e| unauthorized(e.to_string()))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {

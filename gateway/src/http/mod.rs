@@ -10,9 +10,13 @@
 //! | `POST /v1/publish` | records over plain HTTP, acked once stored ([`publish`]) |
 //! | `GET /sse` | Server-Sent Events subscription with resume ([`sse`]) |
 //!
+//! The admin API ([`admin`]) is served on its own listener
+//! (`admin.listen`), never by this router.
+//!
 //! [`server`] is the listener that serves it (TLS from [`tls`], handshake
 //! deadline and bound).
 
+pub mod admin;
 mod caller;
 mod console;
 mod ops;

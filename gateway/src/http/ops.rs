@@ -12,8 +12,8 @@ pub(super) async fn healthz() -> &'static str {
 }
 
 pub(super) async fn readyz(State(state): State<Arc<Node>>) -> (StatusCode, String) {
-    if state.shutdown.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+    if let Err((_, why)) = state.accepting() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
     } else if state.health.is_ready() {
         (StatusCode::OK, "ready\n".into())
     } else if let Some(cause) = state.health.refusal() {

@@ -75,8 +75,9 @@ async fn handle(
     body: Body,
 ) -> Result<(usize, Vec<Value>), Refused> {
     let config = &state.config.http_publish;
-    if state.shutdown.is_cancelled() {
-        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down");
+    // Shutting down, draining, or not yet knowing every revocation.
+    if let Err((_, why)) = state.accepting() {
+        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
         return Err((0, e.retry_after(1)));
     }
     caller::check_origin(state, headers).map_err(|e| (0, e))?;

@@ -45,8 +45,8 @@ pub(super) async fn upgrade(
     Query(query): Query<HashMap<String, String>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if state.shutdown.is_cancelled() {
-        return refuse(UpgradeRefusal::Unavailable, "shutting_down", "shutting down".into());
+    if let Err((reason, why)) = state.accepting() {
+        return refuse(UpgradeRefusal::Unavailable, reason, why);
     }
     let offered = offered_subprotocols(&headers);
     if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
@@ -73,7 +73,7 @@ pub(super) async fn upgrade(
         AuthMode::None => Some(Authenticated { principal: Principal::anonymous(), guard: None }),
         AuthMode::Jwt => match request_token(&state, &headers, &query) {
             None => None,
-            Some(token) => match state.auth.verify(token).await {
+            Some(token) => match state.authenticate(token).await {
                 Err(e) => {
                     return refuse(UpgradeRefusal::Unauthorized, "unauthorized", e.to_string())
                 }

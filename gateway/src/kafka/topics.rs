@@ -175,17 +175,40 @@ impl Topics {
     }
 
     async fn create(&self, topic: &str) -> Result<i32, GatewayError> {
+        self.create_with(topic, self.partitions, false).await
+    }
+
+    /// The partition count of the compacted `topic` (the control topic),
+    /// creating it with `partitions` and `cleanup.policy=compact` if it is
+    /// missing and topics may be created.
+    pub async fn ensure_compacted(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<i32, GatewayError> {
+        match self.fetch(topic).await? {
+            Some(n) => Ok(n),
+            None => self.create_with(topic, partitions, true).await,
+        }
+    }
+
+    async fn create_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        compacted: bool,
+    ) -> Result<i32, GatewayError> {
         let unknown = || GatewayError::UnknownTopic(topic.to_owned());
         match self.creator.as_ref().ok_or_else(unknown)? {
             Creator::Embedded(kafka) => kafka
-                .create_topic(topic, self.partitions)
+                .create_topic(topic, partitions)
                 .map_err(|e| GatewayError::Internal(e.to_string()))?,
             Creator::Admin(admin) => {
-                let new = NewTopic::new(
-                    topic,
-                    self.partitions,
-                    TopicReplication::Fixed(self.replication),
-                );
+                let mut new =
+                    NewTopic::new(topic, partitions, TopicReplication::Fixed(self.replication));
+                if compacted {
+                    new = new.set("cleanup.policy", "compact");
+                }
                 let options = AdminOptions::new().operation_timeout(Some(self.timeout));
                 let results = admin
                     .create_topics([&new], &options)
@@ -203,7 +226,7 @@ impl Topics {
                 }
             }
         }
-        tracing::info!(topic, partitions = self.partitions, "created topic");
+        tracing::info!(topic, partitions, compacted, "created topic");
         // A new topic takes a moment to appear in metadata with leaders.
         let deadline = Instant::now() + self.timeout;
         loop {

@@ -38,7 +38,7 @@ impl Session {
         let principal = self.principal.as_ref();
         let welcome = ServerFrame::Welcome {
             protocol: ferry_protocol::PROTOCOL_VERSION,
-            session: uuid::Uuid::new_v4().to_string(),
+            session: self.registered.name().to_owned(),
             node: self.context.node_id.clone(),
             limits: Limits {
                 max_frame_bytes: limits.max_frame_bytes,
@@ -67,13 +67,14 @@ impl Session {
             );
             return self.send(err.to_frame(id.as_deref())).await;
         }
-        let principal = match self.context.auth.verify(token).await {
+        let principal = match self.context.authenticate(token).await {
             Ok(principal) => principal,
             Err(e) => {
                 let err = GatewayError::Unauthorized(e.to_string());
                 return self.send(err.to_frame(id.as_deref())).await;
             }
         };
+        self.context.registry.identify(self.id, &principal);
         match &self.principal {
             None => {
                 let Ok(guard) = self.context.count_connection(&principal) else {

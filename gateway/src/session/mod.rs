@@ -46,6 +46,7 @@ use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
 use crate::node::limits::{SubjectGuard, TokenBucket};
 use crate::node::publish::Window;
+use crate::node::registry::{Closer, Registered, Transport};
 use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
 use writer::WriterConfig;
@@ -178,7 +179,11 @@ pub fn run<S: Socket>(
     // The one signal the read loop waits on besides the socket: the
     // gateway shuts down, the socket is kicked for being too slow, or the
     // writer stopped (a write failed or timed out). `stopped` tells which.
+    // An operator (the admin API, a drain) closes the socket through the
+    // same token, leaving the close code with `closer`.
     let stop = context.shutdown.child_token();
+    let closer = Closer::new(stop.clone());
+    let registered = context.registry.register(id, Transport::Websocket, closer.clone());
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &context.config.websocket;
@@ -193,12 +198,17 @@ pub fn run<S: Socket>(
         Some(a) => (Some(a.principal), a.guard),
         None => (None, None),
     };
+    if let Some(principal) = &principal {
+        context.registry.identify(id, principal);
+    }
     let mut session = Session {
         id,
         rate: TokenBucket::new(limits.publish_rate, limits.publish_burst),
         strikes: 0,
         principal,
         subject_guard,
+        registered,
+        closer,
         context: context.clone(),
         replies,
         outlet,
@@ -227,6 +237,10 @@ struct Session {
     /// `None` until the socket authenticates.
     principal: Option<Principal>,
     subject_guard: Option<SubjectGuard>,
+    /// On the node's registry while it runs (its session id is for `welcome`).
+    registered: Registered,
+    /// Says with which code an operator closed the socket, if one did.
+    closer: Closer,
     rate: TokenBucket,
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
@@ -326,7 +340,9 @@ impl Session {
 
     /// Why the outlet's `stop` token was cancelled.
     fn stopped(&self) -> End {
-        if self.outlet.was_kicked() {
+        if let Some(code) = self.closer.code() {
+            End::Close(code)
+        } else if self.outlet.was_kicked() {
             End::Close(CloseCode::SLOW_CONSUMER)
         } else if self.outlet.writer_gone() {
             End::WriterGone
@@ -496,6 +512,10 @@ impl Session {
                     }
                     CloseCode::TOKEN_EXPIRED => {
                         let e = GatewayError::Unauthorized("the token expired".into());
+                        (e, Some(&mut stream))
+                    }
+                    CloseCode::REVOKED => {
+                        let e = GatewayError::Unauthorized("the token was revoked".into());
                         (e, Some(&mut stream))
                     }
                     _ => {

@@ -158,6 +158,7 @@ impl Session {
         };
         let imposed = self.imposed_canonical(&topic);
         let subscription = Subscription { held: opened.held, imposed };
+        self.context.registry.subscribed(self.id, &topic);
         self.subscriptions.insert(topic.clone(), subscription);
         metrics::subscriptions_changed(1.0);
         let partitions = opened.starts.into_iter().map(|(p, o)| (p.to_string(), o)).collect();
@@ -175,6 +176,7 @@ impl Session {
         }
         // Dropping it takes the socket off its route.
         if self.subscriptions.remove(topic).is_some() {
+            self.context.registry.unsubscribed(self.id, topic);
             metrics::subscriptions_changed(-1.0);
         }
     }

@@ -65,6 +65,7 @@ use crate::auth::Principal;
 use crate::delivery::{self, Held};
 use crate::metrics;
 use crate::node::limits::SubjectGuard;
+use crate::node::registry::{Closer, Registered, Transport};
 use crate::node::Node;
 use crate::outlet::{Drain, Item, Outlet, PacedFrame};
 use crate::resume::Positions;
@@ -101,9 +102,9 @@ pub(super) async fn stream(
 }
 
 async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Response, Refused> {
-    if state.shutdown.is_cancelled() {
-        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "shutting down");
-        return Err(("shutting_down", e.retry_after(1)));
+    if let Err((reason, why)) = state.accepting() {
+        let e = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
+        return Err((reason, e.retry_after(1)));
     }
     caller::check_origin(state, headers).map_err(|e| ("origin", e))?;
     let request = parse_query(query)?;
@@ -137,8 +138,11 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
 
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &state.config.limits;
-    let (outlet, drain) =
-        Outlet::new(limits.outbound_queue, limits.replay_queue, CancellationToken::new());
+    let stop = CancellationToken::new();
+    let closer = Closer::new(stop.clone());
+    let registered = state.registry.register(session, Transport::Sse, closer.clone());
+    state.registry.identify(session, &principal);
+    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     // What the stream holds on the delivery path; dropping it lets go.
     let mut held = Vec::new();
     let mut positions = Positions::new();
@@ -160,6 +164,7 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
         };
         match state.open_subscription(request).await {
             Ok(opened) => {
+                state.registry.subscribed(session, &want.topic);
                 positions.start(&want.topic, &opened.starts);
                 gaps.extend(opened.gaps);
                 held.push(opened.held);
@@ -181,6 +186,8 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
         expires_at,
         _permit: permit,
         _guard: guard,
+        _registered: registered,
+        closer,
     };
     let first = stream.opening_events(gaps);
     state.sessions.spawn(stream.run(first));
@@ -228,6 +235,10 @@ struct Stream {
     expires_at: Option<Instant>,
     _permit: OwnedSemaphorePermit,
     _guard: Option<SubjectGuard>,
+    /// On the node's registry while it runs.
+    _registered: Registered,
+    /// Says with which code an operator closed the stream, if one did.
+    closer: Closer,
 }
 
 impl Stream {
@@ -269,8 +280,11 @@ impl Stream {
     /// write timeout.
     async fn serve(&mut self, first: Vec<Event>) -> &'static str {
         let write_timeout = self.state.config.websocket.write_timeout();
-        // Cancelled when the stream is kicked (it holds the drain itself).
+        // Cancelled when the stream is kicked (it holds the drain itself),
+        // or an operator closes it (`closer` says with which code).
         let kicked = self.outlet.stop().clone().cancelled_owned();
+        let closer = self.closer.clone();
+        let stopped = move || closer.code().map_or("slow_consumer", |code| code.reason());
         let shutdown = self.state.shutdown.clone().cancelled_owned();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));
@@ -293,7 +307,7 @@ impl Stream {
                 if batch.is_empty() {
                     tokio::select! {
                         biased;
-                        () = &mut kicked => return "slow_consumer",
+                        () = &mut kicked => return stopped(),
                         () = &mut shutdown => return "going_away",
                         () = &mut expiry => return "token_expired",
                         () = self.tx.closed() => return "client_gone",
@@ -305,7 +319,7 @@ impl Stream {
             };
             tokio::select! {
                 biased;
-                () = &mut kicked => return "slow_consumer",
+                () = &mut kicked => return stopped(),
                 () = &mut shutdown => return "going_away",
                 () = &mut expiry => return "token_expired",
                 sent = tokio::time::timeout(write_timeout, self.tx.send(event)) => match sent {
