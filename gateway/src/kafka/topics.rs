@@ -209,7 +209,9 @@ impl Topics {
                 if compacted {
                     new = new.set("cleanup.policy", "compact");
                 }
-                let options = AdminOptions::new().operation_timeout(Some(self.timeout));
+                let options = AdminOptions::new()
+                    .operation_timeout(Some(self.timeout))
+                    .request_timeout(Some(self.timeout));
                 let results = admin
                     .create_topics([&new], &options)
                     .await
