@@ -72,6 +72,22 @@ async fn watch_policy(state: Arc<Node>, path: PathBuf, shutdown: CancellationTok
     }
 }
 
+/// What only the layers above the configuration can check before the node
+/// starts, reported with the configuration's own errors (see
+/// [`crate::config::load_for`]): the TLS files can be read and hold a
+/// certificate and its key, and the Kafka client takes every setting.
+pub fn serving_checks(config: &Config) -> Vec<String> {
+    let mut errors = Vec::new();
+    if let Some((cert, key)) = config.tls.files() {
+        errors.extend(http::tls::check_files(cert, key));
+    }
+    let kafka = &config.kafka;
+    if crate::config::kafka_security::resolve(&kafka.security, kafka.embedded()).is_ok() {
+        errors.extend(crate::kafka::client_config::check(kafka));
+    }
+    errors
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

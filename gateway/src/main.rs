@@ -100,7 +100,11 @@ fn main() -> ExitCode {
         Some(Command::Token { .. } | Command::Drain { .. }) => Purpose::Token,
         None => Purpose::Serve,
     };
-    let config = match config::load_for(purpose, &overrides, std::env::vars()) {
+    let checks = |config: &Config| match purpose {
+        Purpose::Serve => ferry_gateway::app::serving_checks(config),
+        Purpose::Token => Vec::new(),
+    };
+    let config = match config::load_for(purpose, &overrides, std::env::vars(), checks) {
         Ok(config) => config,
         Err(errors) => {
             eprintln!("ferry: {errors}");

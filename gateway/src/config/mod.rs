@@ -579,12 +579,11 @@ impl Config {
                 self.auth.mode == AuthMode::Jwt || self.listen.ip().is_loopback() || self.insecure,
                 "auth.mode = \"none\" on a non-loopback address lets anyone in: set auth.mode = \"jwt\", listen on loopback, or pass --insecure",
             );
-            if let Some((cert, key)) = self.tls.files() {
-                errors.extend(crate::http::tls::check_files(cert, key));
-            }
-            match crate::config::kafka_security::resolve(&k.security, k.embedded()) {
-                Ok(_) => errors.extend(crate::kafka::client_config::check(k)),
-                Err(problems) => errors.extend(problems),
+            // The TLS files and the Kafka client settings are checked by
+            // the modules that use them: see `load_for`'s `checks`.
+            if let Err(problems) = crate::config::kafka_security::resolve(&k.security, k.embedded())
+            {
+                errors.extend(problems);
             }
         }
         errors.extend(self.admin_errors(purpose));
@@ -764,19 +763,24 @@ pub enum Purpose {
 }
 
 /// Loads file, then environment (`env` yields `(name, value)` pairs), then
-/// flags, and validates the result for serving.
+/// flags, and validates the result for serving, except what only the
+/// modules that use them can check (TLS files, Kafka client settings: the
+/// binary adds [`crate::app::serving_checks`]).
 pub fn load(
     overrides: &Overrides,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    load_for(Purpose::Serve, overrides, env)
+    load_for(Purpose::Serve, overrides, env, |_| Vec::new())
 }
 
-/// [`load`], with the checks of `purpose`.
+/// [`load`], with the checks of `purpose`, plus `checks` (the binary's
+/// serving checks of the layers above this one), whose errors are
+/// reported with the rest.
 pub fn load_for(
     purpose: Purpose,
     overrides: &Overrides,
     env: impl IntoIterator<Item = (String, String)>,
+    checks: impl FnOnce(&Config) -> Vec<String>,
 ) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
     let mut table = toml::Table::new();
@@ -833,6 +837,7 @@ pub fn load_for(
     config.insecure = overrides.insecure;
     config.source_file = overrides.config_file.clone();
     errors.extend(config.validate(purpose));
+    errors.extend(checks(&config));
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -1219,16 +1224,21 @@ mod tests {
             ("FERRY_TLS_CERT_FILE", "/nonexistent/cert.pem"),
             ("FERRY_TLS_KEY_FILE", "/nonexistent/key.pem"),
         ]);
-        let errors = load(&Overrides::default(), vars.clone()).unwrap_err().0.join("\n");
+        let serving = crate::app::serving_checks;
+        let errors = load_for(Purpose::Serve, &Overrides::default(), vars.clone(), serving)
+            .unwrap_err()
+            .0
+            .join("\n");
         assert!(errors.contains("auth.mode = \"none\" on a non-loopback address"), "{errors}");
         assert!(errors.contains("tls.cert_file: /nonexistent/cert.pem"), "{errors}");
         assert!(errors.contains("tls.key_file: /nonexistent/key.pem"), "{errors}");
-        let config = load_for(Purpose::Token, &Overrides::default(), vars).unwrap();
+        let config = load_for(Purpose::Token, &Overrides::default(), vars, |_| Vec::new()).unwrap();
         assert!(config.auth.hs_secret.is_some());
         let errors = load_for(
             Purpose::Token,
             &Overrides::default(),
             env(&[("FERRY_AUTH_HS_SECRET", "short"), ("FERRY_AUTH_MODDE", "jwt")]),
+            |_| Vec::new(),
         )
         .unwrap_err()
         .0
@@ -1248,7 +1258,8 @@ mod tests {
         )
         .unwrap();
         let overrides = Overrides { config_file: Some(file), ..Default::default() };
-        let errors = load(&overrides, env(&[("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "0")]))
+        let vars = env(&[("FERRY_LIMITS_MAX_SUBSCRIPTIONS", "0")]);
+        let errors = load_for(Purpose::Serve, &overrides, vars, crate::app::serving_checks)
             .unwrap_err()
             .0
             .join("\n");
@@ -1418,6 +1429,7 @@ mod tests {
             Purpose::Token,
             &Overrides::default(),
             env(&[("FERRY_TLS_CERT_FILE", "/c.pem"), ("FERRY_TLS_KEY_FILE", "/k.pem")]),
+            |_| Vec::new(),
         )
         .unwrap();
         let (cert, key) = config.tls.files().unwrap();
