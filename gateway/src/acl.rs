@@ -68,6 +68,10 @@ pub struct RuleConfig {
     /// the subscription only with that filter.
     pub subscribe: Vec<SubscribeGrant>,
     pub group: Vec<String>,
+    /// Every subscription of a principal this rule matches is throttled to
+    /// at least this many ms per key (`subscribe.throttle_ms` floor;
+    /// groups excepted). The largest of the matching rules applies.
+    pub min_throttle_ms: Option<u64>,
 }
 
 /// One `subscribe` grant of a rule.
@@ -122,6 +126,7 @@ struct Rule {
     /// The filter template of each `subscribe` pattern, if it has one.
     subscribe_filters: Vec<Option<Value>>,
     group: Vec<Pattern>,
+    min_throttle_ms: u64,
 }
 
 /// What the policy says about a subscription.
@@ -169,7 +174,19 @@ impl Policy {
                 }
             }
             let when = rule.when.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            rules.push(Rule { when, publish, subscribe, subscribe_filters: templates, group });
+            let min_throttle_ms = rule.min_throttle_ms.unwrap_or(0);
+            if min_throttle_ms > ferry_protocol::MAX_THROTTLE_MS {
+                let max = ferry_protocol::MAX_THROTTLE_MS;
+                errors.push(format!("acl.rules[{i}].min_throttle_ms must be at most {max}"));
+            }
+            rules.push(Rule {
+                when,
+                publish,
+                subscribe,
+                subscribe_filters: templates,
+                group,
+                min_throttle_ms,
+            });
         }
         if errors.is_empty() {
             Ok(Self { rules, grants_claim: config.token_grants_claim.clone() })
@@ -189,6 +206,7 @@ impl Policy {
                 subscribe: all(),
                 subscribe_filters: vec![None],
                 group: all(),
+                min_throttle_ms: 0,
             }],
             grants_claim: None,
         }
@@ -196,6 +214,13 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The throttle floor (ms) the rules matching `principal` impose on its
+    /// subscriptions: the largest, or 0.
+    pub fn min_throttle_ms(&self, principal: &Principal) -> u64 {
+        let matching = self.rules.iter().filter(|rule| rule.matches(principal));
+        matching.map(|rule| rule.min_throttle_ms).max().unwrap_or(0)
     }
 
     /// Whether `principal` may do `action` on `topic`.
@@ -401,6 +426,28 @@ mod tests {
     fn policy(toml_text: &str) -> Policy {
         let config: AclConfig = toml::from_str(toml_text).unwrap();
         Policy::compile(&config).unwrap()
+    }
+
+    #[test]
+    fn the_largest_throttle_floor_of_the_matching_rules_applies() {
+        let p = policy(
+            r#"
+            [[rules]]
+            subscribe = ["**"]
+            [[rules]]
+            match = { device = "phone" }
+            min_throttle_ms = 200
+            [[rules]]
+            match = { network = "cellular" }
+            min_throttle_ms = 500
+        "#,
+        );
+        assert_eq!(p.min_throttle_ms(&principal("desk", json!({}))), 0);
+        assert_eq!(p.min_throttle_ms(&principal("a", json!({"device": "phone"}))), 200);
+        let both = principal("b", json!({"device": "phone", "network": "cellular"}));
+        assert_eq!(p.min_throttle_ms(&both), 500);
+        let too_long: AclConfig = toml::from_str("[[rules]]\nmin_throttle_ms = 60001\n").unwrap();
+        assert!(Policy::compile(&too_long).is_err(), "past the protocol's maximum");
     }
 
     const EXAMPLE: &str = r#"

@@ -47,6 +47,9 @@ pub struct Request {
     pub group: Option<String>,
     pub ack: AckMode,
     pub overflow: Overflow,
+    /// At most one live record per key per this window (`throttle_ms`, or
+    /// the floor the node imposes); never with a group.
+    pub throttle: Option<std::time::Duration>,
     /// The requested filter AND-ed with the one the ACL imposes.
     pub filter: Option<Arc<Filter>>,
     pub outlet: Outlet,
@@ -105,7 +108,8 @@ impl Routes {
     /// Not bounded in time itself: callers bound it (`limits.request_timeout_ms`)
     /// and drop it on timeout, which undoes it.
     pub async fn open(self: &Arc<Self>, request: Request) -> Result<Opened, GatewayError> {
-        let Request { session, topic, from, group, ack, overflow, filter, outlet } = request;
+        let Request { session, topic, from, group, ack, overflow, throttle, filter, outlet } =
+            request;
         let route = match &group {
             Some(group) => Route::Group(group.clone()),
             None => Route::Live(None),
@@ -120,8 +124,9 @@ impl Routes {
                 Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
             }
             Route::Live(guard) => {
+                let topic_name = topic.as_str().into();
                 let subscriber =
-                    Subscriber { session, topic: topic.as_str().into(), overflow, outlet, filter };
+                    Subscriber { session, topic: topic_name, overflow, throttle, outlet, filter };
                 let subscribed =
                     self.fanout.subscribe(&topic, partitions, subscriber, &from).await?;
                 *guard = subscribed.catching_up;

@@ -39,6 +39,8 @@ pub struct Subscriber {
     pub topic: Arc<str>,
     /// What happens when the socket does not keep up.
     pub overflow: Overflow,
+    /// At most one record per key per this window (`throttle_ms`).
+    pub throttle: Option<std::time::Duration>,
     /// The socket's queues (shared by all its topics).
     pub outlet: Outlet,
     /// Only records matching this reach the socket.
@@ -322,6 +324,7 @@ impl Hub {
                     let subscriber = &member.subscriber;
                     if subscriber.outlet.offer(
                         subscriber.overflow,
+                        subscriber.throttle,
                         &subscriber.topic,
                         record.partition,
                         view.key(),
@@ -401,6 +404,7 @@ mod tests {
             session,
             topic: "t".into(),
             overflow: Overflow::Disconnect,
+            throttle: None,
             outlet,
             filter: None,
         };

@@ -61,6 +61,9 @@ pub struct Subscribe {
     pub group: Option<String>,
     /// When a group record counts as processed.
     pub ack: AckMode,
+    /// At most one live record per key (per partition for keyless
+    /// records) per this many ms, always the newest; never a group.
+    pub throttle_ms: Option<u32>,
 }
 
 /// When a shared-group record's offset is committed.
@@ -235,6 +238,7 @@ struct RawFrame<'a> {
     group: Option<String>,
     ack: Option<String>,
     offset: Option<i64>,
+    throttle_ms: Option<u64>,
 }
 
 /// `"value": null` is the JSON value `null`, not a missing value.
@@ -311,7 +315,7 @@ impl<'a> RawFrame<'a> {
                 "traceparent",
                 "partition",
             ],
-            "subscribe" => &["topic", "from", "overflow", "filter", "group", "ack"],
+            "subscribe" => &["topic", "from", "overflow", "filter", "group", "ack", "throttle_ms"],
             "commit" => &["topic", "partition", "offset"],
             "unsubscribe" => &["topic"],
             "ping" => &[],
@@ -381,6 +385,16 @@ impl<'a> RawFrame<'a> {
                         return Err(bad("a group starts from its committed offsets; `from` may only be \"latest\" or \"earliest\" (for a new group)".into()));
                     }
                 }
+                let throttle_ms = match self.throttle_ms {
+                    None => None,
+                    Some(_) if self.group.is_some() => {
+                        return Err(bad("`throttle_ms` does not apply to a group subscription: each record goes to one member, which must see it; remove `throttle_ms`".into()));
+                    }
+                    Some(ms @ 1..=MAX_THROTTLE_MS) => Some(ms as u32),
+                    Some(_) => {
+                        return Err(bad(format!("`throttle_ms` must be 1 to {MAX_THROTTLE_MS}")))
+                    }
+                };
                 let group = self.group.clone();
                 Ok(ClientFrame::Subscribe(Subscribe {
                     id,
@@ -390,6 +404,7 @@ impl<'a> RawFrame<'a> {
                     filter,
                     group,
                     ack,
+                    throttle_ms,
                 }))
             }
             _ => Ok(ClientFrame::Unsubscribe { id, topic }),
@@ -413,6 +428,7 @@ impl<'a> RawFrame<'a> {
             ("group", self.group.is_some()),
             ("ack", self.ack.is_some()),
             ("offset", self.offset.is_some()),
+            ("throttle_ms", self.throttle_ms.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, present)| present.then_some(name))
@@ -529,6 +545,9 @@ impl<'a> RawFrame<'a> {
         }))
     }
 }
+
+/// The longest `subscribe.throttle_ms` (a minute).
+pub const MAX_THROTTLE_MS: u64 = 60_000;
 
 /// The W3C trace context header a publish's `traceparent` becomes.
 pub const TRACEPARENT: &str = "traceparent";

@@ -20,7 +20,7 @@ pub mod topic;
 
 pub use client::{
     check_traceparent, decode_client_frame, AckMode, ClientFrame, Overflow, Payload, Publish,
-    RequestError, StartFrom, Subscribe, TRACEPARENT,
+    RequestError, StartFrom, Subscribe, MAX_THROTTLE_MS, TRACEPARENT,
 };
 pub use codes::{CloseCode, ErrorCode, UpgradeRefusal};
 pub use server::{AckFrame, Limits, MessageFrame, ServerFrame};
@@ -46,8 +46,9 @@ pub const SUBPROTOCOL: &str = "ferry.v1";
 /// - `commit`: the `commit` frame and its `committed` reply.
 /// - `auth`: the `auth` frame (first authentication and in-band refresh), `authed`.
 /// - `traceparent`: `publish.traceparent` (W3C trace context, carried to Kafka).
+/// - `throttle`: `subscribe.throttle_ms` (at most one record per key per window).
 pub const CAPABILITIES: &[&str] =
-    &["auth", "commit", "filter", "from", "group", "overflow", "traceparent"];
+    &["auth", "commit", "filter", "from", "group", "overflow", "throttle", "traceparent"];
 
 /// [`CAPABILITIES`] as owned strings, for `welcome.capabilities`.
 pub fn capabilities() -> Vec<String> {

@@ -191,6 +191,10 @@ pub struct LimitsConfig {
     /// for Kafka; past it the client gets `timeout` (not subscribed, not
     /// published). Bounds every reply even when Kafka never answers.
     pub request_timeout_ms: u64,
+    /// Every subscription (groups excepted) is throttled to at least this
+    /// many ms per key, whatever it asks (`subscribe.throttle_ms`); 0: no
+    /// floor. An ACL rule's `min_throttle_ms` can raise it per principal.
+    pub min_throttle_ms: u64,
     /// Connections accepted but not yet upgraded to a WebSocket (TLS
     /// handshake, request headers, plain HTTP requests). At the bound, the
     /// oldest pending handshake is closed to make room for the new
@@ -463,6 +467,7 @@ impl Default for LimitsConfig {
             rewind_records: 100_000,
             replay_queue: 256,
             request_timeout_ms: 30_000,
+            min_throttle_ms: 0,
             max_pending_handshakes: 1_024,
             max_pending_handshakes_per_address: 512,
         }
@@ -555,6 +560,10 @@ impl Config {
         check(l.rewind_records >= 0, "limits.rewind_records must not be negative");
         check(l.replay_queue >= 1, "limits.replay_queue must be at least 1");
         check(l.request_timeout_ms >= 1_000, "limits.request_timeout_ms must be at least 1000");
+        check(
+            l.min_throttle_ms <= ferry_protocol::MAX_THROTTLE_MS,
+            "limits.min_throttle_ms must be at most 60000",
+        );
         check(l.max_pending_handshakes >= 1, "limits.max_pending_handshakes must be at least 1");
         check(
             l.max_pending_handshakes_per_address >= 1,

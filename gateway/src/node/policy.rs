@@ -20,6 +20,26 @@ use crate::filter::Filter;
 use crate::metrics;
 
 impl Node {
+    /// The throttle window of a subscription: the one `asked`
+    /// (`throttle_ms`), raised to the floor of `limits.min_throttle_ms` and
+    /// of the ACL rules matching `principal`; `None` when neither asks.
+    /// A group is never throttled (a throttle it asks for is refused
+    /// earlier, with the frame).
+    pub fn subscription_throttle(
+        &self,
+        principal: Option<&Principal>,
+        asked: Option<u32>,
+        group: bool,
+    ) -> Option<Duration> {
+        if group {
+            return None;
+        }
+        let rules = principal.map_or(0, |p| self.policy.get().min_throttle_ms(p));
+        let floor = self.config.limits.min_throttle_ms.max(rules);
+        let ms = u64::from(asked.unwrap_or(0)).max(floor);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+
     /// May `principal` (`None`: not authenticated yet) subscribe to
     /// `topic`? If so, the filter its records go through: the one `asked`
     /// (wire form) and the one the ACL imposes, both. A refusal is counted.

@@ -20,11 +20,17 @@
 //! - `drop_oldest` / `conflate` records ([`lossy`]): never kick, drop or
 //!   replace old records and report `lagged` once drained.
 //!
+//! A throttled subscription's live records (`subscribe.throttle_ms`) pass
+//! through [`throttle`] first: at most one per key per window, the newest;
+//! the ones held back are queued (by the same policy) when their window
+//! ends, which the writer learns from [`Drain::release_at`].
+//!
 //! The outlet knows nothing of Kafka or sessions. A group record carries a
 //! [`Done`], which the writer fires once the frame is flushed: it only sends
 //! a [`Completion`] message back to the group, which owns the offsets.
 
 pub mod lossy;
+pub mod throttle;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +41,7 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 
 use lossy::Lossy;
+use throttle::{Admit, Released, Throttle};
 
 /// The senders' end of a socket's outlet; cheap to clone.
 #[derive(Debug, Clone)]
@@ -54,6 +61,8 @@ pub struct Replies {
 #[derive(Debug)]
 pub struct Drain {
     shared: Arc<Shared>,
+    /// When a throttled record held back is due, as of the last take.
+    release_at: Option<std::time::Instant>,
 }
 
 /// What the writer takes from the outlet, in the order to write it.
@@ -140,6 +149,8 @@ struct Queue {
     live: usize,
     live_capacity: usize,
     lossy: Lossy,
+    /// Windows of throttled subscriptions, and the records they hold back.
+    throttle: Throttle,
     /// The writer found nothing and may be waiting: the next push wakes it.
     writer_waiting: bool,
     /// The session dropped its [`Replies`].
@@ -156,6 +167,34 @@ struct Queue {
 const KEPT_SLOTS: usize = 16;
 
 impl Queue {
+    /// Queues a live record by its subscription's policy; false when a
+    /// `disconnect` record found no room (the socket is kicked: the caller
+    /// cancels `stop`).
+    fn push_live(
+        &mut self,
+        overflow: Overflow,
+        topic: &Arc<str>,
+        partition: i32,
+        key: Option<&[u8]>,
+        frame: Utf8Bytes,
+    ) -> bool {
+        match overflow {
+            Overflow::Disconnect => {
+                if self.live >= self.live_capacity {
+                    // Policy when full: the socket is too slow; close it
+                    // rather than wait for it or grow its queue.
+                    self.kicked = true;
+                    return false;
+                }
+                self.live += 1;
+                self.records.push_back(Record::Live(frame));
+            }
+            Overflow::DropOldest => self.lossy.push(topic, None, frame),
+            Overflow::Conflate => self.lossy.push(topic, key.map(|k| (partition, k)), frame),
+        }
+        true
+    }
+
     fn release_burst_room(&mut self) {
         if self.records.is_empty() && self.records.capacity() > KEPT_SLOTS {
             self.records = VecDeque::new();
@@ -201,6 +240,7 @@ impl Outlet {
             live: 0,
             live_capacity: capacity,
             lossy: Lossy::new(capacity),
+            throttle: Throttle::default(),
             writer_waiting: false,
             session_ended: false,
             writer_gone: false,
@@ -214,7 +254,7 @@ impl Outlet {
             paced_capacity,
             stop,
         });
-        (Self { shared: shared.clone() }, Drain { shared })
+        (Self { shared: shared.clone() }, Drain { shared, release_at: None })
     }
 
     /// The session's end, with room for `capacity` replies. Once per outlet.
@@ -223,11 +263,14 @@ impl Outlet {
         Replies { shared: self.shared.clone() }
     }
 
-    /// Queues a live record by the subscription's `overflow` policy; false
-    /// when the socket did not take it. Never waits.
+    /// Queues a live record by the subscription's `overflow` policy, after
+    /// its `throttle` window if it has one; false when the socket did not
+    /// take it. Never waits.
+    #[allow(clippy::too_many_arguments)] // one record's coordinates and its subscription's policies
     pub fn offer(
         &self,
         overflow: Overflow,
+        throttle: Option<std::time::Duration>,
         topic: &Arc<str>,
         partition: i32,
         key: Option<&[u8]>,
@@ -238,23 +281,23 @@ impl Outlet {
             // The session is ending and will leave on its own.
             return false;
         }
-        match overflow {
-            Overflow::Disconnect => {
-                if queue.live >= queue.live_capacity {
-                    // Policy when full: the socket is too slow; close it
-                    // rather than wait for it or grow its queue.
-                    queue.kicked = true;
-                    drop(queue);
-                    self.shared.stop.cancel();
-                    return false;
+        if let Some(window) = throttle {
+            let now = std::time::Instant::now();
+            match queue.throttle.admit(topic, partition, key, frame, overflow, window, now) {
+                Admit::Now => {}
+                Admit::Held(false) => return true,
+                // The writer may sleep past the new release: wake it.
+                Admit::Held(true) => {
+                    queue.writer_waiting = true;
+                    self.shared.pushed(queue);
+                    return true;
                 }
-                queue.live += 1;
-                queue.records.push_back(Record::Live(frame.clone()));
             }
-            Overflow::DropOldest => queue.lossy.push(topic, None, frame.clone()),
-            Overflow::Conflate => {
-                queue.lossy.push(topic, key.map(|k| (partition, k)), frame.clone())
-            }
+        }
+        if !queue.push_live(overflow, topic, partition, key, frame.clone()) {
+            drop(queue);
+            self.shared.stop.cancel();
+            return false;
         }
         self.shared.pushed(queue);
         true
@@ -425,6 +468,17 @@ impl Drain {
         let start = out.len();
         let (mut replies, mut paced) = (0, 0);
         let mut queue = self.shared.lock();
+        let mut kicked = false;
+        if let Some(due) = queue.throttle.next_release() {
+            let now = std::time::Instant::now();
+            if due <= now {
+                let mut released = Vec::new();
+                queue.throttle.release(now, &mut released);
+                for Released { topic, partition, key, frame, overflow } in released {
+                    kicked |= !queue.push_live(overflow, &topic, partition, key.as_deref(), frame);
+                }
+            }
+        }
         while out.len() - start < max {
             let Some(item) = queue.replies.pop_front() else { break };
             replies += usize::from(matches!(item, Item::Frame(_)));
@@ -452,7 +506,11 @@ impl Drain {
             queue.writer_waiting = true;
         }
         queue.release_burst_room();
+        self.release_at = queue.throttle.next_release();
         drop(queue);
+        if kicked {
+            self.shared.stop.cancel();
+        }
         self.shared.reply_room.add_permits(replies);
         self.shared.paced_room.add_permits(paced);
         if ended {
@@ -460,6 +518,13 @@ impl Drain {
         } else {
             Taken::More
         }
+    }
+
+    /// When a throttled record held back becomes due, as of the last
+    /// [`Drain::take`]: the writer takes again then, even if nothing else
+    /// was queued.
+    pub fn release_at(&self) -> Option<tokio::time::Instant> {
+        self.release_at.map(tokio::time::Instant::from_std)
     }
 
     /// Waits until something may have been queued since a [`Drain::take`]
@@ -499,14 +564,14 @@ mod tests {
     }
 
     fn live(outlet: &Outlet, frame: &str) -> bool {
-        outlet.offer(Overflow::Disconnect, &"t".into(), 0, None, &frame.into())
+        outlet.offer(Overflow::Disconnect, None, &"t".into(), 0, None, &frame.into())
     }
 
     #[tokio::test]
     async fn replies_go_first_then_records_in_order_then_lossy() {
         let (outlet, mut drain) = Outlet::new(4, 4, CancellationToken::new());
         let replies = outlet.replies(4);
-        outlet.offer(Overflow::DropOldest, &"t".into(), 0, None, &"lossy".into());
+        outlet.offer(Overflow::DropOldest, None, &"t".into(), 0, None, &"lossy".into());
         assert!(live(&outlet, "r1"));
         outlet.send_paced(PacedFrame { frame: "p1".into(), done: None }).await.unwrap();
         assert!(live(&outlet, "r2"));

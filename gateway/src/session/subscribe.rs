@@ -119,6 +119,11 @@ impl Session {
             group: request.group.clone(),
             ack: request.ack,
             overflow: request.overflow,
+            throttle: self.context.subscription_throttle(
+                self.principal.as_ref(),
+                request.throttle_ms,
+                request.group.is_some(),
+            ),
             filter,
             outlet: self.outlet.clone(),
         };

@@ -54,6 +54,11 @@ where
             if taken == Taken::Ended {
                 break;
             }
+            // A throttled record held back may be due before the next ping.
+            let wake = drain.release_at().map_or(next_ping, |release| release.min(next_ping));
+            if timer.deadline() != wake {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
                 biased;
                 () = &mut timer => {}
@@ -231,7 +236,14 @@ mod tests {
 
     fn record(outlet: &Outlet, frame: &str) {
         let topic: Arc<str> = "t".into();
-        assert!(outlet.offer(ferry_protocol::Overflow::Disconnect, &topic, 0, None, &frame.into()));
+        assert!(outlet.offer(
+            ferry_protocol::Overflow::Disconnect,
+            None,
+            &topic,
+            0,
+            None,
+            &frame.into()
+        ));
     }
 
     #[tokio::test(start_paused = true)]

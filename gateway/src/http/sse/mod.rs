@@ -159,6 +159,7 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
             group: None,
             ack: AckMode::Auto,
             overflow: Overflow::Disconnect,
+            throttle: want.throttle,
             filter: want.filter,
             outlet: outlet.clone(),
         };
@@ -305,6 +306,8 @@ impl Stream {
                 let mut batch = Vec::new();
                 self.drain.take(TAKE, &mut batch);
                 if batch.is_empty() {
+                    // A throttled record held back is due then.
+                    let release = self.drain.release_at().unwrap_or(far);
                     tokio::select! {
                         biased;
                         () = &mut kicked => return stopped(),
@@ -312,6 +315,7 @@ impl Stream {
                         () = &mut expiry => return "token_expired",
                         () = self.tx.closed() => return "client_gone",
                         () = self.drain.ready() => {}
+                        () = tokio::time::sleep_until(release) => {}
                     }
                 }
                 records = batch.into_iter();

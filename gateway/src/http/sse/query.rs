@@ -16,7 +16,7 @@ use crate::filter::Filter;
 use crate::node::Node;
 
 /// The query parameters `/sse` knows.
-const PARAMS: &[&str] = &["topic", "from", "filter", "access_token", "resume"];
+const PARAMS: &[&str] = &["topic", "from", "filter", "throttle_ms", "access_token", "resume"];
 
 /// A refusal and its `ferry_sse_rejected_total` reason.
 pub(super) type Refused = (&'static str, Refusal);
@@ -31,6 +31,7 @@ pub(super) struct Request {
     pub(super) topics: Vec<String>,
     pub(super) from: Option<String>,
     pub(super) filter: Option<String>,
+    pub(super) throttle_ms: Option<String>,
     pub(super) resume: Option<String>,
     pub(super) query: HashMap<String, String>,
 }
@@ -49,6 +50,7 @@ pub(super) fn parse_query(query: &str) -> Result<Request, Refused> {
             "topic" => request.topics.push(value.to_string()),
             "from" => once(&mut request.from)?,
             "filter" => once(&mut request.filter)?,
+            "throttle_ms" => once(&mut request.throttle_ms)?,
             "resume" => once(&mut request.resume)?,
             "access_token" => {
                 request.query.insert(name.to_string(), value.to_string());
@@ -76,6 +78,7 @@ pub(super) struct Wanted {
     pub(super) topic: String,
     pub(super) from: StartFrom,
     pub(super) filter: Option<Arc<Filter>>,
+    pub(super) throttle: Option<std::time::Duration>,
 }
 
 /// Checks each topic as a socket `subscribe` frame would be, and the ACL.
@@ -98,11 +101,21 @@ pub(super) fn check_topics(
         Some(text) => serde_json::from_str(text)
             .map_err(|e| bad(format!("`filter` must be JSON, as in a subscribe frame: {e}")))?,
     };
+    let throttle_ms = match request.throttle_ms.as_deref() {
+        None => Value::Null,
+        Some(text) => match text.parse::<u64>() {
+            Ok(ms) => json!(ms),
+            Err(_) => return Err(bad("`throttle_ms` must be a number of milliseconds")),
+        },
+    };
     let mut wanted = Vec::with_capacity(request.topics.len());
     for topic in &request.topics {
         let mut frame = json!({"type": "subscribe", "id": "sse", "topic": topic, "from": from});
         if !filter.is_null() {
             frame["filter"] = filter.clone();
+        }
+        if !throttle_ms.is_null() {
+            frame["throttle_ms"] = throttle_ms.clone();
         }
         let subscribe = match decode_client_frame(&frame.to_string()) {
             Ok(ClientFrame::Subscribe(s)) => s,
@@ -112,7 +125,8 @@ pub(super) fn check_topics(
         let filter = state
             .subscription_filter(Some(principal), topic, subscribe.filter.as_ref())
             .map_err(|e| refusal_of(&e))?;
-        wanted.push(Wanted { topic: subscribe.topic, from: subscribe.from, filter });
+        let throttle = state.subscription_throttle(Some(principal), subscribe.throttle_ms, false);
+        wanted.push(Wanted { topic: subscribe.topic, from: subscribe.from, filter, throttle });
     }
     Ok(wanted)
 }
