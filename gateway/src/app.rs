@@ -42,6 +42,7 @@ use crate::node::revocations::Revocations;
 use crate::node::{self, Node};
 use crate::recent::Budget;
 use crate::schema::Schemas;
+use crate::tables::Tables;
 use crate::{http, metrics};
 
 /// Reloads the ACL on SIGHUP and when the configuration file changes.
@@ -113,6 +114,8 @@ pub struct App {
     bootstrap: String,
     embedded: Option<Arc<EmbeddedKafka>>,
     admin: Option<Admin>,
+    /// Cancelled once the node has drained: its Kafka tasks stop.
+    background: CancellationToken,
 }
 
 /// The admin API's listener and the node's side of the control topic.
@@ -222,6 +225,8 @@ impl App {
             .local_addr()
             .map_err(|source| BuildError::Listen { addr: config.listen, source })?;
 
+        // Stops the node's Kafka tasks once it has drained (`run`).
+        let background = CancellationToken::new();
         let admin_listener = match config.admin.enabled {
             false => None,
             true => {
@@ -241,6 +246,13 @@ impl App {
                 context.clone(),
                 config.kafka.group_prefix.clone(),
                 timeout,
+            ),
+            tables: Tables::new(
+                &config.tables,
+                settings.clone(),
+                context.clone(),
+                topics.clone(),
+                background.clone(),
             ),
         });
         let state = Arc::new(Node {
@@ -275,7 +287,17 @@ impl App {
                 Some(Admin { listener, local_addr, control, token })
             }
         };
-        Ok(Self { state, listener, local_addr, tls, producer, bootstrap, embedded, admin })
+        Ok(Self {
+            state,
+            listener,
+            local_addr,
+            tls,
+            producer,
+            bootstrap,
+            embedded,
+            admin,
+            background,
+        })
     }
 
     /// The address the server is bound to (useful with port 0).
@@ -311,7 +333,7 @@ impl App {
     /// Serves until the shutdown token is cancelled, then drains.
     pub async fn run(self) {
         let state = self.state.clone();
-        let background = CancellationToken::new();
+        let background = self.background.clone();
         tokio::spawn(state.routes.fanout.clone().run(background.clone()));
         tokio::spawn(state.health.clone().run(
             self.producer.clone(),

@@ -8,6 +8,12 @@
 //! records, or the topic's shared Kafka reader). Records then flow into
 //! the socket's [`Outlet`], whatever the route.
 //!
+//! A `from: "snapshot"` subscription starts with its topic's table
+//! ([`crate::tables`]): [`Routes::open`] takes the snapshot, and
+//! [`Prelude::start`] (called once `subscribed` is queued) sends its frames
+//! and `snapshot_end`, then joins the live fan-out from exactly the
+//! snapshot's positions, through the same catch-up as a resume.
+//!
 //! [`Routes::open`] answers with where each partition starts, the `gap`
 //! notices to send, and a [`Held`] subscription: dropping it takes the socket off its
 //! route. It is made before any Kafka work, so a subscribe that fails, times
@@ -26,6 +32,7 @@ use crate::kafka::fanout::Fanout;
 use crate::kafka::groups::{Groups, Member};
 use crate::kafka::topics::Topics;
 use crate::outlet::Outlet;
+use crate::tables::Tables;
 
 /// The routes a subscription can take, shared by every transport.
 #[derive(Debug)]
@@ -35,6 +42,8 @@ pub struct Routes {
     /// The node's live fan-out, and the catch-up that leads into it.
     pub fanout: Arc<Fanout>,
     pub groups: Groups,
+    /// The keyed tables `from: "snapshot"` reads.
+    pub tables: Tables,
 }
 
 /// What a transport asks for.
@@ -65,6 +74,76 @@ pub struct Opened {
     /// or not yet, has).
     pub gaps: Vec<ServerFrame>,
     pub held: Held,
+    /// A snapshot to send once `subscribed` is queued, before the live
+    /// records (`from: "snapshot"` only).
+    pub prelude: Option<Prelude>,
+}
+
+/// A snapshot's frames and what follows them, ready to go once the door has
+/// queued `subscribed`.
+#[derive(Debug)]
+pub struct Prelude {
+    routes: Arc<Routes>,
+    topic: String,
+    partitions: i32,
+    subscriber: Subscriber,
+    frames: Vec<axum::extract::ws::Utf8Bytes>,
+    positions: BTreeMap<i32, i64>,
+    /// Cancelled when the subscription is dropped.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Prelude {
+    /// Sends the snapshot and `snapshot_end` at the socket's pace, then joins
+    /// the live fan-out from the snapshot's positions, until the
+    /// subscription is dropped.
+    pub fn start(self) {
+        tokio::spawn(self.run());
+    }
+
+    async fn run(self) {
+        let Self { routes, topic, partitions, subscriber, mut frames, positions, stop } = self;
+        let outlet = subscriber.outlet.clone();
+        let session = subscriber.session;
+        let end = ServerFrame::SnapshotEnd {
+            topic: topic.clone(),
+            positions: positions.iter().map(|(p, o)| (p.to_string(), *o)).collect(),
+        };
+        frames.push(end.encode().into());
+        let sent = tokio::select! {
+            sent = outlet.send_paced_all(frames) => sent,
+            () = stop.cancelled() => return,
+        };
+        if !sent {
+            return; // the socket is gone
+        }
+        let from = StartFrom::Offsets(positions);
+        let joined = tokio::select! {
+            joined = routes.fanout.subscribe(&topic, partitions, subscriber, &from) => joined,
+            () = stop.cancelled() => return,
+        };
+        match joined {
+            Ok(subscribed) => {
+                let _catching_up = subscribed.catching_up;
+                let gaps: Vec<_> = subscribed.gaps.iter().map(|g| g.encode().into()).collect();
+                if !gaps.is_empty() {
+                    outlet.send_paced_all(gaps).await;
+                }
+                stop.cancelled().await;
+                routes.fanout.unsubscribe(&topic, session);
+            }
+            Err(e) => {
+                tracing::warn!(topic, session, "a snapshot's live part could not start: {e}");
+                let reason = format!("the live records after the snapshot could not start: {e}");
+                let ended = ServerFrame::Unsubscribed {
+                    id: None,
+                    topic: topic.clone(),
+                    reason: Some(reason),
+                };
+                outlet.send_paced_all(vec![ended.encode().into()]).await;
+            }
+        }
+    }
 }
 
 /// A subscription on its route; dropping it takes the socket off.
@@ -82,6 +161,11 @@ enum Route {
     /// guard drops).
     Live(Option<DropGuard>),
     Group(String),
+    /// A snapshot, then live: its [`Prelude`] owns the fan-out membership
+    /// and ends when the guard drops.
+    Snapshot {
+        _stop: DropGuard,
+    },
 }
 
 impl Held {
@@ -99,6 +183,7 @@ impl Drop for Held {
         match &self.route {
             Route::Live(_) => self.routes.fanout.unsubscribe(&self.topic, self.session),
             Route::Group(group) => self.routes.groups.leave(group, &self.topic, self.session),
+            Route::Snapshot { .. } => {}
         }
     }
 }
@@ -110,6 +195,9 @@ impl Routes {
     pub async fn open(self: &Arc<Self>, request: Request) -> Result<Opened, GatewayError> {
         let Request { session, topic, from, group, ack, overflow, throttle, filter, outlet } =
             request;
+        if from == StartFrom::Snapshot && group.is_none() {
+            return self.open_snapshot(session, topic, overflow, throttle, filter, outlet).await;
+        }
         let route = match &group {
             Some(group) => Route::Group(group.clone()),
             None => Route::Live(None),
@@ -121,7 +209,7 @@ impl Routes {
             Route::Group(group) => {
                 let member = Member { session, ack, outlet, filter };
                 self.groups.join(group, &topic, partitions, &from, member).await?;
-                Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held })
+                Ok(Opened { starts: BTreeMap::new(), gaps: Vec::new(), held, prelude: None })
             }
             Route::Live(guard) => {
                 let topic_name = topic.as_str().into();
@@ -130,8 +218,44 @@ impl Routes {
                 let subscribed =
                     self.fanout.subscribe(&topic, partitions, subscriber, &from).await?;
                 *guard = subscribed.catching_up;
-                Ok(Opened { starts: subscribed.starts, gaps: subscribed.gaps, held })
+                Ok(Opened { starts: subscribed.starts, gaps: subscribed.gaps, held, prelude: None })
             }
+            Route::Snapshot { .. } => unreachable!("opened by open_snapshot"),
         }
+    }
+
+    /// A `from: "snapshot"` subscription: the snapshot now (waiting for the
+    /// table to be current), the rest once the door starts its prelude.
+    async fn open_snapshot(
+        self: &Arc<Self>,
+        session: u64,
+        topic: String,
+        overflow: Overflow,
+        throttle: Option<std::time::Duration>,
+        filter: Option<Arc<Filter>>,
+        outlet: Outlet,
+    ) -> Result<Opened, GatewayError> {
+        let table = self.tables.table(&topic)?;
+        let partitions = self.topics.partitions(&topic).await?;
+        let snapshot = table.snapshot(filter.as_deref()).await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let held = Held {
+            routes: self.clone(),
+            session,
+            topic: topic.clone(),
+            route: Route::Snapshot { _stop: stop.clone().drop_guard() },
+        };
+        let name = topic.as_str().into();
+        let subscriber = Subscriber { session, topic: name, overflow, throttle, outlet, filter };
+        let prelude = Prelude {
+            routes: self.clone(),
+            topic,
+            partitions,
+            subscriber,
+            frames: snapshot.frames,
+            positions: snapshot.positions.clone(),
+            stop,
+        };
+        Ok(Opened { starts: snapshot.positions, gaps: Vec::new(), held, prelude: Some(prelude) })
     }
 }

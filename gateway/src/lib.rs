@@ -49,6 +49,9 @@
 //!   client settings and security, the shared client context.
 //! - [`error`]: [`error::GatewayError`] and its one mapping to `error` frames.
 //! - [`metrics`]: metric names and the functions that record them.
+//! - [`tables`]: keyed tables of the topics `[[tables]]` names, built on
+//!   first use from the node's own reader: the snapshot of
+//!   `from: "snapshot"`.
 //! - [`schema`]: per-topic JSON Schemas of record values, checked once per
 //!   publish before the producer (`invalid_value`).
 //! - [`throttle`]: rate-limited logging of repeated failures.
@@ -85,6 +88,7 @@ pub mod recent;
 pub mod resume;
 pub mod schema;
 pub mod session;
+pub mod tables;
 pub mod template;
 pub mod throttle;
 

@@ -48,6 +48,11 @@ pub const ADMIN_REQUESTS: &str = "ferry_admin_requests_total";
 pub const CONTROL_READY: &str = "ferry_control_ready";
 pub const FLEET_NODES: &str = "ferry_fleet_nodes";
 pub const REVOCATIONS: &str = "ferry_revocations";
+pub const TABLE_KEYS: &str = "ferry_table_keys";
+pub const TABLE_BYTES: &str = "ferry_table_bytes";
+pub const SNAPSHOT_SECONDS: &str = "ferry_snapshot_seconds";
+pub const SNAPSHOTS_REFUSED: &str = "ferry_snapshots_refused_total";
+pub const THROTTLED: &str = "ferry_throttled_records_total";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -306,6 +311,21 @@ fn register_at_zero() {
     gauge!(CONTROL_READY).set(0.0);
     gauge!(FLEET_NODES).set(0.0);
     gauge!(REVOCATIONS).set(0.0);
+    describe_gauge!(TABLE_KEYS, "Keys in a topic's table (snapshots), by topic.");
+    describe_gauge!(TABLE_BYTES, Unit::Bytes, "Memory of a topic's table, by topic.");
+    describe_histogram!(
+        SNAPSHOT_SECONDS,
+        Unit::Seconds,
+        "Time from a snapshot subscribe to its snapshot taken (includes waiting for the table)."
+    );
+    describe_counter!(SNAPSHOTS_REFUSED, "Snapshots refused because a table passed a bound.");
+    describe_counter!(
+        THROTTLED,
+        "Records of throttled subscriptions replaced by a newer one of their key, never sent."
+    );
+    counter!(SNAPSHOTS_REFUSED).absolute(0);
+    counter!(THROTTLED).absolute(0);
+    let _ = histogram!(SNAPSHOT_SECONDS);
 }
 
 pub fn connection_opened() {
@@ -444,6 +464,23 @@ pub fn control_ready(ready: bool) {
 pub fn fleet(nodes: usize, revocations: usize) {
     gauge!(FLEET_NODES).set(nodes as f64);
     gauge!(REVOCATIONS).set(revocations as f64);
+}
+
+pub fn table_size(topic: &str, keys: usize, bytes: usize) {
+    gauge!(TABLE_KEYS, "topic" => topic.to_owned()).set(keys as f64);
+    gauge!(TABLE_BYTES, "topic" => topic.to_owned()).set(bytes as f64);
+}
+
+pub fn snapshot_taken(took: Duration) {
+    histogram!(SNAPSHOT_SECONDS).record(took.as_secs_f64());
+}
+
+pub fn snapshot_refused() {
+    counter!(SNAPSHOTS_REFUSED).increment(1);
+}
+
+pub fn throttled(records: u64) {
+    counter!(THROTTLED).increment(records);
 }
 
 pub fn sse_opened() {

@@ -126,18 +126,23 @@ pub enum StartFrom {
     /// The first record at or after this time (ms since the epoch) per
     /// partition.
     Timestamp(i64),
+    /// The latest record of every key (from the node's table of the
+    /// topic), then `snapshot_end` with the positions, then live records
+    /// from exactly there.
+    Snapshot,
 }
 
 impl StartFrom {
     fn parse(value: &serde_json::Value) -> Result<Self, String> {
         use serde_json::Value as V;
         let bad = || {
-            "`from` must be \"latest\", \"earliest\", {\"offsets\":{\"0\":120}} or {\"timestamp\":ms}"
+            "`from` must be \"latest\", \"earliest\", \"snapshot\", {\"offsets\":{\"0\":120}} or {\"timestamp\":ms}"
                 .to_owned()
         };
         match value {
             V::String(s) if s == "latest" => Ok(Self::Latest),
             V::String(s) if s == "earliest" => Ok(Self::Earliest),
+            V::String(s) if s == "snapshot" => Ok(Self::Snapshot),
             V::Object(map) if map.len() == 1 => {
                 if let Some(ts) = map.get("timestamp") {
                     return ts.as_i64().filter(|t| *t >= 0).map(Self::Timestamp).ok_or_else(bad);

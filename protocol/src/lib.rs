@@ -46,9 +46,19 @@ pub const SUBPROTOCOL: &str = "ferry.v1";
 /// - `commit`: the `commit` frame and its `committed` reply.
 /// - `auth`: the `auth` frame (first authentication and in-band refresh), `authed`.
 /// - `traceparent`: `publish.traceparent` (W3C trace context, carried to Kafka).
+/// - `snapshot`: `subscribe.from: "snapshot"`, `message.snapshot`, `snapshot_end`.
 /// - `throttle`: `subscribe.throttle_ms` (at most one record per key per window).
-pub const CAPABILITIES: &[&str] =
-    &["auth", "commit", "filter", "from", "group", "overflow", "throttle", "traceparent"];
+pub const CAPABILITIES: &[&str] = &[
+    "auth",
+    "commit",
+    "filter",
+    "from",
+    "group",
+    "overflow",
+    "snapshot",
+    "throttle",
+    "traceparent",
+];
 
 /// [`CAPABILITIES`] as owned strings, for `welcome.capabilities`.
 pub fn capabilities() -> Vec<String> {

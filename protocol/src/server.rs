@@ -71,6 +71,10 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         partitions: BTreeMap<String, i64>,
     },
+    /// A `from: "snapshot"` subscription's snapshot is complete: every
+    /// live record from `positions` (partition → next offset) follows,
+    /// none before. These are also the positions to resume from.
+    SnapshotEnd { topic: String, positions: BTreeMap<String, i64> },
     /// An `overflow: "drop_oldest"` (or `"conflate"`) subscription dropped
     /// `dropped` records of `topic` while the socket was behind.
     Lagged { topic: String, dropped: u64 },

@@ -59,6 +59,7 @@ const FIELDS: &[&str] = &[
     "group",
     "ack",
     "offset",
+    "throttle_ms",
     "bogus",
 ];
 const TYPES: &[&str] =
@@ -206,6 +207,7 @@ proptest! {
             Just(StartFrom::Earliest),
             prop::collection::btree_map(0i32..64, 0i64..i64::MAX, 0..5).prop_map(StartFrom::Offsets),
             (0i64..i64::MAX).prop_map(StartFrom::Timestamp),
+            Just(StartFrom::Snapshot),
         ],
         overflow in prop::sample::select(&[Overflow::Disconnect, Overflow::DropOldest, Overflow::Conflate][..]),
         group in prop::option::of(("[a-zA-Z0-9._-]{1,30}", any::<bool>())),
@@ -218,6 +220,7 @@ proptest! {
                 json!({"offsets": o})
             }
             StartFrom::Timestamp(t) => json!({"timestamp": t}),
+            StartFrom::Snapshot => json!("snapshot"),
         };
         let mut frame = json!({"type":"subscribe","id":id,"topic":topic,"from":wire_from});
         if let Some((name, client_ack)) = &group {

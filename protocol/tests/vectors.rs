@@ -34,6 +34,7 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
                 StartFrom::Earliest => json!("earliest"),
                 StartFrom::Offsets(o) => json!({ "offsets": o }),
                 StartFrom::Timestamp(t) => json!({ "timestamp": t }),
+                StartFrom::Snapshot => json!("snapshot"),
             };
             let mut v =
                 json!({"type": "subscribe", "id": sub.id, "topic": sub.topic, "from": from});
@@ -42,6 +43,9 @@ fn normalize(frame: &ClientFrame<'_>) -> Value {
             }
             if let Some(filter) = &sub.filter {
                 v["filter"] = filter.clone();
+            }
+            if let Some(ms) = sub.throttle_ms {
+                v["throttle_ms"] = json!(ms);
             }
             if let Some(group) = &sub.group {
                 v["group"] = json!(group);

@@ -27,6 +27,7 @@ mod publish;
 mod requests;
 mod schema;
 mod secure;
+mod snapshot;
 mod sse;
 mod startup;
 mod throttle;

@@ -56,6 +56,8 @@ pub struct Config {
     /// first match applies): see [`crate::schema`].
     pub schemas: Vec<SchemaConfig>,
     pub console: ConsoleConfig,
+    /// Topics whose keyed state the node keeps for snapshots (`[[tables]]`).
+    pub tables: Vec<TableConfig>,
     pub http_publish: HttpPublishConfig,
     pub sse: SseConfig,
     pub admin: AdminConfig,
@@ -268,6 +270,48 @@ impl Default for ConsoleConfig {
     }
 }
 
+/// `[[tables]]`: topics whose keyed state the node keeps for `from: "snapshot"`
+/// (see [`crate::tables`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Topic pattern (`devices`, `prices.*`, `state.**`); no placeholders.
+    pub topics: String,
+    /// Most keys one topic's table holds.
+    #[serde(default = "default_max_keys")]
+    pub max_keys: usize,
+    /// Most bytes one topic's table holds (its records' frames, keys and
+    /// values).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_max_keys() -> usize {
+    100_000
+}
+
+fn default_max_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+/// Checks `[[tables]]`; returns every problem.
+fn check_tables(configs: &[TableConfig]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        if config.topics.contains('{') {
+            errors.push(format!(
+                "tables[{i}]: placeholders such as {{sub}} are not allowed in table patterns"
+            ));
+        } else if let Err(e) = crate::acl::Pattern::parse(&config.topics) {
+            errors.push(format!("tables[{i}]: {:?}: {e}", config.topics));
+        }
+        if config.max_keys == 0 || config.max_bytes == 0 {
+            errors.push(format!("tables[{i}]: max_keys and max_bytes must be at least 1"));
+        }
+    }
+    errors
+}
+
 /// The admin API and the cluster's control topic (see README.md,
 /// "Operating a fleet"). Turn it on on every node of a fleet: a node
 /// without it does not read the control topic, so it neither answers nor
@@ -422,6 +466,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             schemas: Vec::new(),
             console: ConsoleConfig::default(),
+            tables: Vec::new(),
             admin: AdminConfig::default(),
             http_publish: HttpPublishConfig::default(),
             sse: SseConfig::default(),
@@ -596,6 +641,7 @@ impl Config {
             }
         }
         errors.extend(self.admin_errors(purpose));
+        errors.extend(check_tables(&self.tables));
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
         }

@@ -704,7 +704,9 @@ fn plan(
     let mut gaps = Vec::new();
     for (&p, &(low, high)) in marks {
         let start = match from {
-            StartFrom::Latest => high,
+            // A snapshot's live part starts from the table's positions
+            // (offsets): never planned as a snapshot here.
+            StartFrom::Latest | StartFrom::Snapshot => high,
             StartFrom::Earliest => low,
             StartFrom::Timestamp(_) => by_time.get(&p).copied().unwrap_or(high).clamp(low, high),
             StartFrom::Offsets(offsets) => match offsets.get(&p) {

@@ -90,6 +90,9 @@ impl Throttle {
             // it now would overtake the older one).
             if now < slot.ends || slot.pending.is_some() {
                 let first = slot.pending.is_none();
+                if !first {
+                    crate::metrics::throttled(1);
+                }
                 slot.pending = Some((frame.clone(), overflow));
                 if first {
                     self.seq += 1;

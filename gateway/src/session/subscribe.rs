@@ -168,6 +168,9 @@ impl Session {
         metrics::subscriptions_changed(1.0);
         let partitions = opened.starts.into_iter().map(|(p, o)| (p.to_string(), o)).collect();
         self.send(ServerFrame::Subscribed { id, topic, partitions }).await?;
+        if let Some(prelude) = opened.prelude {
+            prelude.start(); // the snapshot follows `subscribed`
+        }
         for gap in opened.gaps {
             self.send(gap).await?;
         }

@@ -69,6 +69,7 @@ use crate::node::registry::{Closer, Registered, Transport};
 use crate::node::Node;
 use crate::outlet::{Drain, Item, Outlet, PacedFrame};
 use crate::resume::Positions;
+use crate::tables::is_snapshot_frame;
 
 /// Events waiting for the response body to take them.
 const EVENT_BUFFER: usize = 64;
@@ -169,6 +170,11 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
                 positions.start(&want.topic, &opened.starts);
                 gaps.extend(opened.gaps);
                 held.push(opened.held);
+                // Its frames wait in the outlet until the stream has sent
+                // its opening events.
+                if let Some(prelude) = opened.prelude {
+                    prelude.start();
+                }
             }
             Err(e) => return Err(refusal_of(&e)),
         }
@@ -339,9 +345,23 @@ impl Stream {
     /// The `message` event of an encoded frame, with the token that
     /// includes it.
     fn message(&mut self, frame: &str) -> Event {
-        match position(frame) {
-            Some((topic, partition, offset)) => self.positions.delivered(&topic, partition, offset),
-            None => tracing::error!("a message frame without its position"),
+        if frame.starts_with(r#"{"type":"snapshot_end""#) {
+            // The positions the live records start from are the stream's
+            // since `subscribed`.
+            return Event::default().event("snapshot_end").id(self.positions.encode()).data(frame);
+        }
+        if frame.starts_with(r#"{"type":"unsubscribed""#) {
+            return Event::default().event("unsubscribed").data(frame);
+        }
+        // A snapshot's records are older than where the stream resumes:
+        // they leave its positions as they are.
+        if !is_snapshot_frame(frame) {
+            match position(frame) {
+                Some((topic, partition, offset)) => {
+                    self.positions.delivered(&topic, partition, offset)
+                }
+                None => tracing::error!("a message frame without its position"),
+            }
         }
         // JSON allows a raw CR only as whitespace: dropping it changes
         // nothing, and SSE would read it as a line break.
