@@ -119,6 +119,8 @@ public data class SubscribeOptions(
     val ack: AckMode? = null,
     /** Records buffered for the collector of [Subscription.messages]; when full, the socket stops being read. */
     val bufferSize: Int = 1024,
+    /** At most one record per key per this many ms (1 to 60000), always the newest, and a key's last value is never lost; not with [group]. */
+    val throttleMs: Int? = null,
 ) {
     /** The capabilities the gateway must announce for these options. */
     internal fun needs(): List<String> = buildList {
@@ -126,6 +128,7 @@ public data class SubscribeOptions(
         if (filter != null) add("filter")
         if (overflow != null) add("overflow")
         if (group != null || ack != null) add("group")
+        if (throttleMs != null) add("throttle")
     }
 }
 
@@ -389,6 +392,10 @@ public object ClientFrames {
         checkTopic(topic)
         options.group?.let { if (!GROUP.matches(it)) throw FerryException("bad_request", "a group is 1 to 200 characters of [A-Za-z0-9._-]") }
         if (options.ack != null && options.group == null) throw FerryException("bad_request", "`ack` needs `group`")
+        options.throttleMs?.let {
+            if (options.group != null) throw FerryException("bad_request", "`throttleMs` does not apply to a group subscription")
+            if (it !in 1..60_000) throw FerryException("bad_request", "`throttleMs` must be 1 to 60000")
+        }
         if (options.group != null && options.from != null && options.from != From.Latest && options.from != From.Earliest) {
             throw FerryException("bad_request", "a group starts at \"latest\" or \"earliest\" only")
         }
@@ -398,6 +405,7 @@ public object ClientFrames {
         options.group?.let { out.append(",\"group\":").append(JsonText.quote(it)) }
         options.ack?.let { out.append(",\"ack\":\"").append(it.wire).append('"') }
         options.filter?.let { out.append(",\"filter\":").append(it.toString()) }
+        options.throttleMs?.let { out.append(",\"throttle_ms\":").append(it) }
         options.overflow?.let { out.append(",\"overflow\":\"").append(it.wire).append('"') }
         return out.append('}').toString()
     }

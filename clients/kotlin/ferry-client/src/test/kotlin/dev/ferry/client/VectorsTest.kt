@@ -57,6 +57,7 @@ class VectorsTest {
             ack = f.s("ack")?.let { a -> AckMode.entries.first { it.wire == a } },
             filter = f["filter"],
             overflow = f.s("overflow")?.let { o -> Overflow.entries.first { it.wire == o } },
+            throttleMs = (f["throttle_ms"] as? JsonPrimitive)?.int,
         ))
         "unsubscribe" -> ClientFrames.unsubscribe(f.s("id")!!, f.s("topic")!!)
         "ping" -> ClientFrames.ping(f.s("id")!!)
