@@ -59,6 +59,7 @@ pub struct Config {
     pub http_publish: HttpPublishConfig,
     pub sse: SseConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
     /// Set by `--insecure` only: allow `auth.mode = "none"` off loopback.
     #[serde(skip)]
     pub insecure: bool,
@@ -329,6 +330,18 @@ impl AdminConfig {
     }
 }
 
+/// The gateway's own spans, exported over OTLP (see README.md, "Tracing").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector (`http://127.0.0.1:4318`): spans
+    /// are sent, JSON encoded and batched, to `<otlp_endpoint>/v1/traces`.
+    /// Unset: no spans at all. A collector that is slow or down never
+    /// holds up a publish or a delivery: spans beyond a bounded queue
+    /// (2048) are dropped.
+    pub otlp_endpoint: Option<String>,
+}
+
 /// `POST /v1/publish`, the batch publish path over plain HTTP.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -421,6 +434,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             http_publish: HttpPublishConfig::default(),
             sse: SseConfig::default(),
+            telemetry: TelemetryConfig::default(),
             insecure: false,
             source_file: None,
         }
@@ -588,6 +602,9 @@ impl Config {
             }
         }
         errors.extend(self.admin_errors(purpose));
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            errors.extend(crate::telemetry::check_endpoint(endpoint).err());
+        }
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
         }
@@ -933,6 +950,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     let http_publish = section(&mut table, "http_publish", errors);
     let sse = section(&mut table, "sse", errors);
     let admin = section(&mut table, "admin", errors);
+    let telemetry = section(&mut table, "telemetry", errors);
     let mut config: Config = each_key(table, "", errors);
     config.kafka = kafka;
     config.limits = limits;
@@ -945,6 +963,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     config.http_publish = http_publish;
     config.sse = sse;
     config.admin = admin;
+    config.telemetry = telemetry;
     config
 }
 
@@ -996,6 +1015,7 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
         "sse.token_cookie",
         "admin.token",
         "admin.token_file",
+        "telemetry.otlp_endpoint",
     ] {
         keys.insert(env_name(&split(path)), split(path));
     }
