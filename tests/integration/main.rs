@@ -29,4 +29,5 @@ mod schema;
 mod secure;
 mod sse;
 mod startup;
+mod telemetry;
 mod tls;
