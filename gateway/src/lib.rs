@@ -54,6 +54,10 @@
 //!   `from: "snapshot"`.
 //! - [`schema`]: per-topic JSON Schemas of record values, checked once per
 //!   publish before the producer (`invalid_value`).
+//! - [`telemetry`]: the gateway's own spans over OTLP/HTTP when
+//!   `telemetry.otlp_endpoint` is set (`ferry.publish` from the producer to
+//!   Kafka's ack, `ferry.deliver` in the live fan-out, both continuing the
+//!   records' `traceparent`); off, one relaxed load on the hot paths.
 //! - [`throttle`]: rate-limited logging of repeated failures.
 //!
 //! Publish: a door (session, HTTP) → the node's checks (ACL, rate,
@@ -89,6 +93,7 @@ pub mod resume;
 pub mod schema;
 pub mod session;
 pub mod tables;
+pub mod telemetry;
 pub mod template;
 pub mod throttle;
 

@@ -141,6 +141,14 @@ fn serve(config: Config) -> ExitCode {
              client (README.md, \"Authentication and topic ACLs\")"
         );
     }
+    // Before the runtime: the exporter's thread and client are its own.
+    let telemetry = match ferry_gateway::telemetry::start(&config.telemetry, config.node_id()) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("ferry: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -186,6 +194,10 @@ fn serve(config: Config) -> ExitCode {
     // A Kafka look-up left running by a start cut short ends on its own
     // timeout; the process need not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // The spans of the drain too, sent or given up on within a few seconds.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     code
 }
 

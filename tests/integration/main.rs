@@ -30,5 +30,6 @@ mod secure;
 mod snapshot;
 mod sse;
 mod startup;
+mod telemetry;
 mod throttle;
 mod tls;

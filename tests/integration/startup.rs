@@ -114,11 +114,13 @@ async fn tls_file_errors_are_reported_with_the_others_before_anything_starts() {
     assert_nothing_started(&exit.stderr);
 
     // With another mistake: every error in one list.
-    let config = temp_file("ferry.toml", &format!("{tls}[limits]\nmax_frame_bytes = 10\n"));
+    let more = "[limits]\nmax_frame_bytes = 10\n[telemetry]\notlp_endpoint = \"collector:4318\"\n";
+    let config = temp_file("ferry.toml", &format!("{tls}{more}"));
     let exit = run_ferry(&["--config", &config, "--listen", "127.0.0.1:0"], &[], WAIT).await;
     assert_eq!(exit.code, Some(64), "{exit:?}");
     let stderr = &exit.stderr;
-    for part in ["invalid configuration", "tls.cert_file", &missing, "limits.max_frame_bytes"] {
+    let parts = ["invalid configuration", "tls.cert_file", &missing, "limits.max_frame_bytes"];
+    for part in parts.into_iter().chain(["telemetry.otlp_endpoint \"collector:4318\""]) {
         assert!(stderr.contains(part), "{part:?} missing from\n{stderr}");
     }
     assert_nothing_started(stderr);

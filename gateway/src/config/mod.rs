@@ -61,6 +61,7 @@ pub struct Config {
     pub http_publish: HttpPublishConfig,
     pub sse: SseConfig,
     pub admin: AdminConfig,
+    pub telemetry: TelemetryConfig,
     /// Set by `--insecure` only: allow `auth.mode = "none"` off loopback.
     #[serde(skip)]
     pub insecure: bool,
@@ -312,6 +313,23 @@ fn check_tables(configs: &[TableConfig]) -> Vec<String> {
     errors
 }
 
+/// Checks `telemetry.otlp_endpoint`: an `http://` or `https://` URL with a
+/// host.
+pub fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let bad = |why: &str| format!("telemetry.otlp_endpoint {endpoint:?} {why}");
+    let uri: axum::http::Uri = endpoint.parse().map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad("must be an http:// or https:// URL"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("must not have a query: it is the collector's base URL"));
+    }
+    Ok(())
+}
+
 /// The admin API and the cluster's control topic (see README.md,
 /// "Operating a fleet"). Turn it on on every node of a fleet: a node
 /// without it does not read the control topic, so it neither answers nor
@@ -375,6 +393,18 @@ impl AdminConfig {
     pub fn heartbeat(&self) -> Duration {
         ms(self.heartbeat_ms)
     }
+}
+
+/// The gateway's own spans, exported over OTLP (see README.md, "Tracing").
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector (`http://127.0.0.1:4318`): spans
+    /// are sent, JSON encoded and batched, to `<otlp_endpoint>/v1/traces`.
+    /// Unset: no spans at all. A collector that is slow or down never
+    /// holds up a publish or a delivery: spans beyond a bounded queue
+    /// (2048) are dropped.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `POST /v1/publish`, the batch publish path over plain HTTP.
@@ -470,6 +500,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             http_publish: HttpPublishConfig::default(),
             sse: SseConfig::default(),
+            telemetry: TelemetryConfig::default(),
             insecure: false,
             source_file: None,
         }
@@ -642,6 +673,9 @@ impl Config {
         }
         errors.extend(self.admin_errors(purpose));
         errors.extend(check_tables(&self.tables));
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            errors.extend(check_endpoint(endpoint).err());
+        }
         if let Err(problems) = crate::acl::Policy::compile(&self.acl) {
             errors.extend(problems);
         }
@@ -993,6 +1027,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     let http_publish = section(&mut table, "http_publish", errors);
     let sse = section(&mut table, "sse", errors);
     let admin = section(&mut table, "admin", errors);
+    let telemetry = section(&mut table, "telemetry", errors);
     let mut config: Config = each_key(table, "", errors);
     config.kafka = kafka;
     config.limits = limits;
@@ -1005,6 +1040,7 @@ fn deserialize_sections(mut table: toml::Table, errors: &mut Vec<String>) -> Con
     config.http_publish = http_publish;
     config.sse = sse;
     config.admin = admin;
+    config.telemetry = telemetry;
     config
 }
 
@@ -1056,6 +1092,7 @@ pub fn env_keys() -> BTreeMap<String, Vec<String>> {
         "sse.token_cookie",
         "admin.token",
         "admin.token_file",
+        "telemetry.otlp_endpoint",
     ] {
         keys.insert(env_name(&split(path)), split(path));
     }

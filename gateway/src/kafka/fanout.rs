@@ -53,6 +53,7 @@ use crate::kafka::retry_blocking;
 use crate::kafka::source::{self, Flow, Route};
 use crate::kafka::topics::Topics;
 use crate::metrics;
+use crate::telemetry;
 
 /// What the consumer is assigned of one topic. Empty while the topic is
 /// not assigned.
@@ -305,7 +306,9 @@ impl Fanout {
     /// Encodes `record` once, keeps it among the topic's recent records and
     /// queues the bytes to every subscriber.
     fn dispatch(&self, record: &BorrowedMessage<'_>) {
+        let span = telemetry::DeliverSpan::start(record);
         let delivered = self.hub.dispatch(record.topic(), recent_record(record));
+        span.end(delivered);
         metrics::fanout_record(delivered);
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use ferry_protocol::Publish;
+use ferry_protocol::{Publish, TRACEPARENT};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
@@ -20,6 +20,7 @@ use crate::error::GatewayError;
 use crate::kafka::context::KafkaContext;
 use crate::kafka::health::Health;
 use crate::kafka::topics::classify;
+use crate::telemetry::PublishSpan;
 
 /// Kafka header carrying the publish's request id.
 pub const FERRY_ID_HEADER: &str = "ferry-id";
@@ -63,19 +64,34 @@ impl Publisher {
         if let Some(partition) = publish.partition {
             record = record.partition(partition);
         }
+        // With telemetry on, the record's trace context names the gateway's
+        // `ferry.publish` span as parent.
+        let mut span = PublishSpan::start(publish);
+        let traceparent = span.traceparent();
         // The client's request id travels with the record so that downstream
         // consumers can de-duplicate a publish the client retried.
         let headers = publish
             .headers
             .iter()
             .fold(OwnedHeaders::new_with_capacity(publish.headers.len() + 1), |h, (k, v)| {
-                h.insert(Header { key: k, value: Some(v.as_bytes()) })
+                let value = match &traceparent {
+                    Some(ours) if k.eq_ignore_ascii_case(TRACEPARENT) => &ours[..],
+                    _ => v.as_bytes(),
+                };
+                h.insert(Header { key: k, value: Some(value) })
             })
             .insert(Header { key: FERRY_ID_HEADER, value: Some(publish.id.as_bytes()) });
         record = record.headers(headers);
         let started = Instant::now();
-        let report = self.producer.send_result(record).map_err(|(err, _)| classify(&err))?;
-        Ok(Delivery { report, started })
+        let report = match self.producer.send_result(record) {
+            Ok(report) => report,
+            Err((err, _)) => {
+                let e = classify(&err);
+                span.failed(e.code().as_str());
+                return Err(e);
+            }
+        };
+        Ok(Delivery { report, started, span })
     }
 }
 
@@ -85,6 +101,7 @@ impl Publisher {
 pub struct Delivery {
     report: DeliveryFuture,
     started: Instant,
+    span: PublishSpan,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -96,15 +113,18 @@ impl std::fmt::Debug for Delivery {
 impl Future for Delivery {
     type Output = Result<Stored, GatewayError>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let started = self.started;
-        Pin::new(&mut self.report).poll(cx).map(|report| match report {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let outcome = match std::task::ready!(Pin::new(&mut this.report).poll(cx)) {
             Ok(Ok(d)) => {
-                crate::metrics::publish_acked(started.elapsed());
-                Ok(Stored { partition: d.partition, offset: d.offset })
+                crate::metrics::publish_acked(this.started.elapsed());
+                this.span.acked(d.partition, d.offset);
+                return Poll::Ready(Ok(Stored { partition: d.partition, offset: d.offset }));
             }
-            Ok(Err((err, _))) => Err(classify(&err)),
-            Err(_canceled) => Err(GatewayError::Internal("producer went away".into())),
-        })
+            Ok(Err((err, _))) => classify(&err),
+            Err(_canceled) => GatewayError::Internal("producer went away".into()),
+        };
+        this.span.failed(outcome.code().as_str());
+        Poll::Ready(Err(outcome))
     }
 }
