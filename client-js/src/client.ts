@@ -13,7 +13,7 @@
 
 import { Auth } from './auth.js';
 import { backoffBounds, backoffDelay, type BackoffBounds } from './backoff.js';
-import { CLIENT_GAVE_UP, closeCodeName, mayReconnect } from './codes.js';
+import { CLIENT_GAVE_UP, mayReconnect } from './codes.js';
 import { Emitter } from './emitter.js';
 import { FerryError } from './errors.js';
 import {
@@ -453,8 +453,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
   }
 
   /** The current socket is gone (closed by the peer, or dropped by us). */
-  private lost(code: number, closeReason: string): void {
-    const reason = closeReason || (closeCodeName(code) ?? '');
+  private lost(code: number, reason: string): void {
     const wasOpen = this.connected;
     this.detach();
     if (!wasOpen && this.transportOption === 'auto' && !this.fellBack && this.state !== 'closed') {
@@ -472,9 +471,7 @@ export class FerryClient extends Emitter<FerryClientEvents> {
       this.retryTimer = setTimeout(() => this.retryNow(), backoffDelay(this.attempt++, this.reconnectBounds));
       return;
     }
-    const name = closeCodeName(code);
-    const said = closeReason && closeReason !== name ? `${name ? ': ' : ' '}${closeReason}` : '';
-    const why = `connection closed (${code}${name ? ` ${name}` : ''}${said})`;
+    const why = `connection closed (${code}${reason ? ` ${reason}` : ''})`;
     const terminal = !mayReconnect(code);
     this.finish(new FerryError(terminal ? 'closed' : 'connection_lost', terminal ? why : `${why}; gave up reconnecting`, { closeCode: code }), true);
   }

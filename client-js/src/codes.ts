@@ -71,15 +71,16 @@ export const CLIENT_GAVE_UP = 4100;
 
 /**
  * The names of the close codes that have one (the reason the gateway sends
- * with them), from `protocol/vectors/codes.json`. The client uses the name
- * when a close frame carries no reason, so every report of a close names it.
+ * with them), from `protocol/vectors/codes.json`: for an app that reports a
+ * `closeCode` or a `disconnect` event's code by name. (Not in the browser
+ * bundle: the client itself reports the reason of the close frame.)
  *
  * Those an operator sends through the admin API: 4006 `disconnected` (the
  * client reconnects), 1012 `service_restart` (the node drains for an
  * upgrade; the client reconnects, to another node) and 4502 `revoked` (its
  * credentials were revoked; the client stops and reports it).
  */
-export const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = Object.freeze({
+export const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = {
   1000: 'normal',
   1001: 'going_away',
   1002: 'protocol_error',
@@ -98,7 +99,7 @@ export const CLOSE_CODE_NAMES: Readonly<Record<number, string>> = Object.freeze(
   4100: 'client_gave_up',
   4501: 'subject_changed',
   4502: 'revoked',
-});
+};
 
 /** The name of close code `code` (e.g. `revoked` for 4502), or `undefined` for a code without one. */
 export function closeCodeName(code: number): string | undefined {

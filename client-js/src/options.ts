@@ -157,7 +157,6 @@ export interface PublishOptions extends PublishFields {
 export interface DisconnectInfo {
   /** The close code: the gateway's, 1006 for a lost connection, 4100 when the client gave up on the socket. */
   code: number;
-  /** The close frame's reason; when it has none, the code's name (e.g. `revoked`, `service_restart`), or `''`. */
   reason: string;
   /** Whether the client will try again. */
   willReconnect: boolean;
