@@ -27,7 +27,7 @@ export { FerryError } from './errors.js';
 export { HttpTransport, httpBase } from './http-transport.js';
 export type { FetchLike, HttpTransportOptions } from './http-transport.js';
 export type { ErrorSource, FerryErrorDetails } from './errors.js';
-export { CLIENT_GAVE_UP, ERROR_CODES, mayReconnect } from './codes.js';
+export { CLIENT_GAVE_UP, CLOSE_CODE_NAMES, ERROR_CODES, closeCodeName, mayReconnect } from './codes.js';
 export type { ClientErrorCode, ErrorCode, ProtocolErrorCode } from './codes.js';
 export { backoffDelay } from './backoff.js';
 export type { BackoffOptions } from './backoff.js';

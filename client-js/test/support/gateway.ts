@@ -75,6 +75,8 @@ export interface Gateway {
   url: string;
   /** Kafka bootstrap address (for kcat): the embedded Kafka's, or `brokers`. */
   bootstrap: string;
+  /** `http://127.0.0.1:PORT` of the admin API, from its log line, when `FERRY_ADMIN_ENABLED=true` is in `env`. */
+  admin: string | undefined;
   process: ChildProcess;
   logFile: string;
   /** SIGTERM, then SIGKILL after 10 s. */
@@ -95,11 +97,14 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
   });
   let stderr = '';
   let bootstrap = options.brokers ?? '';
+  const wantsAdmin = options.env?.FERRY_ADMIN_ENABLED === 'true';
+  let admin = '';
   child.stdout.pipe(log);
   child.stderr.on('data', (chunk: Buffer) => {
     log.write(chunk);
     stderr += chunk.toString();
     bootstrap ||= /embedded kafka bootstrap=(\S+)/.exec(stderr)?.[1] ?? '';
+    if (wantsAdmin) admin ||= /admin API on (http:\/\/[^\s"\\]+)/.exec(stderr)?.[1] ?? '';
   });
   let exited: string | undefined;
   child.on('exit', (code, signal) => (exited = `exited with ${code ?? signal}`));
@@ -109,13 +114,14 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     if (exited) throw new Error(`gateway ${exited} before it was ready; log ${logFile}:\n${stderr.slice(-3000)}`);
     try {
       const res = await fetch(`http://127.0.0.1:${port}/readyz`);
-      if (res.status === 200 && bootstrap) break;
+      if (res.status === 200 && bootstrap && (admin || !wantsAdmin)) break;
     } catch {
       // not listening yet
     }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new Error(`gateway not ready within ${options.readyTimeoutMs ?? 60_000} ms; log ${logFile}:\n${stderr.slice(-3000)}`);
+      const missing = wantsAdmin && !admin ? ' (no "admin API on http://..." line in its log)' : '';
+      throw new Error(`gateway not ready within ${options.readyTimeoutMs ?? 60_000} ms${missing}; log ${logFile}:\n${stderr.slice(-3000)}`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -124,6 +130,7 @@ export async function startGateway(options: GatewayOptions = {}): Promise<Gatewa
     port,
     url: `ws://127.0.0.1:${port}/ws`,
     bootstrap,
+    admin: admin || undefined,
     process: child,
     logFile,
     async stop() {

@@ -155,6 +155,86 @@ describe('connection', () => {
   });
 });
 
+describe('close codes an operator sends (admin API)', () => {
+  const key = (m: FerryMessage): string => `${m.partition}/${m.offset}`;
+
+  for (const [code, name] of [
+    [4006, 'disconnected'],
+    [1012, 'service_restart'],
+  ] as const) {
+    it(`${code} ${name}: reconnects and resumes from the positions after the last delivered records`, async (t) => {
+      const { gw, hub, errors } = setup(t);
+      const got: FerryMessage[] = [];
+      const disconnects: { code: number; reason: string; willReconnect: boolean }[] = [];
+      hub.on('disconnect', (d) => disconnects.push(d));
+      const sub = hub.subscribe('s', (m) => got.push(m));
+      await hub.connect();
+      await sub.ready;
+      for (let i = 0; i < 12; i++) gw.produce('s', { i });
+      await waitFor(() => got.length === 12, 2000, '12 records');
+      gw.last.close(code, name);
+      // Produced while the client is away: owed on the next connection.
+      for (let i = 12; i < 24; i++) gw.produce('s', { i });
+      await waitFor(() => gw.connections.length === 2 && hub.state === 'open', 2000, 'reconnected');
+      for (let i = 24; i < 30; i++) gw.produce('s', { i });
+      await waitFor(() => got.length >= 30, 2000, '30 records');
+      await sleep(20);
+      assert.deepEqual(disconnects, [{ code, reason: name, willReconnect: true }]);
+      assert.deepEqual(gw.last.of('subscribe')[0]?.from, { offsets: { '0': 4, '1': 4, '2': 4 } }, 'resumed after the last delivered records');
+      assert.equal(got.length, 30);
+      assert.equal(new Set(got.map(key)).size, 30, 'no duplicate');
+      assert.deepEqual(got.map((m) => (m.value as { i: number }).i).sort((a, b) => a - b), Array.from({ length: 30 }, (_, i) => i), 'no gap');
+      assert.deepEqual(errors, []);
+    });
+
+    it(`${code} ${name}: a crowd closed at the same instant comes back spread over the backoff window (jitter)`, async (t) => {
+      const gw = new FakeGateway();
+      const WINDOW_MS = 400;
+      const hubs = Array.from(
+        { length: 16 },
+        () => new FerryClient({ url: 'ws://fake/ws', WebSocket: gw.WebSocket, reconnect: { initialDelayMs: WINDOW_MS, maxDelayMs: WINDOW_MS }, liveness: false }),
+      );
+      t.after(() => Promise.all(hubs.map((h) => h.close())));
+      await Promise.all(hubs.map((h) => h.connect()));
+      const back: number[] = [];
+      for (const h of hubs) h.on('welcome', () => back.push(Date.now()));
+      const closedAt = Date.now();
+      for (const conn of [...gw.connections]) conn.close(code, name);
+      await waitFor(() => back.length === hubs.length, 10_000, 'every client back');
+      const delays = back.map((at) => at - closedAt).sort((a, b) => a - b);
+      const spread = (delays.at(-1) as number) - (delays[0] as number);
+      // 16 uniform delays in [0, 400) ms all within 100 ms of each other: odds about 1e-8.
+      assert.ok(spread >= 100, `reconnects spread over the window, not at one instant (delays ${delays.join(', ')} ms)`);
+      assert.ok(new Set(delays).size >= 8, `distinct delays (${delays.join(', ')} ms)`);
+    });
+  }
+
+  it('4502 revoked: terminal, no reconnect; the error, the disconnect and the subscriptions report the revocation', async (t) => {
+    const { gw, hub, errors } = setup(t);
+    const disconnects: { code: number; reason: string; willReconnect: boolean }[] = [];
+    hub.on('disconnect', (d) => disconnects.push(d));
+    const subErrors: FerryError[] = [];
+    const sub = hub.subscribe('s', () => undefined, { onError: (e) => subErrors.push(e) });
+    await hub.connect();
+    await sub.ready;
+    const inFlight = outcome(hub.publish('s', { late: true }));
+    gw.last.close(4502, 'revoked');
+    await waitFor(() => hub.state === 'closed', 2000, 'closed');
+    await sleep(60); // a reconnect would have happened by now (backoff at most 20 ms)
+    assert.equal(gw.connections.length, 1, 'no reconnect');
+    assert.deepEqual(disconnects, [{ code: 4502, reason: 'revoked', willReconnect: false }]);
+    assert.equal(errors.length, 1);
+    assert.equal(errors[0]?.code, 'closed');
+    assert.equal(errors[0]?.closeCode, 4502);
+    assert.match(errors[0]?.message ?? '', /4502 revoked/);
+    assert.equal(subErrors[0]?.closeCode, 4502);
+    const r = await inFlight;
+    assert.ok(r.ok || (r.error.code === 'closed' && r.error.closeCode === 4502), 'a publish not acked rejects with the revocation');
+    const after = await outcome(hub.publish('s', 1));
+    assert.ok(!after.ok && after.error.code === 'closed');
+  });
+});
+
 describe('several gateway nodes (url list or function)', () => {
   /**
    * Two "nodes", ws://a/ws and ws://b/ws, in front of one fake gateway (one

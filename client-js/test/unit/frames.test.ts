@@ -19,7 +19,9 @@ import { readFileSync } from 'node:fs';
 import { describe, it, type TestContext } from 'node:test';
 import {
   CLIENT_GAVE_UP,
+  CLOSE_CODE_NAMES,
   ERROR_CODES,
+  closeCodeName,
   FerryClient,
   FerryError,
   decodeServerFrame,
@@ -355,5 +357,10 @@ describe('protocol/vectors/codes.json', () => {
   it('close codes: mayReconnect() classifies each as the table does', () => {
     for (const c of codes.close_codes) assert.equal(mayReconnect(c.code), c.class === 'reconnect', `${c.code} ${c.reason}`);
     assert.equal(codes.close_codes.find((c) => c.sent_by === 'client')?.code, CLIENT_GAVE_UP);
+  });
+  it('close codes: closeCodeName() names exactly those the table names', () => {
+    const named = codes.close_codes.filter((c) => c.reason !== '');
+    assert.deepEqual(Object.fromEntries(named.map((c) => [String(c.code), c.reason])), { ...CLOSE_CODE_NAMES });
+    for (const c of codes.close_codes) assert.equal(closeCodeName(c.code), c.reason || undefined, String(c.code));
   });
 });
