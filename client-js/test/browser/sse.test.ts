@@ -11,15 +11,14 @@
  * Needs `npm run build` first, the gateway binary and /usr/bin/chromium.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
-import type { RequestListener } from 'node:http';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { Page } from 'playwright-core';
 import {
-  BUNDLE,
   SHOTS,
   launchChromium,
+  pageWithBundle,
   requireBrowser,
   startStaticServer,
   type Browser,
@@ -35,16 +34,6 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>Ferry over SSE</title>
 <script src="/ferry.min.js"></script>
 <pre id="log"></pre>`;
 
-/** Serves the page and the bundle, nothing else. */
-const pageAndBundle: RequestListener = (req, res) => {
-  if (req.url === '/') {
-    res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(PAGE);
-  } else if (req.url === '/ferry.min.js') {
-    res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' }).end(readFileSync(BUNDLE));
-  } else {
-    res.writeHead(404).end('not found');
-  }
-};
 
 describe('HTTP fallback in headless Chromium with WebSockets blocked', () => {
   let gateway: Gateway;
@@ -58,7 +47,7 @@ describe('HTTP fallback in headless Chromium with WebSockets blocked', () => {
   before(async () => {
     requireBrowser();
     gateway = await startGateway({ name: 'browser-sse' });
-    web = await startStaticServer({ handler: pageAndBundle });
+    web = await startStaticServer({ handler: pageWithBundle(PAGE) });
     // Uncaught page errors only: the page blocks its WebSocket on purpose.
     browser = await launchChromium({ consoleErrors: false });
     // Belt and braces: any WebSocket request is aborted too.

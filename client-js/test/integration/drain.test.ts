@@ -19,12 +19,10 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { FerryClient, type FerryError, type FerryMessage, type GapFrame, type PublishAck } from '../../src/index.js';
-import { OUTPUT_DIR, requireGatewayBinary, startGateway, type Gateway } from '../support/gateway.js';
+import { requireGatewayBinary, startFleetNode, startGateway, type Gateway } from '../support/gateway.js';
 import { sleep } from '../support/fake-gateway.js';
 
 const run = Date.now().toString(36);
@@ -53,14 +51,8 @@ let nodeA: Gateway;
 let nodeB: Gateway;
 
 /** Starts a node on `brokers`, creating topics on demand, with the admin API on. */
-async function startNode(name: string, brokers: string): Promise<Gateway> {
-  mkdirSync(OUTPUT_DIR, { recursive: true });
-  const config = join(OUTPUT_DIR, `drain-${name}-${run}.toml`);
-  const lines = ['[kafka]', 'auto_create_topics = true', ''];
-  // The embedded (mock) broker answers a fetch only when this wait expires: keep it short, as the gateway does for its own.
-  if (!realKafka) lines.push('[kafka.librdkafka]', '"fetch.wait.max.ms" = "5"', '');
-  writeFileSync(config, lines.join('\n'));
-  return startGateway({ name: `drain-${name}`, brokers, args: ['--config', config], env: { FERRY_NODE_ID: `${name}-${run}`, ...adminEnv } });
+function startNode(name: string, brokers: string): Promise<Gateway> {
+  return startFleetNode('drain', `${name}-${run}`, brokers, !realKafka, adminEnv);
 }
 
 /** The process's exit code, once it has exited. */

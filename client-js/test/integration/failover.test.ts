@@ -10,12 +10,10 @@
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { FerryClient, type FerryError, type FerryMessage, type GapFrame, type PublishAck } from '../../src/index.js';
-import { OUTPUT_DIR, startGateway, type Gateway } from '../support/gateway.js';
+import { startFleetNode, startGateway, type Gateway } from '../support/gateway.js';
 import { sleep, waitFor } from '../support/fake-gateway.js';
 
 const run = Date.now().toString(36);
@@ -29,14 +27,8 @@ let nodeA: Gateway;
 let nodeB: Gateway;
 
 /** Starts a node on `brokers`, creating topics on demand. */
-async function startNode(name: string, brokers: string): Promise<Gateway> {
-  mkdirSync(OUTPUT_DIR, { recursive: true });
-  const config = join(OUTPUT_DIR, `failover-${name}-${run}.toml`);
-  const lines = ['[kafka]', 'auto_create_topics = true', ''];
-  // The embedded (mock) broker answers a fetch only when this wait expires: keep it short, as the gateway does for its own.
-  if (!realKafka) lines.push('[kafka.librdkafka]', '"fetch.wait.max.ms" = "5"', '');
-  writeFileSync(config, lines.join('\n'));
-  return startGateway({ name: `failover-${name}`, brokers, args: ['--config', config], env: { FERRY_NODE_ID: `${name}-${run}` } });
+function startNode(name: string, brokers: string): Promise<Gateway> {
+  return startFleetNode('failover', `${name}-${run}`, brokers, !realKafka);
 }
 
 before(async () => {

@@ -9,7 +9,7 @@
  * binary is a test failure with a clear message, never a silent skip.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket, connect } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -81,6 +81,21 @@ export interface Gateway {
   logFile: string;
   /** SIGTERM, then SIGKILL after 10 s. */
   stop(): Promise<void>;
+}
+
+/**
+ * Starts node `nodeId` of a fleet on `brokers` (a real Kafka, or another
+ * gateway's embedded one), creating topics on demand; `label` prefixes its
+ * log and config file, `env` adds variables.
+ */
+export async function startFleetNode(label: string, nodeId: string, brokers: string, embedded: boolean, env: Record<string, string> = {}): Promise<Gateway> {
+  mkdirSync(OUTPUT_DIR, { recursive: true });
+  const config = join(OUTPUT_DIR, `${label}-${nodeId}.toml`);
+  const lines = ['[kafka]', 'auto_create_topics = true', ''];
+  // The embedded (mock) broker answers a fetch only when this wait expires: keep it short, as the gateway does for its own.
+  if (embedded) lines.push('[kafka.librdkafka]', '"fetch.wait.max.ms" = "5"', '');
+  writeFileSync(config, lines.join('\n'));
+  return startGateway({ name: `${label}-${nodeId}`, brokers, args: ['--config', config], env: { FERRY_NODE_ID: nodeId, ...env } });
 }
 
 /** Starts `ferry --listen 127.0.0.1:PORT` and waits until it is ready. */
