@@ -68,7 +68,13 @@ const utf8 = new TextEncoder();
 
 function encodeMessage(r: FakeRecord, snapshot = false): Json {
   const frame: Json = { type: 'message', topic: r.topic, partition: r.partition, offset: r.offset, timestamp: r.timestamp };
-  frame.key = r.key === null ? null : Buffer.from(r.key).toString('utf8');
+  try {
+    frame.key = r.key === null ? null : new TextDecoder('utf-8', { fatal: true }).decode(r.key);
+  } catch {
+    // A key that is not UTF-8 comes as `key_b64`, as from the gateway.
+    frame.key = null;
+    frame.key_b64 = Buffer.from(r.key as Uint8Array).toString('base64');
+  }
   frame.headers = r.headers;
   if (snapshot) frame.snapshot = true;
   if (r.tombstone) frame.value = null;

@@ -1,7 +1,7 @@
 /** Throttled and snapshot subscriptions (`throttleMs`, `from: 'snapshot'`): options, capabilities, positions and resume. */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { FerryError, type FerryMessage } from '../../src/index.js';
+import { FerryError, createState, type FerryMessage } from '../../src/index.js';
 import { sleep, waitFor } from '../support/fake-gateway.js';
 import { outcome, setup } from './helpers.js';
 
@@ -119,5 +119,82 @@ describe('subscribe from snapshot: positions and resume', () => {
     assert.equal(gw.last.of('subscribe')[0]?.from, 'snapshot');
     assert.deepEqual(got.map((m) => m.snapshot), [true, true]);
     assert.deepEqual(sub.positions(), { '0': 1 });
+  });
+});
+
+describe('createState', () => {
+  it('holds the snapshot at ready, then applies live records and tombstones, with change events', async (t) => {
+    const { gw, hub } = setup(t, { partitions: 2 });
+    gw.produce('dev', { on: false }, { key: 'a', partition: 0 });
+    gw.produce('dev', { on: true }, { key: 'a', partition: 0 });
+    gw.produce('dev', { on: true }, { key: 'b', partition: 1 });
+    gw.produce('dev', { on: true }, { key: 'c', partition: 1 });
+    gw.produce('dev', null, { key: 'c', partition: 1, tombstone: true });
+    gw.produce('dev', new Uint8Array([1]), { key: new Uint8Array([0xff]), partition: 0 });
+    gw.produce('dev', { ignored: true }, { partition: 0 });
+    const state = createState<{ on: boolean }>(hub, 'dev', { throttleMs: 100 });
+    const events: unknown[] = [];
+    state.on('set', (key, value, m) => events.push(['set', key, value, m.snapshot ?? false]));
+    state.on('delete', (key) => events.push(['delete', key]));
+    await hub.connect();
+    await state.ready;
+    assert.equal(gw.last.of('subscribe')[0]?.throttle_ms, 100);
+    assert.equal(state.live, true);
+    assert.equal(state.size, 3);
+    assert.deepEqual(state.get('a'), { on: true });
+    assert.ok(state.has('b') && !state.has('c'));
+    assert.deepEqual(state.get('/w=='), new Uint8Array([1]), 'a binary key as base64');
+    assert.deepEqual([...state.keys()].sort(), ['/w==', 'a', 'b']);
+    assert.equal([...state].length, 3);
+    assert.equal(events.length, 3);
+    events.length = 0;
+    gw.produce('dev', { on: false }, { key: 'b', partition: 1 });
+    gw.produce('dev', null, { key: 'a', partition: 0, tombstone: true });
+    gw.produce('dev', { on: true }, { key: 'd', partition: 0 });
+    await waitFor(() => events.length === 3);
+    assert.deepEqual(events, [['set', 'b', { on: false }, false], ['delete', 'a'], ['set', 'd', { on: true }, false]]);
+    assert.deepEqual(Object.fromEntries(state.entries()), { '/w==': new Uint8Array([1]), b: { on: false }, d: { on: true } });
+  });
+
+  it('resumes after a reconnect from its positions: no snapshot again, no missed update', async (t) => {
+    const { gw, hub } = setup(t, { partitions: 1 });
+    gw.produce('dev', 1, { key: 'a' });
+    const state = createState(hub, 'dev');
+    await hub.connect();
+    await state.ready;
+    gw.last.close(1006);
+    gw.produce('dev', 2, { key: 'a' });
+    gw.produce('dev', 3, { key: 'b' });
+    await waitFor(() => state.size === 2);
+    assert.deepEqual(gw.last.of('subscribe')[0]?.from, { offsets: { '0': 1 } });
+    assert.deepEqual(Object.fromEntries(state), { a: 2, b: 3 });
+  });
+
+  it('clears and starts over when the connection dropped before snapshot_end', async (t) => {
+    const { gw, hub } = setup(t, { partitions: 1 });
+    gw.produce('dev', 1, { key: 'a' });
+    gw.produce('dev', 1, { key: 'b' });
+    gw.holdSnapshotEnd = true;
+    const state = createState(hub, 'dev');
+    let cleared = 0;
+    state.on('clear', () => cleared++);
+    await hub.connect();
+    await waitFor(() => state.size === 2);
+    assert.equal(state.live, false);
+    gw.produce('dev', null, { key: 'b', tombstone: true });
+    gw.holdSnapshotEnd = false;
+    gw.last.close(1006);
+    await state.ready;
+    assert.equal(cleared, 1);
+    assert.equal(gw.last.of('subscribe')[0]?.from, 'snapshot');
+    assert.deepEqual(Object.fromEntries(state), { a: 1 });
+  });
+
+  it('ready rejects with unsupported on a gateway without snapshots', async (t) => {
+    const { hub } = setup(t, { capabilities: ['auth', 'filter', 'from'] });
+    await hub.connect();
+    const state = createState(hub, 'dev');
+    const result = await outcome(state.ready);
+    assert.ok(!result.ok && result.error.code === 'unsupported');
   });
 });
