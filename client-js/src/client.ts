@@ -405,6 +405,9 @@ export class FerryClient extends Emitter<FerryClientEvents> {
         if (frame.id === undefined) this.router.endedByGateway(frame.topic, frame.reason);
         else this.requests.reply(frame.id, frame);
         break;
+      case 'snapshot_end':
+        this.router.snapshotEnd(frame);
+        break;
       case 'gap':
         this.router.gap(frame);
         break;

@@ -33,9 +33,12 @@ export const MAX_TOPIC_LEN = 249;
  * - `'latest'`: records produced from now on (the gateway's default);
  * - `'earliest'`: from the start of each partition;
  * - `{ offsets: { "0": 120 } }`: the next offset to read, per partition;
- * - `{ timestamp: ms }`: the first record at or after this time.
+ * - `{ timestamp: ms }`: the first record at or after this time;
+ * - `'snapshot'` (capability `snapshot`): the latest record of every key
+ *   (messages with `snapshot: true`), then `snapshot_end`, then live records
+ *   from exactly the snapshot's positions. Not with `group`.
  */
-export type From = 'latest' | 'earliest' | { offsets: Record<string, number> } | { timestamp: number };
+export type From = 'latest' | 'earliest' | 'snapshot' | { offsets: Record<string, number> } | { timestamp: number };
 
 /** `publish`: produce one record. Exactly one of `value` / `value_b64`. */
 export interface PublishFrame {
@@ -81,6 +84,8 @@ export interface SubscribeFrame {
   filter?: unknown;
   /** Not with `group` (the gateway refuses it with `bad_request`). */
   overflow?: Overflow;
+  /** At most one record per key per this many ms (1–60 000), always the newest (capability `throttle`). Not with `group`. */
+  throttle_ms?: number;
 }
 
 /** `unsubscribe`: stop receiving records of a topic. */
@@ -325,6 +330,19 @@ export interface MessageFrame {
   headers_b64?: Record<string, string>;
   value?: unknown;
   value_b64?: string;
+  /** `true` on the records of a snapshot (`from: "snapshot"`). */
+  snapshot?: boolean;
+}
+
+/**
+ * The snapshot of a `from: "snapshot"` subscription is complete: live
+ * records follow from `positions` (partition -> next offset), which are also
+ * where to resume from.
+ */
+export interface SnapshotEndFrame {
+  type: 'snapshot_end';
+  topic: string;
+  positions: Record<string, number>;
 }
 
 /**
@@ -370,6 +388,7 @@ export type ServerFrame =
   | AuthedFrame
   | ErrorFrame
   | MessageFrame
+  | SnapshotEndFrame
   | GapFrame
   | LaggedFrame;
 
@@ -382,6 +401,7 @@ const REQUIRED: Record<string, Record<string, 's' | 'n' | 'o'>> = {
   pong: { id: 's' },
   error: { code: 's', message: 's' },
   message: { topic: 's', partition: 'n', offset: 'n' },
+  snapshot_end: { topic: 's', positions: 'o' },
   gap: { topic: 's' },
   lagged: { topic: 's', dropped: 'n' },
 };
@@ -433,6 +453,8 @@ export interface FerryMessage<T = unknown> {
    * not, `null` for a tombstone (or the JSON value `null`).
    */
   value: T | Uint8Array | null;
+  /** `true` on the records of a snapshot (`from: 'snapshot'`); absent on live records. */
+  snapshot?: true;
 }
 
 /** Turns a wire `message` frame into a {@link FerryMessage}. */
@@ -447,5 +469,6 @@ export function toMessage<T = unknown>(frame: MessageFrame): FerryMessage<T> {
     key: frame.key_b64 !== undefined ? fromBase64(frame.key_b64) : (frame.key ?? null),
     headers,
     value: frame.value_b64 !== undefined ? fromBase64(frame.value_b64) : ((frame.value ?? null) as T | null),
+    ...(frame.snapshot && { snapshot: true }),
   };
 }

@@ -6,8 +6,10 @@
  *
  * - `subscribe` opens `GET /sse?topic=...` (one stream per topic, read with
  *   `fetch`, so the token goes in the `Authorization` header); its
- *   `subscribed` event answers the frame, `message` and `gap` events are the
- *   protocol's frames. A stream that ends is reopened with its last resume
+ *   `subscribed` event answers the frame, `message`, `snapshot_end` and
+ *   `gap` events are the protocol's frames. A `from=snapshot` stream lost
+ *   before `snapshot_end` closes the transport (the client asks for the
+ *   snapshot again) rather than resume live from its token. A stream that ends is reopened with its last resume
  *   token (`resume=`, the event `id:`): no gap, no duplicate. When it cannot
  *   be reopened the transport closes with 1006 and the client reconnects,
  *   resubscribing from its offsets as over a WebSocket.
@@ -177,7 +179,7 @@ export class HttpTransport implements WebSocketLike {
       limits: { max_frame_bytes: 1 << 20, max_inflight_publishes: 1_000, max_subscriptions: 100 },
       subject: claims(this.token).sub,
       expires_at: this.expiresAt(),
-      capabilities: ['auth', 'filter', 'from'],
+      capabilities: ['auth', 'filter', 'from', 'snapshot', 'throttle'],
     });
   }
 
@@ -246,6 +248,8 @@ class TopicStream {
   private lastId: string | undefined;
   private lastHeard = Date.now();
   private subscribed = false;
+  /** A `from=snapshot` stream got its `snapshot_end`: reopening from the token is safe. */
+  private synced = false;
   private stopped = false;
   private failures = 0;
   private readonly aborts = new AbortController();
@@ -266,11 +270,12 @@ class TopicStream {
   }
 
   open(resume: string | undefined): void {
-    const { topic, from, filter } = this.frame;
+    const { topic, from, filter, throttle_ms } = this.frame;
     const query = new URLSearchParams({ topic: topic as string });
     if (resume) query.set('resume', resume);
     else if (from !== undefined) query.set('from', typeof from === 'string' ? from : JSON.stringify(from));
     if (filter !== undefined) query.set('filter', JSON.stringify(filter));
+    if (throttle_ms !== undefined) query.set('throttle_ms', JSON.stringify(throttle_ms));
     const init: RequestInit = { headers: { accept: 'text/event-stream' }, signal: this.aborts.signal };
     this.transport.request(`/sse?${query.toString()}`, init).then(
       (response) => this.read(response),
@@ -335,7 +340,8 @@ class TopicStream {
       this.subscribed = true;
       const topics = (JSON.parse(text) as { topics: Record<string, Record<string, number>> }).topics;
       this.transport.deliver({ type: 'subscribed', id: this.frame.id, topic: this.frame.topic, partitions: topics[this.frame.topic as string] });
-    } else if (kind === 'message' || kind === 'gap') {
+    } else if (kind === 'message' || kind === 'gap' || kind === 'snapshot_end') {
+      if (kind === 'snapshot_end') this.synced = true;
       this.transport.deliver(text);
     } else if (kind === 'close' && text.includes('token_expired')) {
       this.transport.fail(4002, 'token expired');
@@ -345,7 +351,9 @@ class TopicStream {
   /** The stream ended: reopen it from its token, or give the connection up. */
   private dropped(): void {
     if (this.stopped || this.transport.isClosed) return;
-    if (!this.subscribed || ++this.failures > MAX_STREAM_RETRIES) {
+    // A snapshot cut short cannot be resumed from a token (it would go on live): start over on a new connection.
+    const partial = this.frame.from === 'snapshot' && !this.synced;
+    if (!this.subscribed || partial || ++this.failures > MAX_STREAM_RETRIES) {
       return this.transport.fail(1006, `the event stream of ${String(this.frame.topic)} was lost`);
     }
     setTimeout(() => {

@@ -73,4 +73,6 @@ export type {
 export { MemoryStorage } from './queue.js';
 export type { OfflineQueueOptions, OverflowPolicy, QueueStorage, QueuedPublish } from './queue.js';
 export type { FerryStream, StreamOptions, SubscribeOptions, Subscription } from './subscription.js';
+export { FerryState, createState, stateKey } from './state.js';
+export type { FerryStateEvents, StateOptions } from './state.js';
 export type { GetToken } from './token.js';

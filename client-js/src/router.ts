@@ -9,7 +9,7 @@
  */
 
 import { FerryError } from './errors.js';
-import { checkTopic, type FerryMessage, type GapFrame, type MessageFrame } from './frames.js';
+import { checkTopic, type FerryMessage, type GapFrame, type MessageFrame, type SnapshotEndFrame } from './frames.js';
 import type { Link } from './link.js';
 import { errorOf } from './publisher.js';
 import { Channel, SubscriptionHandle, type SubscribeOptions } from './subscription.js';
@@ -49,12 +49,15 @@ export class Router {
    * Adds a local subscriber of `topic`; subscribes on the wire when it is
    * the first one.
    *
-   * @throws FerryError `invalid_topic`, or `bad_request` for a second subscriber with other options.
+   * @throws FerryError `invalid_topic`, or `bad_request` for a second subscriber with other options, or a group with `throttleMs` or a snapshot.
    */
   add(topic: string, onMessage: (message: FerryMessage) => void, options: SubscribeOptions, onEnd?: (err?: FerryError) => void): SubscriptionHandle {
     checkTopic(topic);
-    const { from, group, ack, filter, overflow } = options;
-    const wire = JSON.parse(JSON.stringify({ from, group, ack, filter, overflow })) as Channel['wire'];
+    const { from, group, ack, filter, overflow, throttleMs } = options;
+    if (group !== undefined && (throttleMs !== undefined || from === 'snapshot')) {
+      throw new FerryError('bad_request', 'a group subscription takes no `throttle_ms` and no `from: "snapshot"`');
+    }
+    const wire = JSON.parse(JSON.stringify({ from, group, ack, filter, overflow, throttle_ms: throttleMs })) as Channel['wire'];
     let channel = this.channels.get(topic);
     if (channel && channel.key !== JSON.stringify(wire)) {
       throw new FerryError('bad_request', `already subscribed to "${topic}" with other options`);
@@ -64,7 +67,7 @@ export class Router {
       this.channels.set(topic, channel);
       if (this.link.connected) this.subscribe(channel);
     }
-    const handle = new SubscriptionHandle(channel, onMessage, options.onError, (h) => this.release(h), onEnd);
+    const handle = new SubscriptionHandle(channel, onMessage, options.onError, (h) => this.release(h), onEnd, options.onSnapshot);
     channel.handles.add(handle);
     return handle;
   }
@@ -86,6 +89,11 @@ export class Router {
   /** Hands a record to its channel. */
   deliver(frame: MessageFrame): void {
     this.channels.get(frame.topic)?.deliver(frame);
+  }
+
+  /** A snapshot is complete: its positions are the channel's. */
+  snapshotEnd(frame: SnapshotEndFrame): void {
+    this.channels.get(frame.topic)?.snapshot(false, frame.positions);
   }
 
   /** Records were skipped: continue the channel where the gateway resumed. */

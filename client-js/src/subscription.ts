@@ -8,6 +8,11 @@
  * and drops any record below them, so the application sees each record once
  * and in order per partition. A group channel keeps no positions: the group's
  * committed offsets are its resume point, and records may come again.
+ *
+ * A `from: 'snapshot'` channel keeps no positions until `snapshot_end`,
+ * which sets them; the snapshot's records do not move them. So a reconnect
+ * before `snapshot_end` asks for the snapshot again, and one after it
+ * resumes from offsets without it.
  */
 
 import { callSafely } from './emitter.js';
@@ -32,6 +37,18 @@ export interface SubscribeOptions {
   filter?: unknown;
   /** What the gateway does when this socket does not keep up (default `'disconnect'`). */
   overflow?: Overflow;
+  /**
+   * At most one record per key per this many ms (1–60 000), always the
+   * newest, so a key's last value is never lost (capability `throttle`).
+   * Not with `group`.
+   */
+  throttleMs?: number;
+  /**
+   * With `from: 'snapshot'`: called with `true` when the gateway starts a
+   * snapshot (again after a connection lost before its end: drop what came
+   * of the previous one), and with `false` at its end (`snapshot_end`).
+   */
+  onSnapshot?: (starting: boolean) => void;
   /** Called when the gateway refuses the subscription; default: the client's `error` event. */
   onError?: (error: FerryError) => void;
 }
@@ -99,14 +116,27 @@ export class Channel {
     return out;
   }
 
-  /** The gateway confirmed; `offsets` (if it sent them) seed partitions not seen yet. */
+  /**
+   * The gateway confirmed; `offsets` (if it sent them) seed partitions not
+   * seen yet, except for a snapshot that starts (its end sets them).
+   */
   confirmed(offsets: Record<string, number> | undefined): void {
     this.live = true;
+    if (this.wire.from === 'snapshot' && this.next.size === 0) {
+      offsets = undefined;
+      this.snapshot(true);
+    }
     for (const p in offsets) {
       const offset = offsets[p];
       if (typeof offset === 'number' && !this.next.has(Number(p))) this.next.set(Number(p), offset);
     }
     this.readyResolve();
+  }
+
+  /** `snapshot_end` (`starting` false) sets the positions; tells the subscribers. */
+  snapshot(starting: boolean, positions?: Record<string, number>): void {
+    for (const p in positions) this.next.set(Number(p), positions[p] as number);
+    for (const handle of [...this.handles]) if (handle.onSnapshot) callSafely(handle.onSnapshot, starting);
   }
 
   /** No confirmation in time: `ready` rejects (the subscription itself goes on, on the next connection). */
@@ -116,18 +146,22 @@ export class Channel {
 
   /** The capabilities the gateway must announce for this subscription's options. */
   needs(): string[] {
-    const { from, filter, overflow, group, ack } = this.wire;
+    const { from, filter, overflow, group, ack, throttle_ms } = this.wire;
     const needs: string[] = [];
-    if (from !== undefined) needs.push('from');
+    if (from !== undefined) needs.push(from === 'snapshot' ? 'snapshot' : 'from');
+    if (throttle_ms !== undefined) needs.push('throttle');
     if (filter !== undefined) needs.push('filter');
     if (overflow !== undefined) needs.push('overflow');
     if (group !== undefined || ack !== undefined) needs.push('group');
     return needs;
   }
 
-  /** Delivers a record to every subscriber unless it was delivered before (a group's records always: at least once). */
+  /**
+   * Delivers a record to every subscriber unless it was delivered before (a
+   * group's records always: at least once; a snapshot's too, without moving the positions).
+   */
   deliver(frame: MessageFrame): void {
-    if (!this.wire.group) {
+    if (!this.wire.group && !frame.snapshot) {
       const next = this.next.get(frame.partition);
       if (next !== undefined && frame.offset < next) return;
       this.next.set(frame.partition, frame.offset + 1);
@@ -156,6 +190,7 @@ export class SubscriptionHandle implements Subscription {
     private readonly onError: ((err: FerryError) => void) | undefined,
     private readonly release: (handle: SubscriptionHandle) => Promise<void>,
     private readonly onEnd?: (err?: FerryError) => void,
+    readonly onSnapshot?: (starting: boolean) => void,
   ) {}
 
   get topic(): string {
@@ -187,7 +222,7 @@ export class SubscriptionHandle implements Subscription {
 }
 
 /** Options of `stream()`. */
-export interface StreamOptions extends Omit<SubscribeOptions, 'onError'> {
+export interface StreamOptions extends Omit<SubscribeOptions, 'onError' | 'onSnapshot'> {
   /** Aborting it ends the stream (like `close()`). */
   signal?: AbortSignal;
   /**

@@ -10,11 +10,13 @@
 import type { AckMode, From, Overflow } from '../../src/index.js';
 
 const MAX_ID_CHARS = 64;
-const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'traceparent', 'partition', 'token', 'from', 'overflow', 'filter', 'group', 'ack', 'offset'];
+const FIELDS = ['type', 'id', 'topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'traceparent', 'partition', 'token', 'from', 'overflow', 'filter', 'group', 'ack', 'offset', 'throttle_ms'];
 const OVERFLOW = ['disconnect', 'drop_oldest', 'conflate'];
+/** `MAX_THROTTLE_MS`: the longest `subscribe.throttle_ms`. */
+const MAX_THROTTLE_MS = 60_000;
 const ALLOWED: Record<string, string[]> = {
   publish: ['topic', 'value', 'value_b64', 'key', 'key_b64', 'headers', 'traceparent', 'partition'],
-  subscribe: ['topic', 'from', 'overflow', 'filter', 'group', 'ack'],
+  subscribe: ['topic', 'from', 'overflow', 'filter', 'group', 'ack', 'throttle_ms'],
   unsubscribe: ['topic'],
   ping: [],
 };
@@ -30,7 +32,7 @@ export type DecodedClientFrame =
       headers: Record<string, string>;
       partition: number | null;
     }
-  | { type: 'subscribe'; id: string; topic: string; from: From; overflow?: Overflow; filter?: unknown; group?: string; ack?: AckMode }
+  | { type: 'subscribe'; id: string; topic: string; from: From; overflow?: Overflow; filter?: unknown; throttle_ms?: number; group?: string; ack?: AckMode }
   | { type: 'commit'; id: string | null; topic: string; partition: number; offset: number }
   | { type: 'unsubscribe'; id: string; topic: string }
   | { type: 'ping'; id: string }
@@ -61,8 +63,8 @@ export function topicProblem(topic: string): string | undefined {
 
 /** Why a subscribe `from` is refused (`StartFrom::parse`), or undefined. */
 export function startFromProblem(from: unknown): string | undefined {
-  const bad = '`from` must be "latest", "earliest", {"offsets":{"0":120}} or {"timestamp":ms}';
-  if (from === 'latest' || from === 'earliest') return undefined;
+  const bad = '`from` must be "latest", "earliest", "snapshot", {"offsets":{"0":120}} or {"timestamp":ms}';
+  if (from === 'latest' || from === 'earliest' || from === 'snapshot') return undefined;
   if (typeof from !== 'object' || from === null || Array.isArray(from) || Object.keys(from).length !== 1) return bad;
   const f = from as Record<string, unknown>;
   if ('timestamp' in f) return Number.isInteger(f.timestamp) && (f.timestamp as number) >= 0 ? undefined : bad;
@@ -185,6 +187,10 @@ export function decodeClientFrame(text: string): DecodeResult {
     const o = f.offset;
     if (typeof o !== 'number' || !Number.isSafeInteger(o)) return fail('bad_request', echo, 'invalid frame: `offset` is not an i64');
   }
+  if ('throttle_ms' in f && f.throttle_ms !== null) {
+    const ms = f.throttle_ms;
+    if (typeof ms !== 'number' || !Number.isSafeInteger(ms) || ms < 0) return fail('bad_request', echo, 'invalid frame: `throttle_ms` is not a u64');
+  }
 
   // Validation after parsing.
   const present = (k: string): boolean => (k === 'value' ? k in f : f[k] !== undefined && f[k] !== null);
@@ -240,9 +246,15 @@ export function decodeClientFrame(text: string): DecodeResult {
         return fail('bad_request', id, 'a group starts from its committed offsets; `from` may only be "latest" or "earliest" (for a new group)');
       }
     }
+    const throttle = present('throttle_ms') ? (f.throttle_ms as number) : undefined;
+    if (throttle !== undefined && group !== undefined) {
+      return fail('bad_request', id, '`throttle_ms` does not apply to a group subscription: each record goes to one member, which must see it; remove `throttle_ms`');
+    }
+    if (throttle !== undefined && (throttle < 1 || throttle > MAX_THROTTLE_MS)) return fail('bad_request', id, `\`throttle_ms\` must be 1 to ${MAX_THROTTLE_MS}`);
     const frame: DecodedClientFrame = { type: 'subscribe', id, topic, from: present('from') ? (normalizeFrom(f.from) as From) : 'latest' };
     if (overflow !== 'disconnect') frame.overflow = overflow as Overflow;
     if (present('filter')) frame.filter = f.filter;
+    if (throttle !== undefined) frame.throttle_ms = throttle;
     if (group !== undefined) {
       frame.group = group;
       frame.ack = ack ?? 'auto';

@@ -7,7 +7,10 @@
  * served only when enabled, so a test can play an older gateway or a newer
  * one. A `group` subscription is served like a plain one on this socket
  * (no other members), without `subscribed.partitions`; `commit` frames are
- * checked and recorded in `commits`. Events are delivered asynchronously,
+ * checked and recorded in `commits`. A `from: "snapshot"` subscription gets
+ * `subscribed`, the latest record of every key (`snapshot: true`, tombstoned
+ * keys left out), `snapshot_end` and then live records; `throttle_ms` is
+ * checked and accepted but not applied. Events are delivered asynchronously,
  * like a real socket.
  */
 import type { WebSocketConstructor, WebSocketLike } from '../../src/index.js';
@@ -24,6 +27,8 @@ export interface FakeRecord {
   headers: Record<string, string>;
   /** The publish id that produced it, if it came from a client. */
   publishId?: string;
+  /** A record without value (sent as `"value":null`); `value` is then empty. */
+  tombstone?: boolean;
 }
 
 export interface FakeGatewayOptions {
@@ -61,11 +66,19 @@ type Json = Record<string, unknown>;
 
 const utf8 = new TextEncoder();
 
-function encodeMessage(r: FakeRecord): Json {
+function encodeMessage(r: FakeRecord, snapshot = false): Json {
   const frame: Json = { type: 'message', topic: r.topic, partition: r.partition, offset: r.offset, timestamp: r.timestamp };
-  frame.key = r.key === null ? null : Buffer.from(r.key).toString('utf8');
-  frame.headers = r.headers;
   try {
+    frame.key = r.key === null ? null : new TextDecoder('utf-8', { fatal: true }).decode(r.key);
+  } catch {
+    // A key that is not UTF-8 comes as `key_b64`, as from the gateway.
+    frame.key = null;
+    frame.key_b64 = Buffer.from(r.key as Uint8Array).toString('base64');
+  }
+  frame.headers = r.headers;
+  if (snapshot) frame.snapshot = true;
+  if (r.tombstone) frame.value = null;
+  else try {
     frame.value = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(r.value));
   } catch {
     frame.value_b64 = Buffer.from(r.value).toString('base64');
@@ -136,7 +149,7 @@ export class FakeConnection {
     this.welcomed = true;
     const opts = this.gateway.options;
     const limits = { max_frame_bytes: 65536, max_inflight_publishes: 1000, max_subscriptions: 100, ...opts.limits };
-    const all = ['auth', 'commit', 'filter', 'from', 'group', 'overflow'].filter((c) => c !== 'from' || opts.supportsFrom !== false);
+    const all = ['auth', 'commit', 'filter', 'from', 'group', 'overflow', 'snapshot', 'throttle'].filter((c) => c !== 'from' || opts.supportsFrom !== false);
     const capabilities = opts.capabilities === null ? {} : { capabilities: opts.capabilities ?? all };
     this.send({ type: 'welcome', protocol: opts.protocol ?? 1, session: `s${this.gateway.connections.length}`, node: 'fake', limits, ...extra, ...capabilities });
   }
@@ -185,6 +198,7 @@ export class FakeConnection {
           return this.send({ type: 'error', id: frame.id, code: 'unknown_topic', message: 'no such topic' });
         }
         const ends = g.ends(frame.topic);
+        if (frame.from === 'snapshot') return this.snapshot(frame.id, frame.topic, ends);
         const next = ends.map((end, p) => {
           if (from === 'earliest') return 0;
           if (from && typeof from === 'object' && 'offsets' in from) {
@@ -215,6 +229,21 @@ export class FakeConnection {
         this.subs.delete(frame.topic);
         return this.send({ type: 'unsubscribed', id: frame.id, topic: frame.topic });
     }
+  }
+
+  /** Serves a `from: "snapshot"` subscribe: the latest record of each key, `snapshot_end`, then live. */
+  private snapshot(id: string, topic: string, ends: number[]): void {
+    const positions = Object.fromEntries(ends.map((o, p) => [String(p), o]));
+    this.send({ type: 'subscribed', id, topic, partitions: positions });
+    const latest = new Map<string, FakeRecord>();
+    for (const r of this.gateway.records(topic)) {
+      if (r.key !== null) latest.set(Buffer.from(r.key).toString('base64'), r);
+    }
+    for (const r of latest.values()) if (!r.tombstone) this.send(encodeMessage(r, true));
+    if (this.gateway.holdSnapshotEnd) return;
+    this.send({ type: 'snapshot_end', topic, positions });
+    this.subs.set(topic, { next: [...ends] });
+    this.flush(topic);
   }
 
   /** Starts the auth timeout of an unauthenticated socket. */
@@ -328,6 +357,8 @@ export class FakeGateway {
   refuse = false;
   /** Send `welcome` on open (when no auth is configured). */
   autoWelcome = true;
+  /** A snapshot stops before `snapshot_end` (and the live records) while true: a connection lost mid-snapshot. */
+  holdSnapshotEnd = false;
   /** Sees each client frame first; returns true when it answered the frame itself. */
   intercept: ((conn: FakeConnection, frame: Json) => boolean) | undefined;
   sentBytes = 0;
@@ -385,7 +416,7 @@ export class FakeGateway {
   produce(
     topic: string,
     value: unknown,
-    opts: { key?: Uint8Array | null; partition?: number; headers?: Record<string, string>; publishId?: string } = {},
+    opts: { key?: Uint8Array | string | null; partition?: number; headers?: Record<string, string>; publishId?: string; tombstone?: boolean } = {},
   ): FakeRecord {
     const parts = this.partitions(topic);
     const partition = opts.partition ?? this.roundRobin++ % parts.length;
@@ -395,10 +426,11 @@ export class FakeGateway {
       partition,
       offset: records.length,
       timestamp: Date.now(),
-      key: opts.key ?? null,
-      value: value instanceof Uint8Array ? value : utf8.encode(JSON.stringify(value)),
+      key: typeof opts.key === 'string' ? utf8.encode(opts.key) : (opts.key ?? null),
+      value: opts.tombstone ? new Uint8Array() : value instanceof Uint8Array ? value : utf8.encode(JSON.stringify(value)),
       headers: opts.headers ?? {},
       ...(opts.publishId === undefined ? {} : { publishId: opts.publishId }),
+      ...(opts.tombstone ? { tombstone: true } : {}),
     };
     records.push(record);
     for (const conn of this.connections) conn.flush(topic);

@@ -110,6 +110,7 @@ async function clientSends(t: TestContext, f: Json): Promise<Json> {
       for (const k of ['from', 'group', 'ack', 'filter', 'overflow'] as const) {
         if (k in f) (options as Json)[k] = f[k];
       }
+      if ('throttle_ms' in f) options.throttleMs = f.throttle_ms as number;
       hub.subscribe(topic, () => undefined, options);
       break;
     }
@@ -309,6 +310,19 @@ describe('publishFrame', () => {
     const big = new Uint8Array(200_000).map((_, i) => i % 256);
     const frame = publishFrame('a', 't', big);
     assert.deepEqual(bytes(frame.value_b64 as string), big);
+  });
+});
+
+describe('snapshot frames', () => {
+  it('decodes snapshot_end, and the snapshot flag of a message', () => {
+    const end = decodeServerFrame('{"type":"snapshot_end","topic":"devices","positions":{"0":1200,"1":980}}');
+    assert.deepEqual(end, { type: 'snapshot_end', topic: 'devices', positions: { '0': 1200, '1': 980 } });
+    assert.throws(() => decodeServerFrame('{"type":"snapshot_end","topic":"devices"}'), (e) => e instanceof FerryError && e.code === 'protocol');
+    const frame = decodeServerFrame('{"type":"message","topic":"devices","partition":1,"offset":7,"key":"d1","headers":{},"value":{"on":true},"snapshot":true}');
+    assert.equal(toMessage(frame as MessageFrame).snapshot, true);
+    const live = toMessage(decodeServerFrame('{"type":"message","topic":"devices","partition":1,"offset":8,"key":"d1","headers":{},"value":null}') as MessageFrame);
+    assert.ok(!('snapshot' in live));
+    assert.equal(live.value, null);
   });
 });
 

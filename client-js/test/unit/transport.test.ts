@@ -149,6 +149,38 @@ describe('HTTP transport', () => {
     assert.equal(hub.state, 'open', 'a stream resume is not a reconnect');
   });
 
+  it('a snapshot stream: from=snapshot and throttle_ms, started over when cut before snapshot_end, resumed from its token after', async (t) => {
+    const { http, hub } = setupHttp(t);
+    await hub.connect();
+    const got: FerryMessage[] = [];
+    const phases: boolean[] = [];
+    const sub = hub.subscribe('t', (m) => got.push(m), { from: 'snapshot', throttleMs: 250, onSnapshot: (s) => phases.push(s) });
+    await waitFor(() => http.streams.length === 1, 1000, 'the stream');
+    const first = http.streams[0]!;
+    assert.equal(first.url.searchParams.get('from'), 'snapshot');
+    assert.equal(first.url.searchParams.get('throttle_ms'), '250');
+    const snap = (offset: number): string => JSON.stringify({ ...JSON.parse(message('t', offset, offset)), snapshot: true });
+    first.push('subscribed', JSON.stringify({ topics: { t: { '0': 3 } } }), 'tok-0');
+    await sub.ready;
+    first.push('message', snap(1), 'tok-0');
+    await waitFor(() => got.length === 1, 1000, 'a snapshot record');
+    first.end(); // cut before snapshot_end: not resumable from the token
+    await waitFor(() => http.streams.length === 2, 2000, 'a new stream');
+    const second = http.streams[1]!;
+    assert.equal(second.url.searchParams.get('resume'), null);
+    assert.equal(second.url.searchParams.get('from'), 'snapshot');
+    second.push('subscribed', JSON.stringify({ topics: { t: { '0': 3 } } }), 'tok-0');
+    second.push('message', snap(1), 'tok-0');
+    second.push('snapshot_end', JSON.stringify({ type: 'snapshot_end', topic: 't', positions: { '0': 3 } }), 'tok-0');
+    second.push('message', message('t', 3, 3), 'tok-1');
+    await waitFor(() => got.length === 3, 1000, 'the snapshot again, then live');
+    assert.deepEqual(phases, [true, true, false]);
+    assert.deepEqual(sub.positions(), { '0': 4 });
+    second.end(); // after snapshot_end: reopened from the token
+    await waitFor(() => http.streams.length === 3, 2000, 'the reopened stream');
+    assert.equal(http.streams[2]!.url.searchParams.get('resume'), 'tok-1');
+  });
+
   it('sends the token as a header, reads its expiry, and refuses groups', async (t) => {
     const exp = Math.floor(Date.now() / 1000) + 3600;
     const payload = Buffer.from(JSON.stringify({ sub: 'alice', exp })).toString('base64url');
