@@ -271,7 +271,7 @@ impl App {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             sessions: TaskTracker::new(),
             next_session: AtomicU64::new(1),
-            registry: Arc::new(Registry::new(config.node_id())),
+            registry: Arc::new(Registry::new(config.node_id(), config.admin.enabled)),
             revocations: Arc::new(Revocations::new(config.admin.enabled)),
             draining: AtomicBool::new(false),
             config,

@@ -134,8 +134,8 @@ impl Node {
         if self.draining.swap(true, Ordering::AcqRel) {
             return None;
         }
-        let closers = self.registry.closers();
-        let count = closers.len();
+        let outlets = self.registry.outlets();
+        let count = outlets.len();
         tracing::warn!(
             connections = count,
             "draining over {over:?}: closing every connection with 1012"
@@ -143,10 +143,10 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let start = tokio::time::Instant::now();
-            for (i, closer) in closers.iter().enumerate() {
+            for (i, outlet) in outlets.iter().enumerate() {
                 let at = start + over.mul_f64(i as f64 / count.max(1) as f64);
                 tokio::select! {
-                    () = tokio::time::sleep_until(at) => closer.close(CloseCode::SERVICE_RESTART),
+                    () = tokio::time::sleep_until(at) => outlet.close_with(CloseCode::SERVICE_RESTART),
                     () = node.shutdown.cancelled() => return,
                 }
             }

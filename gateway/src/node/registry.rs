@@ -3,48 +3,21 @@
 //! a connection from outside it, with a close code. The admin API lists
 //! and closes connections through it, and a drain closes them all.
 //!
-//! Not on the hot path: a connection is written here when it opens,
-//! authenticates, subscribes, unsubscribes and closes. One short std
-//! `Mutex` critical section each, never held across an `.await`.
+//! Kept only with the admin API on (`admin.enabled`): otherwise nothing is
+//! written here and a connection pays nothing for it. Not on the hot path:
+//! a connection is written here when it opens, authenticates, subscribes,
+//! unsubscribes and closes. One short std `Mutex` critical section each,
+//! never held across an `.await`. A connection is closed from outside
+//! through its [`Outlet`] ([`Outlet::close_with`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Principal;
-
-/// Closes one connection from outside it: cancels the connection's stop
-/// token and leaves the close code for it to read. The first code wins.
-#[derive(Debug, Clone)]
-pub struct Closer {
-    stop: CancellationToken,
-    code: Arc<AtomicU16>,
-}
-
-impl Closer {
-    /// A closer over the connection's `stop` token (its outlet's).
-    pub fn new(stop: CancellationToken) -> Self {
-        Self { stop, code: Arc::new(AtomicU16::new(0)) }
-    }
-
-    /// Asks the connection to close with `code`.
-    pub fn close(&self, code: CloseCode) {
-        let _ = self.code.compare_exchange(0, code.0, Ordering::AcqRel, Ordering::Acquire);
-        self.stop.cancel();
-    }
-
-    /// The code it was asked to close with, if it was.
-    pub fn code(&self) -> Option<CloseCode> {
-        match self.code.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(CloseCode(code)),
-        }
-    }
-}
+use crate::outlet::Outlet;
 
 /// How a connection reaches the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +57,7 @@ pub enum Target {
 
 struct Entry {
     /// The session id (a UUID), as `welcome` tells the client.
-    name: Box<str>,
+    name: u128,
     subject: Option<Box<str>>,
     /// The token's `iat` (unix s) and `jti`, for revocations.
     issued_at: Option<i64>,
@@ -92,13 +65,15 @@ struct Entry {
     transport: Transport,
     since_ms: i64,
     topics: Vec<Box<str>>,
-    closer: Closer,
+    outlet: Outlet,
 }
 
 /// This node's open connections, by session number.
 #[derive(Debug)]
 pub struct Registry {
     node: String,
+    /// Off without the admin API: nothing is kept.
+    enabled: bool,
     entries: Mutex<HashMap<u64, Entry>>,
 }
 
@@ -107,7 +82,9 @@ impl Entry {
         let subject = self.subject.as_deref();
         match target {
             Target::Subject(s) => subject == Some(s.as_str()),
-            Target::Session(name) => *name == *self.name,
+            Target::Session(name) => {
+                uuid::Uuid::parse_str(name).is_ok_and(|n| n.as_u128() == self.name)
+            }
             Target::IssuedBefore { subject: s, before } => {
                 subject == Some(s.as_str()) && self.issued_at.is_none_or(|iat| iat <= *before)
             }
@@ -127,14 +104,6 @@ impl std::fmt::Debug for Entry {
 pub struct Registered {
     registry: Arc<Registry>,
     id: u64,
-    name: Box<str>,
-}
-
-impl Registered {
-    /// The connection's session id (a UUID), for its `welcome`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl Drop for Registered {
@@ -144,8 +113,9 @@ impl Drop for Registered {
 }
 
 impl Registry {
-    pub fn new(node: String) -> Self {
-        Self { node, entries: Mutex::default() }
+    /// A registry of `node`'s connections; `enabled` with the admin API.
+    pub fn new(node: String, enabled: bool) -> Self {
+        Self { node, enabled, entries: Mutex::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
@@ -153,25 +123,43 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds connection `id`; it leaves when the returned guard is dropped.
-    pub fn register(self: &Arc<Self>, id: u64, transport: Transport, closer: Closer) -> Registered {
-        let name: Box<str> = uuid::Uuid::new_v4().to_string().into();
+    /// Adds connection `id`, closed through `outlet`; it leaves when the
+    /// returned guard is dropped. `None` without the admin API.
+    pub fn register(
+        self: &Arc<Self>,
+        id: u64,
+        transport: Transport,
+        outlet: &Outlet,
+    ) -> Option<Registered> {
+        if !self.enabled {
+            return None;
+        }
         let entry = Entry {
-            name: name.clone(),
+            name: uuid::Uuid::new_v4().as_u128(),
             subject: None,
             issued_at: None,
             token_id: None,
             transport,
             since_ms: now_ms(),
             topics: Vec::new(),
-            closer,
+            outlet: outlet.clone(),
         };
         self.lock().insert(id, entry);
-        Registered { registry: self.clone(), id, name }
+        Some(Registered { registry: self.clone(), id })
+    }
+
+    /// The session id (a UUID) of connection `id` for its `welcome`: the
+    /// registry's, or a fresh one without the admin API.
+    pub fn session_name(&self, id: u64) -> String {
+        let name = self.lock().get(&id).map(|e| e.name);
+        uuid::Uuid::from_u128(name.unwrap_or_else(|| uuid::Uuid::new_v4().as_u128())).to_string()
     }
 
     /// Connection `id` authenticated (or refreshed its token) as `principal`.
     pub fn identify(&self, id: u64, principal: &Principal) {
+        if !self.enabled {
+            return;
+        }
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.subject = Some(principal.subject.as_str().into());
             entry.issued_at = principal.claims.get("iat").and_then(serde_json::Value::as_i64);
@@ -181,6 +169,9 @@ impl Registry {
 
     /// Connection `id` now reads `topic`.
     pub fn subscribed(&self, id: u64, topic: &str) {
+        if !self.enabled {
+            return;
+        }
         if let Some(entry) = self.lock().get_mut(&id) {
             if !entry.topics.iter().any(|t| &**t == topic) {
                 entry.topics.push(topic.into());
@@ -190,6 +181,9 @@ impl Registry {
 
     /// Connection `id` no longer reads `topic`.
     pub fn unsubscribed(&self, id: u64, topic: &str) {
+        if !self.enabled {
+            return;
+        }
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.topics.retain(|t| &**t != topic);
         }
@@ -197,18 +191,18 @@ impl Registry {
 
     /// Closes every connection `target` names with `code`; returns how many.
     pub fn close(&self, target: &Target, code: CloseCode) -> usize {
-        let closers: Vec<Closer> = {
+        let outlets: Vec<Outlet> = {
             let entries = self.lock();
             entries
-                .iter()
-                .filter(|(_, entry)| entry.matches(target))
-                .map(|(_, entry)| entry.closer.clone())
+                .values()
+                .filter(|entry| entry.matches(target))
+                .map(|entry| entry.outlet.clone())
                 .collect()
         };
-        for closer in &closers {
-            closer.close(code);
+        for outlet in &outlets {
+            outlet.close_with(code);
         }
-        closers.len()
+        outlets.len()
     }
 
     /// Every connection of `subject` on this node.
@@ -219,7 +213,7 @@ impl Registry {
             .filter(|(_, e)| e.subject.as_deref() == Some(subject))
             .map(|(_, e)| ConnectionInfo {
                 node: self.node.clone(),
-                session: e.name.to_string(),
+                session: uuid::Uuid::from_u128(e.name).to_string(),
                 subject: e.subject.as_deref().map(str::to_owned),
                 transport: e.transport,
                 topics: e.topics.iter().map(|t| t.to_string()).collect(),
@@ -241,9 +235,9 @@ impl Registry {
         (entries.len(), entries.values().map(|e| e.topics.len()).sum())
     }
 
-    /// The closers of every open connection (a drain closes them in turn).
-    pub fn closers(&self) -> Vec<Closer> {
-        self.lock().values().map(|e| e.closer.clone()).collect()
+    /// The outlets of every open connection (a drain closes them in turn).
+    pub fn outlets(&self) -> Vec<Outlet> {
+        self.lock().values().map(|e| e.outlet.clone()).collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -263,6 +257,7 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use crate::auth::Claims;
+    use tokio_util::sync::CancellationToken;
 
     fn principal(subject: &str, iat: i64, jti: &str) -> Principal {
         let claims = serde_json::json!({"iat": iat, "jti": jti});
@@ -272,13 +267,14 @@ mod tests {
 
     #[test]
     fn targets_close_the_connections_they_name_and_no_other() {
-        let registry = Arc::new(Registry::new("a".into()));
-        let stops: Vec<CancellationToken> = (0..4).map(|_| CancellationToken::new()).collect();
-        let closers: Vec<Closer> = stops.iter().map(|s| Closer::new(s.clone())).collect();
-        let _held: Vec<Registered> = closers
+        let registry = Arc::new(Registry::new("a".into(), true));
+        // The drains stay: a dropped one stops its outlet.
+        let (outlets, _drains): (Vec<Outlet>, Vec<_>) =
+            (0..4).map(|_| Outlet::new(1, 1, CancellationToken::new())).unzip();
+        let held: Vec<Registered> = outlets
             .iter()
             .enumerate()
-            .map(|(i, c)| registry.register(i as u64, Transport::Websocket, c.clone()))
+            .map(|(i, o)| registry.register(i as u64, Transport::Websocket, o).unwrap())
             .collect();
         registry.identify(0, &principal("alice", 100, "t0"));
         registry.identify(1, &principal("alice", 200, "t1"));
@@ -287,18 +283,32 @@ mod tests {
 
         let before = Target::IssuedBefore { subject: "alice".into(), before: 150 };
         assert_eq!(registry.close(&before, CloseCode::REVOKED), 1);
-        assert_eq!(closers[0].code(), Some(CloseCode::REVOKED));
-        assert!(stops[0].is_cancelled() && !stops[1].is_cancelled());
+        assert_eq!(outlets[0].closing(), Some(CloseCode::REVOKED));
+        assert!(outlets[0].stop().is_cancelled() && !outlets[1].stop().is_cancelled());
 
         assert_eq!(registry.close(&Target::TokenId("t2".into()), CloseCode::REVOKED), 1);
-        let third = Target::Session(_held[3].name().to_owned());
+        let third = Target::Session(registry.session_name(3));
         assert_eq!(registry.close(&third, CloseCode::DISCONNECTED), 1);
-        assert!(closers[3].code() == Some(CloseCode::DISCONNECTED), "unauthenticated, by session");
-        assert_eq!(closers[1].code(), None, "alice's newer token is untouched");
+        assert_eq!(
+            outlets[3].closing(),
+            Some(CloseCode::DISCONNECTED),
+            "unauthenticated, by session"
+        );
+        assert_eq!(outlets[1].closing(), None, "alice's newer token is untouched");
         assert_eq!(registry.subscribers("news"), 1);
-        assert_eq!(registry.of_subject("bob")[0].session, _held[2].name());
+        assert_eq!(registry.of_subject("bob")[0].session, registry.session_name(2));
         assert_eq!(registry.counts(), (4, 1));
-        drop(_held);
+        drop(held);
         assert!(registry.is_empty(), "dropping the guards takes connections off");
+    }
+
+    #[test]
+    fn without_the_admin_api_nothing_is_kept() {
+        let registry = Arc::new(Registry::new("a".into(), false));
+        let (outlet, _drain) = Outlet::new(1, 1, CancellationToken::new());
+        assert!(registry.register(1, Transport::Sse, &outlet).is_none());
+        registry.identify(1, &principal("alice", 1, "t"));
+        assert!(registry.is_empty());
+        assert_ne!(registry.session_name(1), registry.session_name(1), "a fresh id each time");
     }
 }

@@ -33,6 +33,7 @@ pub mod lossy;
 pub mod throttle;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -139,6 +140,8 @@ struct Shared {
     /// Cancelled when a `disconnect` record finds no room (the socket is
     /// kicked) or the writer dropped its [`Drain`]: the session closes.
     stop: CancellationToken,
+    /// The close code an operator asked for ([`Outlet::close_with`]), or 0.
+    closing: AtomicU16,
 }
 
 #[derive(Debug)]
@@ -149,8 +152,9 @@ struct Queue {
     live: usize,
     live_capacity: usize,
     lossy: Lossy,
-    /// Windows of throttled subscriptions, and the records they hold back.
-    throttle: Throttle,
+    /// Windows of throttled subscriptions, and the records they hold back
+    /// (made on the first throttled record: most sockets have none).
+    throttle: Option<Box<Throttle>>,
     /// The writer found nothing and may be waiting: the next push wakes it.
     writer_waiting: bool,
     /// The session dropped its [`Replies`].
@@ -240,7 +244,7 @@ impl Outlet {
             live: 0,
             live_capacity: capacity,
             lossy: Lossy::new(capacity),
-            throttle: Throttle::default(),
+            throttle: None,
             writer_waiting: false,
             session_ended: false,
             writer_gone: false,
@@ -253,6 +257,7 @@ impl Outlet {
             reply_room: Semaphore::new(0),
             paced_capacity,
             stop,
+            closing: AtomicU16::new(0),
         });
         (Self { shared: shared.clone() }, Drain { shared, release_at: None })
     }
@@ -283,7 +288,8 @@ impl Outlet {
         }
         if let Some(window) = throttle {
             let now = std::time::Instant::now();
-            match queue.throttle.admit(topic, partition, key, frame, overflow, window, now) {
+            let throttle = queue.throttle.get_or_insert_with(Box::default);
+            match throttle.admit(topic, partition, key, frame, overflow, window, now) {
                 Admit::Now => {}
                 Admit::Held(false) => return true,
                 // The writer may sleep past the new release: wake it.
@@ -368,6 +374,23 @@ impl Outlet {
     /// The `stop` token given to [`Outlet::new`].
     pub fn stop(&self) -> &CancellationToken {
         &self.shared.stop
+    }
+
+    /// Closes the socket from outside (an operator, a drain) with `code`:
+    /// its session ends as when kicked, and reads the code from
+    /// [`Outlet::closing`]. The first code asked for wins.
+    pub fn close_with(&self, code: CloseCode) {
+        let _ =
+            self.shared.closing.compare_exchange(0, code.0, Ordering::AcqRel, Ordering::Acquire);
+        self.shared.stop.cancel();
+    }
+
+    /// The code [`Outlet::close_with`] asked for, if it was called.
+    pub fn closing(&self) -> Option<CloseCode> {
+        match self.shared.closing.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(CloseCode(code)),
+        }
     }
 
     /// Whether the socket was kicked for being too slow.
@@ -469,11 +492,13 @@ impl Drain {
         let (mut replies, mut paced) = (0, 0);
         let mut queue = self.shared.lock();
         let mut kicked = false;
-        if let Some(due) = queue.throttle.next_release() {
+        if let Some(due) = queue.throttle.as_ref().and_then(|t| t.next_release()) {
             let now = std::time::Instant::now();
             if due <= now {
                 let mut released = Vec::new();
-                queue.throttle.release(now, &mut released);
+                if let Some(throttle) = queue.throttle.as_mut() {
+                    throttle.release(now, &mut released);
+                }
                 for Released { topic, partition, key, frame, overflow } in released {
                     kicked |= !queue.push_live(overflow, &topic, partition, key.as_deref(), frame);
                 }
@@ -506,7 +531,7 @@ impl Drain {
             queue.writer_waiting = true;
         }
         queue.release_burst_room();
-        self.release_at = queue.throttle.next_release();
+        self.release_at = queue.throttle.as_ref().and_then(|t| t.next_release());
         drop(queue);
         if kicked {
             self.shared.stop.cancel();

@@ -38,7 +38,7 @@ impl Session {
         let principal = self.principal.as_ref();
         let welcome = ServerFrame::Welcome {
             protocol: ferry_protocol::PROTOCOL_VERSION,
-            session: self.registered.name().to_owned(),
+            session: self.context.registry.session_name(self.id),
             node: self.context.node_id.clone(),
             limits: Limits {
                 max_frame_bytes: limits.max_frame_bytes,

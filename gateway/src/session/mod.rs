@@ -48,7 +48,7 @@ use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
 use crate::node::limits::{SubjectGuard, TokenBucket};
 use crate::node::publish::Window;
-use crate::node::registry::{Closer, Registered, Transport};
+use crate::node::registry::{Registered, Transport};
 use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
 use writer::WriterConfig;
@@ -181,12 +181,11 @@ pub fn run<S: Socket>(
     // The one signal the read loop waits on besides the socket: the
     // gateway shuts down, the socket is kicked for being too slow, or the
     // writer stopped (a write failed or timed out). `stopped` tells which.
-    // An operator (the admin API, a drain) closes the socket through the
-    // same token, leaving the close code with `closer`.
     let stop = context.shutdown.child_token();
-    let closer = Closer::new(stop.clone());
-    let registered = context.registry.register(id, Transport::Websocket, closer.clone());
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
+    // An operator (the admin API, a drain) closes the socket through its
+    // outlet ([`Outlet::close_with`]).
+    let registered = context.registry.register(id, Transport::Websocket, &outlet);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &context.config.websocket;
     let writer_config = WriterConfig {
@@ -209,8 +208,7 @@ pub fn run<S: Socket>(
         strikes: 0,
         principal,
         subject_guard,
-        registered,
-        closer,
+        _registered: registered,
         context: context.clone(),
         replies,
         outlet,
@@ -239,10 +237,8 @@ struct Session {
     /// `None` until the socket authenticates.
     principal: Option<Principal>,
     subject_guard: Option<SubjectGuard>,
-    /// On the node's registry while it runs (its session id is for `welcome`).
-    registered: Registered,
-    /// Says with which code an operator closed the socket, if one did.
-    closer: Closer,
+    /// On the node's registry while it runs (with the admin API on).
+    _registered: Option<Registered>,
     rate: TokenBucket,
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
@@ -342,7 +338,7 @@ impl Session {
 
     /// Why the outlet's `stop` token was cancelled.
     fn stopped(&self) -> End {
-        if let Some(code) = self.closer.code() {
+        if let Some(code) = self.outlet.closing() {
             End::Close(code)
         } else if self.outlet.was_kicked() {
             End::Close(CloseCode::SLOW_CONSUMER)

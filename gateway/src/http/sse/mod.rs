@@ -65,7 +65,7 @@ use crate::auth::Principal;
 use crate::delivery::{self, Held};
 use crate::metrics;
 use crate::node::limits::SubjectGuard;
-use crate::node::registry::{Closer, Registered, Transport};
+use crate::node::registry::{Registered, Transport};
 use crate::node::Node;
 use crate::outlet::{Drain, Item, Outlet, PacedFrame};
 use crate::resume::Positions;
@@ -139,11 +139,10 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
 
     let session = state.next_session.fetch_add(1, Ordering::Relaxed);
     let limits = &state.config.limits;
-    let stop = CancellationToken::new();
-    let closer = Closer::new(stop.clone());
-    let registered = state.registry.register(session, Transport::Sse, closer.clone());
+    let (outlet, drain) =
+        Outlet::new(limits.outbound_queue, limits.replay_queue, CancellationToken::new());
+    let registered = state.registry.register(session, Transport::Sse, &outlet);
     state.registry.identify(session, &principal);
-    let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     // What the stream holds on the delivery path; dropping it lets go.
     let mut held = Vec::new();
     let mut positions = Positions::new();
@@ -194,7 +193,6 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
         _permit: permit,
         _guard: guard,
         _registered: registered,
-        closer,
     };
     let first = stream.opening_events(gaps);
     state.sessions.spawn(stream.run(first));
@@ -242,10 +240,8 @@ struct Stream {
     expires_at: Option<Instant>,
     _permit: OwnedSemaphorePermit,
     _guard: Option<SubjectGuard>,
-    /// On the node's registry while it runs.
-    _registered: Registered,
-    /// Says with which code an operator closed the stream, if one did.
-    closer: Closer,
+    /// On the node's registry while it runs (with the admin API on).
+    _registered: Option<Registered>,
 }
 
 impl Stream {
@@ -288,10 +284,10 @@ impl Stream {
     async fn serve(&mut self, first: Vec<Event>) -> &'static str {
         let write_timeout = self.state.config.websocket.write_timeout();
         // Cancelled when the stream is kicked (it holds the drain itself),
-        // or an operator closes it (`closer` says with which code).
+        // or an operator closes it (the outlet says with which code).
         let kicked = self.outlet.stop().clone().cancelled_owned();
-        let closer = self.closer.clone();
-        let stopped = move || closer.code().map_or("slow_consumer", |code| code.reason());
+        let outlet = self.outlet.clone();
+        let stopped = move || outlet.closing().map_or("slow_consumer", |code| code.reason());
         let shutdown = self.state.shutdown.clone().cancelled_owned();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let expiry = tokio::time::sleep_until(self.expires_at.unwrap_or(far));
