@@ -213,8 +213,15 @@ impl Routes {
             }
             Route::Live(guard) => {
                 let topic_name = topic.as_str().into();
-                let subscriber =
-                    Subscriber { session, topic: topic_name, overflow, throttle, outlet, filter };
+                let throttle_ms = throttle_ms(throttle);
+                let subscriber = Subscriber {
+                    session,
+                    topic: topic_name,
+                    overflow,
+                    throttle_ms,
+                    outlet,
+                    filter,
+                };
                 let subscribed =
                     self.fanout.subscribe(&topic, partitions, subscriber, &from).await?;
                 *guard = subscribed.catching_up;
@@ -246,7 +253,8 @@ impl Routes {
             route: Route::Snapshot { _stop: stop.clone().drop_guard() },
         };
         let name = topic.as_str().into();
-        let subscriber = Subscriber { session, topic: name, overflow, throttle, outlet, filter };
+        let throttle_ms = throttle_ms(throttle);
+        let subscriber = Subscriber { session, topic: name, overflow, throttle_ms, outlet, filter };
         let prelude = Prelude {
             routes: self.clone(),
             topic,
@@ -258,4 +266,10 @@ impl Routes {
         };
         Ok(Opened { starts: snapshot.positions, gaps: Vec::new(), held, prelude: Some(prelude) })
     }
+}
+
+/// A throttle window as the hub keeps it: whole ms, at least 1.
+fn throttle_ms(window: Option<std::time::Duration>) -> Option<std::num::NonZeroU32> {
+    let ms = window?.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+    std::num::NonZeroU32::new(ms)
 }

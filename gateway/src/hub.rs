@@ -39,8 +39,9 @@ pub struct Subscriber {
     pub topic: Arc<str>,
     /// What happens when the socket does not keep up.
     pub overflow: Overflow,
-    /// At most one record per key per this window (`throttle_ms`).
-    pub throttle: Option<std::time::Duration>,
+    /// At most one record per key per this many ms (`throttle_ms`); a
+    /// `u32` so that it fits beside `overflow` at no cost per member.
+    pub throttle_ms: Option<std::num::NonZeroU32>,
     /// The socket's queues (shared by all its topics).
     pub outlet: Outlet,
     /// Only records matching this reach the socket.
@@ -324,7 +325,7 @@ impl Hub {
                     let subscriber = &member.subscriber;
                     if subscriber.outlet.offer(
                         subscriber.overflow,
-                        subscriber.throttle,
+                        subscriber.throttle_ms,
                         &subscriber.topic,
                         record.partition,
                         view.key(),
@@ -404,7 +405,7 @@ mod tests {
             session,
             topic: "t".into(),
             overflow: Overflow::Disconnect,
-            throttle: None,
+            throttle_ms: None,
             outlet,
             filter: None,
         };

@@ -11,7 +11,7 @@
 //! through its [`Outlet`] ([`Outlet::close_with`]).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use ferry_protocol::CloseCode;
 use serde::{Deserialize, Serialize};
@@ -99,19 +99,6 @@ impl std::fmt::Debug for Entry {
     }
 }
 
-/// Takes a connection off the registry when dropped.
-#[derive(Debug)]
-pub struct Registered {
-    registry: Arc<Registry>,
-    id: u64,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        self.registry.lock().remove(&self.id);
-    }
-}
-
 impl Registry {
     /// A registry of `node`'s connections; `enabled` with the admin API.
     pub fn new(node: String, enabled: bool) -> Self {
@@ -123,16 +110,12 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds connection `id`, closed through `outlet`; it leaves when the
-    /// returned guard is dropped. `None` without the admin API.
-    pub fn register(
-        self: &Arc<Self>,
-        id: u64,
-        transport: Transport,
-        outlet: &Outlet,
-    ) -> Option<Registered> {
+    /// Adds connection `id`, closed through `outlet`; the connection calls
+    /// [`Registry::remove`] when it ends (from its `Drop`, so that it
+    /// holds nothing more for it). Nothing without the admin API.
+    pub fn register(&self, id: u64, transport: Transport, outlet: &Outlet) {
         if !self.enabled {
-            return None;
+            return;
         }
         let entry = Entry {
             name: uuid::Uuid::new_v4().as_u128(),
@@ -145,7 +128,13 @@ impl Registry {
             outlet: outlet.clone(),
         };
         self.lock().insert(id, entry);
-        Some(Registered { registry: self.clone(), id })
+    }
+
+    /// Connection `id` ended.
+    pub fn remove(&self, id: u64) {
+        if self.enabled {
+            self.lock().remove(&id);
+        }
     }
 
     /// The session id (a UUID) of connection `id` for its `welcome`: the
@@ -257,6 +246,7 @@ pub fn now_ms() -> i64 {
 mod tests {
     use super::*;
     use crate::auth::Claims;
+    use std::sync::Arc;
     use tokio_util::sync::CancellationToken;
 
     fn principal(subject: &str, iat: i64, jti: &str) -> Principal {
@@ -271,11 +261,9 @@ mod tests {
         // The drains stay: a dropped one stops its outlet.
         let (outlets, _drains): (Vec<Outlet>, Vec<_>) =
             (0..4).map(|_| Outlet::new(1, 1, CancellationToken::new())).unzip();
-        let held: Vec<Registered> = outlets
-            .iter()
-            .enumerate()
-            .map(|(i, o)| registry.register(i as u64, Transport::Websocket, o).unwrap())
-            .collect();
+        for (i, outlet) in outlets.iter().enumerate() {
+            registry.register(i as u64, Transport::Websocket, outlet);
+        }
         registry.identify(0, &principal("alice", 100, "t0"));
         registry.identify(1, &principal("alice", 200, "t1"));
         registry.identify(2, &principal("bob", 100, "t2"));
@@ -298,15 +286,15 @@ mod tests {
         assert_eq!(registry.subscribers("news"), 1);
         assert_eq!(registry.of_subject("bob")[0].session, registry.session_name(2));
         assert_eq!(registry.counts(), (4, 1));
-        drop(held);
-        assert!(registry.is_empty(), "dropping the guards takes connections off");
+        (0..4).for_each(|id| registry.remove(id));
+        assert!(registry.is_empty());
     }
 
     #[test]
     fn without_the_admin_api_nothing_is_kept() {
         let registry = Arc::new(Registry::new("a".into(), false));
         let (outlet, _drain) = Outlet::new(1, 1, CancellationToken::new());
-        assert!(registry.register(1, Transport::Sse, &outlet).is_none());
+        registry.register(1, Transport::Sse, &outlet);
         registry.identify(1, &principal("alice", 1, "t"));
         assert!(registry.is_empty());
         assert_ne!(registry.session_name(1), registry.session_name(1), "a fresh id each time");

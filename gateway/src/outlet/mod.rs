@@ -23,7 +23,7 @@
 //! A throttled subscription's live records (`subscribe.throttle_ms`) pass
 //! through [`throttle`] first: at most one per key per window, the newest;
 //! the ones held back are queued (by the same policy) when their window
-//! ends, which the writer learns from [`Drain::release_at`].
+//! ends, which the writer learns from [`Drain::take`] ([`Taken::More`]).
 //!
 //! The outlet knows nothing of Kafka or sessions. A group record carries a
 //! [`Done`], which the writer fires once the frame is flushed: it only sends
@@ -62,8 +62,6 @@ pub struct Replies {
 #[derive(Debug)]
 pub struct Drain {
     shared: Arc<Shared>,
-    /// When a throttled record held back is due, as of the last take.
-    release_at: Option<std::time::Instant>,
 }
 
 /// What the writer takes from the outlet, in the order to write it.
@@ -259,7 +257,7 @@ impl Outlet {
             stop,
             closing: AtomicU16::new(0),
         });
-        (Self { shared: shared.clone() }, Drain { shared, release_at: None })
+        (Self { shared: shared.clone() }, Drain { shared })
     }
 
     /// The session's end, with room for `capacity` replies. Once per outlet.
@@ -275,7 +273,7 @@ impl Outlet {
     pub fn offer(
         &self,
         overflow: Overflow,
-        throttle: Option<std::time::Duration>,
+        throttle_ms: Option<std::num::NonZeroU32>,
         topic: &Arc<str>,
         partition: i32,
         key: Option<&[u8]>,
@@ -286,7 +284,8 @@ impl Outlet {
             // The session is ending and will leave on its own.
             return false;
         }
-        if let Some(window) = throttle {
+        if let Some(ms) = throttle_ms {
+            let window = std::time::Duration::from_millis(u64::from(ms.get()));
             let now = std::time::Instant::now();
             let throttle = queue.throttle.get_or_insert_with(Box::default);
             match throttle.admit(topic, partition, key, frame, overflow, window, now) {
@@ -472,8 +471,10 @@ impl Drop for Replies {
 /// What [`Drain::take`] found besides the items.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Taken {
-    /// Go on (wait on [`Drain::ready`] if nothing was taken).
-    More,
+    /// Go on (wait on [`Drain::ready`] if nothing was taken), and take
+    /// again at this instant if it is given: a throttled record held back
+    /// is due then.
+    More(Option<tokio::time::Instant>),
     /// The session ended: write what was taken, then stop.
     Ended,
 }
@@ -531,7 +532,7 @@ impl Drain {
             queue.writer_waiting = true;
         }
         queue.release_burst_room();
-        self.release_at = queue.throttle.as_ref().and_then(|t| t.next_release());
+        let release_at = queue.throttle.as_ref().and_then(|t| t.next_release());
         drop(queue);
         if kicked {
             self.shared.stop.cancel();
@@ -541,15 +542,8 @@ impl Drain {
         if ended {
             Taken::Ended
         } else {
-            Taken::More
+            Taken::More(release_at.map(tokio::time::Instant::from_std))
         }
-    }
-
-    /// When a throttled record held back becomes due, as of the last
-    /// [`Drain::take`]: the writer takes again then, even if nothing else
-    /// was queued.
-    pub fn release_at(&self) -> Option<tokio::time::Instant> {
-        self.release_at.map(tokio::time::Instant::from_std)
     }
 
     /// Waits until something may have been queued since a [`Drain::take`]
@@ -602,7 +596,7 @@ mod tests {
         assert!(live(&outlet, "r2"));
         replies.send("ack".into()).await.unwrap();
         let mut out = Vec::new();
-        assert_eq!(drain.take(64, &mut out), Taken::More);
+        assert_eq!(drain.take(64, &mut out), Taken::More(None));
         assert_eq!(frames(&out), ["ack", "r1", "p1", "r2", "lossy"]);
     }
 
@@ -727,7 +721,7 @@ mod tests {
         let (outlet, mut drain) = Outlet::new(2, 2, CancellationToken::new());
         let replies = outlet.replies(2);
         let mut out = Vec::new();
-        assert_eq!(drain.take(64, &mut out), Taken::More);
+        assert_eq!(drain.take(64, &mut out), Taken::More(None));
         replies.close(CloseCode::GOING_AWAY);
         drop(replies);
         drain.ready().await;

@@ -48,7 +48,7 @@ use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
 use crate::node::limits::{SubjectGuard, TokenBucket};
 use crate::node::publish::Window;
-use crate::node::registry::{Registered, Transport};
+use crate::node::registry::Transport;
 use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
 use writer::WriterConfig;
@@ -185,7 +185,7 @@ pub fn run<S: Socket>(
     let (outlet, drain) = Outlet::new(limits.outbound_queue, limits.replay_queue, stop);
     // An operator (the admin API, a drain) closes the socket through its
     // outlet ([`Outlet::close_with`]).
-    let registered = context.registry.register(id, Transport::Websocket, &outlet);
+    context.registry.register(id, Transport::Websocket, &outlet);
     let replies = outlet.replies(limits.max_inflight_publishes + REPLY_SLACK);
     let ws = &context.config.websocket;
     let writer_config = WriterConfig {
@@ -208,7 +208,6 @@ pub fn run<S: Socket>(
         strikes: 0,
         principal,
         subject_guard,
-        _registered: registered,
         context: context.clone(),
         replies,
         outlet,
@@ -237,8 +236,6 @@ struct Session {
     /// `None` until the socket authenticates.
     principal: Option<Principal>,
     subject_guard: Option<SubjectGuard>,
-    /// On the node's registry while it runs (with the admin API on).
-    _registered: Option<Registered>,
     rate: TokenBucket,
     /// Publishes refused in a row for the rate limit.
     strikes: u32,
@@ -258,6 +255,14 @@ struct Session {
     /// Topic → publishes waiting for its look-up, in arrival order.
     waiting: HashMap<String, VecDeque<Publish<'static>>>,
     lookups: FuturesUnordered<PendingLookup>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Off the node's registry (a field-less guard: an idle socket pays
+        // nothing for it).
+        self.context.registry.remove(self.id);
+    }
 }
 
 impl Session {

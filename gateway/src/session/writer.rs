@@ -51,11 +51,11 @@ where
         let taken = drain.take(MAX_BATCH, &mut batch);
         let ping_due = Instant::now() >= next_ping;
         if batch.is_empty() && !ping_due {
-            if taken == Taken::Ended {
-                break;
-            }
             // A throttled record held back may be due before the next ping.
-            let wake = drain.release_at().map_or(next_ping, |release| release.min(next_ping));
+            let wake = match taken {
+                Taken::Ended => break,
+                Taken::More(release) => release.map_or(next_ping, |at| at.min(next_ping)),
+            };
             if timer.deadline() != wake {
                 timer.as_mut().reset(wake);
             }

@@ -65,9 +65,9 @@ use crate::auth::Principal;
 use crate::delivery::{self, Held};
 use crate::metrics;
 use crate::node::limits::SubjectGuard;
-use crate::node::registry::{Registered, Transport};
+use crate::node::registry::Transport;
 use crate::node::Node;
-use crate::outlet::{Drain, Item, Outlet, PacedFrame};
+use crate::outlet::{Drain, Item, Outlet, PacedFrame, Taken};
 use crate::resume::Positions;
 use crate::tables::is_snapshot_frame;
 
@@ -141,7 +141,7 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
     let limits = &state.config.limits;
     let (outlet, drain) =
         Outlet::new(limits.outbound_queue, limits.replay_queue, CancellationToken::new());
-    let registered = state.registry.register(session, Transport::Sse, &outlet);
+    state.registry.register(session, Transport::Sse, &outlet);
     state.registry.identify(session, &principal);
     // What the stream holds on the delivery path; dropping it lets go.
     let mut held = Vec::new();
@@ -192,7 +192,6 @@ async fn open(state: &Arc<Node>, headers: &HeaderMap, query: &str) -> Result<Res
         expires_at,
         _permit: permit,
         _guard: guard,
-        _registered: registered,
     };
     let first = stream.opening_events(gaps);
     state.sessions.spawn(stream.run(first));
@@ -240,8 +239,12 @@ struct Stream {
     expires_at: Option<Instant>,
     _permit: OwnedSemaphorePermit,
     _guard: Option<SubjectGuard>,
-    /// On the node's registry while it runs (with the admin API on).
-    _registered: Option<Registered>,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.state.registry.remove(self.session);
+    }
 }
 
 impl Stream {
@@ -306,10 +309,13 @@ impl Stream {
                 (self.message(frame.as_str()), true)
             } else {
                 let mut batch = Vec::new();
-                self.drain.take(TAKE, &mut batch);
+                let taken = self.drain.take(TAKE, &mut batch);
                 if batch.is_empty() {
                     // A throttled record held back is due then.
-                    let release = self.drain.release_at().unwrap_or(far);
+                    let release = match taken {
+                        Taken::More(Some(at)) => at,
+                        _ => far,
+                    };
                     tokio::select! {
                         biased;
                         () = &mut kicked => return stopped(),
