@@ -16,13 +16,15 @@ export const BUNDLE = join(PACKAGE_ROOT, 'dist/browser/ferry.min.js');
 /** Where the tests save their screenshots. */
 export const SHOTS = join(OUTPUT_DIR, 'browser');
 
-/** Serves `page` at `/` and the built bundle at `/ferry.min.js`, nothing else. */
+/** Serves `page` at `/` and the built bundle at `/ferry.min.js` (and an empty favicon), nothing else. */
 export function pageWithBundle(page: string): RequestListener {
   return (req, res) => {
     if (req.url === '/') {
       res.writeHead(200, { 'content-type': 'text/html; charset=utf-8' }).end(page);
     } else if (req.url === '/ferry.min.js') {
       res.writeHead(200, { 'content-type': 'text/javascript; charset=utf-8' }).end(readFileSync(BUNDLE));
+    } else if (req.url === '/favicon.ico') {
+      res.writeHead(204).end(); // asked for by the browser itself
     } else {
       res.writeHead(404).end('not found');
     }
