@@ -368,3 +368,30 @@ async fn ferry_drain_returns_once_the_drained_node_has_exited() {
         "already gone when drain returned"
     );
 }
+
+/// A node whose control topic cannot be read (here: it does not exist and
+/// the node may not create it) says so on `/readyz` and takes no
+/// connection, rather than let a revoked token in.
+#[ferry_test]
+async fn a_node_that_cannot_read_the_control_topic_says_so_and_takes_no_connection() {
+    let kafka = TestKafka::start().await;
+    let control = unique_topic("missing-control");
+    let node = kafka
+        .spawn_node_with(|c| {
+            fleet_config(&control)(c);
+            c.kafka.auto_create_topics = Some(false);
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = node.get("/readyz").await;
+        if body.contains("control topic cannot be read") {
+            assert_eq!(status, 503, "{body}");
+            assert!(body.contains(&control), "names the topic: {body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "/readyz never said why: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(upgrade_status(&node, &token("someone")).await, 503, "no connection meanwhile");
+}
