@@ -118,7 +118,7 @@ describe('against the real gateway (embedded Kafka)', () => {
     const { hub } = client(t, gateway.url);
     await hub.connect();
     assert.equal(hub.welcome?.protocol, 1);
-    assert.deepEqual(hub.welcome?.capabilities, [...V1_CAPABILITIES, 'traceparent']);
+    assert.deepEqual(hub.welcome?.capabilities, [...V1_CAPABILITIES, 'snapshot', 'throttle', 'traceparent']);
     const replies = await rawExchange(gateway.url, [{ type: 'ping', id: 'u1', ttl_ms: 5 }], 500);
     const error = replies.find((f) => f.id === 'u1');
     assert.equal(error?.type, 'error');
