@@ -22,7 +22,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { FerryClient, type FerryError, type FerryMessage, type GapFrame, type PublishAck } from '../../src/index.js';
-import { requireGatewayBinary, startFleetNode, startGateway, type Gateway } from '../support/gateway.js';
+import { requireGatewayBinary, startTwoNodes, type Gateway } from '../support/gateway.js';
 import { sleep } from '../support/fake-gateway.js';
 
 const run = Date.now().toString(36);
@@ -49,11 +49,6 @@ let lacks: string | undefined;
 let kafkaHost: Gateway | undefined;
 let nodeA: Gateway;
 let nodeB: Gateway;
-
-/** Starts a node on `brokers`, creating topics on demand, with the admin API on. */
-function startNode(name: string, brokers: string): Promise<Gateway> {
-  return startFleetNode('drain', `${name}-${run}`, brokers, !realKafka, adminEnv);
-}
 
 /** The process's exit code, once it has exited. */
 function exitOf(node: Gateway): Promise<number | string> {
@@ -93,14 +88,11 @@ before(async () => {
     lacks = `${requireGatewayBinary()} has no admin API (no \`ferry drain\` in its --help)`;
     return;
   }
-  let brokers = realKafka;
-  if (!brokers) {
-    kafkaHost = await startGateway({ name: 'drain-kafka', env: adminEnv });
-    brokers = kafkaHost.bootstrap;
-  }
-  // One after the other, so that a failed start leaves nothing that `after` would not stop.
-  nodeA = await startNode('node-a', brokers);
-  nodeB = await startNode('node-b', brokers);
+  await startTwoNodes('drain', run, realKafka, adminEnv, (started) => {
+    kafkaHost = started.kafkaHost;
+    if (started.nodeA) nodeA = started.nodeA;
+    if (started.nodeB) nodeB = started.nodeB;
+  });
 });
 
 after(async () => {

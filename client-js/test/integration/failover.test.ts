@@ -13,7 +13,7 @@ import { once } from 'node:events';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { FerryClient, type FerryError, type FerryMessage, type GapFrame, type PublishAck } from '../../src/index.js';
-import { startFleetNode, startGateway, type Gateway } from '../support/gateway.js';
+import { startTwoNodes, type Gateway } from '../support/gateway.js';
 import { sleep, waitFor } from '../support/fake-gateway.js';
 
 const run = Date.now().toString(36);
@@ -26,20 +26,12 @@ let kafkaHost: Gateway | undefined;
 let nodeA: Gateway;
 let nodeB: Gateway;
 
-/** Starts a node on `brokers`, creating topics on demand. */
-function startNode(name: string, brokers: string): Promise<Gateway> {
-  return startFleetNode('failover', `${name}-${run}`, brokers, !realKafka);
-}
-
 before(async () => {
-  let brokers = realKafka;
-  if (!brokers) {
-    kafkaHost = await startGateway({ name: 'failover-kafka' });
-    brokers = kafkaHost.bootstrap;
-  }
-  // One after the other, so that a failed start leaves nothing that `after` would not stop.
-  nodeA = await startNode('node-a', brokers);
-  nodeB = await startNode('node-b', brokers);
+  await startTwoNodes('failover', run, realKafka, {}, (started) => {
+    kafkaHost = started.kafkaHost;
+    if (started.nodeA) nodeA = started.nodeA;
+    if (started.nodeB) nodeB = started.nodeB;
+  });
 });
 
 after(async () => {

@@ -98,6 +98,40 @@ export async function startFleetNode(label: string, nodeId: string, brokers: str
   return startGateway({ name: `${label}-${nodeId}`, brokers, args: ['--config', config], env: { FERRY_NODE_ID: nodeId, ...env } });
 }
 
+/** Two fleet nodes on one Kafka, and the gateway holding it when it is embedded. */
+export interface TwoNodes {
+  kafkaHost: Gateway | undefined;
+  nodeA: Gateway;
+  nodeB: Gateway;
+}
+
+/**
+ * Nodes `node-a-RUN` and `node-b-RUN` on the Kafka `realKafka` names, else on
+ * a third gateway's embedded Kafka (so that stopping node A does not take
+ * Kafka with it). `started` gets each gateway as it starts, so that a failed
+ * start leaves nothing the caller cannot stop.
+ */
+export async function startTwoNodes(
+  label: string,
+  run: string,
+  realKafka: string | undefined,
+  env: Record<string, string>,
+  started: (nodes: Partial<TwoNodes>) => void,
+): Promise<void> {
+  const nodes: Partial<TwoNodes> = {};
+  let brokers = realKafka;
+  if (!brokers) {
+    nodes.kafkaHost = await startGateway({ name: `${label}-kafka`, env });
+    started(nodes);
+    brokers = nodes.kafkaHost.bootstrap;
+  }
+  // One after the other, so that a failed start leaves nothing unstopped.
+  nodes.nodeA = await startFleetNode(label, `node-a-${run}`, brokers, !realKafka, env);
+  started(nodes);
+  nodes.nodeB = await startFleetNode(label, `node-b-${run}`, brokers, !realKafka, env);
+  started(nodes);
+}
+
 /** Starts `ferry --listen 127.0.0.1:PORT` and waits until it is ready. */
 export async function startGateway(options: GatewayOptions = {}): Promise<Gateway> {
   const bin = requireGatewayBinary();
