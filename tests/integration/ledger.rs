@@ -393,9 +393,24 @@ struct Subscriber {
 impl Subscriber {
     async fn start(url: &str, frame: Value) -> Self {
         let mut ws = connect(url).await;
-        ws.send(Message::text(frame.to_string())).await.unwrap();
-        let reply = timeout(WAIT, next_json(&mut ws)).await.expect("subscribe answered in time");
-        let reply = reply.expect("subscribe answered");
+        // Right after a broker restart the node may answer `unavailable`
+        // with `retry_after_ms`; a client tries again after that pause, as
+        // client-js does, until the overall deadline.
+        let deadline = Instant::now() + WAIT;
+        let reply = loop {
+            ws.send(Message::text(frame.to_string())).await.unwrap();
+            let reply =
+                timeout(WAIT, next_json(&mut ws)).await.expect("subscribe answered in time");
+            let reply = reply.expect("subscribe answered");
+            let retry = reply["code"] == "unavailable" && Instant::now() < deadline;
+            match reply["retry_after_ms"].as_u64() {
+                Some(pause) if retry => {
+                    eprintln!("ledger: {reply}; subscribing again in {pause} ms");
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+                _ => break reply,
+            }
+        };
         assert_eq!(reply["type"], "subscribed", "{frame} -> {reply}");
         let starts: BTreeMap<i32, i64> = reply["partitions"]
             .as_object()
