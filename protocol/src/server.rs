@@ -137,6 +137,10 @@ pub struct Message {
     pub value: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_b64: Option<String>,
+    /// `true` on the records of a snapshot (`from: "snapshot"`), which come
+    /// before `snapshot_end`; `false` (absent on the wire) on live records.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 impl Message {
@@ -210,6 +214,20 @@ impl MessageFrame<'_> {
         let rest = rest.strip_prefix(r#""offset":"#)?;
         let end = rest.find([',', '}'])?;
         Some((topic, partition.parse().ok()?, rest[..end].parse().ok()?))
+    }
+
+    /// A frame [`MessageFrame::encode`] wrote, as a snapshot's record: the
+    /// same text with `"snapshot":true` added at its end (the table encodes
+    /// a record once, when it comes, and marks it when a snapshot sends it).
+    pub fn snapshot_of(frame: &str) -> String {
+        let body = frame.strip_suffix('}').unwrap_or(frame);
+        format!("{body},\"snapshot\":true}}")
+    }
+
+    /// Whether a frame is a snapshot's record, as [`MessageFrame::snapshot_of`]
+    /// writes it (read from its end, without parsing).
+    pub fn is_snapshot(frame: &str) -> bool {
+        frame.ends_with(",\"snapshot\":true}")
     }
 
     /// Encodes the frame as JSON text. A value that is valid JSON is embedded
@@ -343,6 +361,21 @@ mod tests {
         for other in [r#"{"type":"ack","id":"a","topic":"t","partition":0,"offset":1}"#, "", "{"] {
             assert_eq!(MessageFrame::position(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_snapshots_record_is_the_frame_marked_at_its_end() {
+        let live = frame(Some(br#"{"temp":19.5}"#), Some(b"dev-7")).encode();
+        let marked = MessageFrame::snapshot_of(&live);
+        assert!(marked.ends_with(r#""value":{"temp":19.5},"snapshot":true}"#), "{marked}");
+        assert!(MessageFrame::is_snapshot(&marked));
+        assert!(!MessageFrame::is_snapshot(&live));
+        assert_eq!(MessageFrame::position(&marked), MessageFrame::position(&live));
+        let ServerFrame::Message(m) = serde_json::from_str(&marked).unwrap() else { panic!() };
+        assert!(m.snapshot);
+        let ServerFrame::Message(m) = serde_json::from_str(&live).unwrap() else { panic!() };
+        assert!(!m.snapshot);
+        assert!(!ServerFrame::Message(m).encode().contains("snapshot"));
     }
 
     #[test]

@@ -100,7 +100,8 @@ fn unb64(text: &str) -> Vec<u8> {
 }
 
 /// Re-encodes a decoded `message` frame the way the fan-out does, with
-/// every header: text ones from `headers`, binary ones from `headers_b64`.
+/// every header: text ones from `headers`, binary ones from `headers_b64`;
+/// a snapshot's record the way the table sends it.
 fn reencode_message(m: &Message) -> String {
     let key = m.key_bytes();
     let value = m.value_bytes();
@@ -114,7 +115,7 @@ fn reencode_message(m: &Message) -> String {
     }
     let headers: Vec<(&str, Option<&[u8]>)> =
         header_values.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-    MessageFrame {
+    let encoded = MessageFrame {
         topic: &m.topic,
         partition: m.partition,
         offset: m.offset,
@@ -123,11 +124,17 @@ fn reencode_message(m: &Message) -> String {
         headers: &headers,
         value: value.as_deref(),
     }
-    .encode()
+    .encode();
+    if m.snapshot {
+        MessageFrame::snapshot_of(&encoded)
+    } else {
+        encoded
+    }
 }
 
 /// Encodes the Kafka record a `message` vector states (`record`) with the
-/// fan-out's encoder.
+/// fan-out's encoder (and, for a snapshot's record, marks it as the table
+/// does).
 fn encode_record(frame: &Value, record: &Value) -> String {
     let bytes = |v: &Value| v.as_str().map(unb64);
     let key = bytes(&record["key_b64"]);
@@ -140,7 +147,7 @@ fn encode_record(frame: &Value, record: &Value) -> String {
         .collect();
     let headers: Vec<(&str, Option<&[u8]>)> =
         header_values.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
-    MessageFrame {
+    let encoded = MessageFrame {
         topic: frame["topic"].as_str().unwrap(),
         partition: frame["partition"].as_i64().unwrap() as i32,
         offset: frame["offset"].as_i64().unwrap(),
@@ -149,7 +156,12 @@ fn encode_record(frame: &Value, record: &Value) -> String {
         headers: &headers,
         value: value.as_deref(),
     }
-    .encode()
+    .encode();
+    if frame["snapshot"] == true {
+        MessageFrame::snapshot_of(&encoded)
+    } else {
+        encoded
+    }
 }
 
 #[test]
@@ -162,7 +174,10 @@ fn message_vectors_are_what_the_fan_out_encodes_for_their_record() {
         }
         let record = &v["record"];
         assert!(record.is_object(), "{}: a message vector states its record", v["name"]);
-        let encoded: Value = serde_json::from_str(&encode_record(&frame, record)).unwrap();
+        let text = encode_record(&frame, record);
+        assert_eq!(text, v["frame"].as_str().unwrap(), "{}: not byte for byte", v["name"]);
+        assert_eq!(MessageFrame::is_snapshot(&text), frame["snapshot"] == true, "{}", v["name"]);
+        let encoded: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(encoded, frame, "{}", v["name"]);
         checked += 1;
     }
@@ -198,6 +213,22 @@ fn error_vectors_cover_every_error_code_and_welcome_states_the_capabilities() {
     assert!(
         frames.iter().any(|f| f["type"] == "subscribed" && f.get("partitions").is_none()),
         "a group `subscribed` has no partitions"
+    );
+    let messages: Vec<&Value> = frames.iter().filter(|f| f["type"] == "message").collect();
+    assert!(
+        messages
+            .iter()
+            .any(|f| f["snapshot"] == true && f["key"].is_string() && f["value"].is_object()),
+        "a snapshot's record, with a key and a value"
+    );
+    assert!(
+        messages.iter().any(|f| f.get("snapshot").is_none() && f["value"].is_null()),
+        "a live tombstone"
+    );
+    assert!(
+        frames.iter().any(|f| f["type"] == "snapshot_end"
+            && f["positions"].as_object().is_some_and(|p| p.len() > 1)),
+        "a `snapshot_end` with several partitions"
     );
 }
 
@@ -299,6 +330,7 @@ fn server_frames_round_trip() {
             ServerFrame::Message(m) => reencode_message(m),
             other => other.encode(),
         };
+        assert_eq!(again, text, "{}: not byte for byte", v["name"]);
         let again: Value = serde_json::from_str(&again).unwrap();
         assert_eq!(again, original, "{}", v["name"]);
         kinds.insert(original["type"].as_str().unwrap().to_owned());
@@ -315,6 +347,7 @@ fn server_frames_round_trip() {
         "gap",
         "lagged",
         "committed",
+        "snapshot_end",
     ];
     assert_eq!(kinds, all.iter().map(|s| s.to_string()).collect());
 }
