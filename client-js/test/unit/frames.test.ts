@@ -224,6 +224,31 @@ describe('protocol/vectors/server.json', () => {
     const tomb = toMessage(byName.get('message tombstone') as MessageFrame);
     assert.equal(tomb.value, null);
     assert.equal(tomb.key, 'k');
+    assert.ok(!('snapshot' in tomb), 'a live record has no snapshot flag');
+  });
+
+  it('marks a snapshot’s records and decodes snapshot_end', () => {
+    const frames = vectors.map((v) => decodeServerFrame(v.frame) as Json);
+    const snapshot = frames.filter((f) => f.type === 'message' && f.snapshot === true);
+    assert.ok(snapshot.length >= 1, 'a snapshot message vector');
+    for (const f of snapshot) {
+      const m = toMessage(f as unknown as MessageFrame);
+      assert.equal(m.snapshot, true);
+      assert.equal(typeof m.key, 'string');
+      assert.notEqual(m.value, null);
+    }
+    for (const f of frames.filter((f) => f.type === 'message' && f.snapshot === undefined)) {
+      assert.ok(!('snapshot' in toMessage(f as unknown as MessageFrame)), JSON.stringify(f));
+    }
+    const ends = frames.filter((f) => f.type === 'snapshot_end');
+    assert.ok(ends.some((f) => Object.keys(f.positions as object).length > 1), 'a snapshot_end over several partitions');
+    for (const f of ends) {
+      assert.equal(typeof f.topic, 'string');
+      for (const [p, o] of Object.entries(f.positions as Record<string, unknown>)) {
+        assert.match(p, /^\d+$/);
+        assert.ok(Number.isSafeInteger(o) && (o as number) >= 0, `${p}: ${String(o)}`);
+      }
+    }
   });
 
   it('turns every message vector into the bytes of its record', () => {
