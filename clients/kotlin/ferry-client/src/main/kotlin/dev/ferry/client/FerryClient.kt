@@ -378,6 +378,13 @@ public class FerryClient(public val options: FerryClientOptions) {
                 _events.tryEmit(ClientEvent.Gap(frame))
             }
             is ServerFrame.Lagged -> _events.tryEmit(ClientEvent.Lagged(frame))
+            is ServerFrame.SnapshotEnd -> subscriptions[frame.topic]?.let {
+                try {
+                    it.endSnapshot(frame.positions)
+                } catch (_: Exception) {
+                    // the subscription ended while waiting for its collector
+                }
+            }
             is ServerFrame.Unsubscribed -> {
                 val id = frame.id
                 if (id == null) {

@@ -147,6 +147,11 @@ public class FerryMessage(
     public val value: ByteArray?,
     /** Whether the gateway sent the value as JSON (`value`) rather than bytes. */
     public val isJson: Boolean,
+    /**
+     * Whether the record is part of a snapshot ([From.Snapshot]): the latest
+     * record of its key, sent before `snapshot_end`. False for live records.
+     */
+    public val snapshot: Boolean = false,
 ) {
     /** The key as UTF-8 text. */
     public val keyText: String? get() = key?.toString(Charsets.UTF_8)
@@ -160,7 +165,8 @@ public class FerryMessage(
     /** The first header named [name], as text. */
     public fun header(name: String): String? = headers.firstOrNull { it.first == name }?.second?.toString(Charsets.UTF_8)
 
-    override fun toString(): String = "FerryMessage($topic/$partition@$offset key=$keyText value=${text?.take(200)})"
+    override fun toString(): String =
+        "FerryMessage($topic/$partition@$offset key=$keyText value=${text?.take(200)}${if (snapshot) " snapshot" else ""})"
 }
 
 /** A frame from the gateway. Unknown types and fields are kept, never an error. */
@@ -228,6 +234,20 @@ public sealed class ServerFrame {
         public val offset: Long get() = raw.long("offset") ?: -1
     }
 
+    /**
+     * The snapshot of a [From.Snapshot] subscription is complete: live records
+     * follow from [positions] (partition to next offset), which are also where
+     * the subscription resumes from.
+     */
+    public class SnapshotEnd(override val raw: JsonObject) : ServerFrame() {
+        public val topic: String get() = raw.str("topic") ?: ""
+        public val positions: Map<Int, Long>
+            get() = (raw["positions"] as? JsonObject)?.entries?.mapNotNull { (k, v) ->
+                val p = k.toIntOrNull(); val o = (v as? JsonPrimitive)?.takeIf { !it.isString }?.longOrNull
+                if (p != null && o != null) p to o else null
+            }?.toMap() ?: emptyMap()
+    }
+
     public class Lagged(override val raw: JsonObject) : ServerFrame() {
         public val topic: String get() = raw.str("topic") ?: ""
         public val dropped: Long get() = raw.long("dropped") ?: 0
@@ -276,6 +296,7 @@ public sealed class ServerFrame {
                 "pong" -> Pong(obj)
                 "committed" -> Committed(obj)
                 "lagged" -> Lagged(obj)
+                "snapshot_end" -> SnapshotEnd(obj)
                 "gap" -> Gap(obj)
                 "error" -> Error(obj)
                 "message" -> Message(obj, toMessage(obj, text))
@@ -311,6 +332,7 @@ public sealed class ServerFrame {
                 headers = headers,
                 value = value,
                 isJson = valueB64 == null,
+                snapshot = obj.bool("snapshot") == true,
             )
         }
     }

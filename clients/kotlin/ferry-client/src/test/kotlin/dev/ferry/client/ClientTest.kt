@@ -6,7 +6,9 @@ import kotlinx.coroutines.flow.take
 import kotlinx.coroutines.flow.toList
 import kotlinx.coroutines.runBlocking
 import kotlinx.coroutines.withTimeout
+import kotlinx.coroutines.withTimeoutOrNull
 import org.junit.jupiter.api.Assertions.assertEquals
+import org.junit.jupiter.api.Assertions.assertNull
 import org.junit.jupiter.api.Assertions.assertTrue
 import org.junit.jupiter.api.Test
 import org.junit.jupiter.api.assertThrows
@@ -30,6 +32,34 @@ class ClientTest {
         assertEquals(mapOf(0 to 13L, 1 to 1L), sub.positions())
         sub.skipTo(1, 50) // a gap: the gateway resumed at 50
         assertEquals(From.Offsets(mapOf(0 to 13L, 1 to 50L)), sub.resumeFrom())
+    }
+
+    @Test
+    fun `a snapshot subscription delivers the snapshot, then live records from snapshot_end's positions`() = runBlocking {
+        val sub = Subscription("t", SubscribeOptions(from = From.Snapshot)) { }
+        val positions = mapOf(0 to 12L, 1 to 7L)
+        sub.confirm(positions) // `subscribed` states the snapshot's positions
+        assertEquals(null, sub.resumeFrom(), "lost before snapshot_end: the snapshot again")
+        val snapshot = { p: Int, o: Long -> FerryMessage("t", p, o, null, "k$p-$o".toByteArray(), emptyList(), "1".toByteArray(), true, snapshot = true) }
+        sub.deliver(snapshot(1, 6)); sub.deliver(snapshot(0, 3)); sub.deliver(snapshot(0, 9))
+        assertEquals(emptyMap<Int, Long>(), sub.positions(), "a snapshot's records do not move the positions")
+        sub.endSnapshot(positions)
+        assertEquals(From.Offsets(positions), sub.resumeFrom())
+        sub.deliver(message(0, 11)) // older than the positions: not delivered
+        sub.deliver(message(0, 12))
+        assertNull(withTimeoutOrNull(100) { sub.awaitSnapshot() }, "the collector has not taken the snapshot yet")
+        val got = async { sub.messages.take(4).toList() }
+        assertEquals(positions, withTimeout(5_000) { sub.awaitSnapshot() })
+        assertEquals(listOf(6L to true, 3L to true, 9L to true, 12L to false), got.await().map { it.offset to it.snapshot })
+        assertEquals(mapOf(0 to 13L, 1 to 7L), sub.positions())
+        assertEquals("bad_request", assertThrows<FerryException> { Subscription("t", SubscribeOptions()) { }.awaitSnapshot() }.code)
+    }
+
+    @Test
+    fun `a snapshot subscription that ends before snapshot_end fails awaitSnapshot`() = runBlocking {
+        val sub = Subscription("t", SubscribeOptions(from = From.Snapshot)) { }
+        sub.end(FerryException("forbidden", "gone"))
+        assertEquals("forbidden", assertThrows<FerryException> { sub.awaitSnapshot() }.code)
     }
 
     @Test

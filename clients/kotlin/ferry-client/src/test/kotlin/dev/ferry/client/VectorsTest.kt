@@ -5,6 +5,7 @@ import kotlinx.serialization.json.JsonElement
 import kotlinx.serialization.json.JsonNull
 import kotlinx.serialization.json.JsonObject
 import kotlinx.serialization.json.JsonPrimitive
+import kotlinx.serialization.json.boolean
 import kotlinx.serialization.json.int
 import kotlinx.serialization.json.jsonArray
 import kotlinx.serialization.json.jsonObject
@@ -144,6 +145,7 @@ class VectorsTest {
                             pair[0].jsonPrimitive.content to (pair[1] as? JsonPrimitive)?.takeIf { it !is JsonNull }?.content
                         }
                         assertEquals(headers, m.headers.map { it.first to it.second?.let { b -> Base64.getEncoder().encodeToString(b) } })
+                        assertEquals(json["snapshot"]?.jsonPrimitive?.boolean == true, m.snapshot, "snapshot")
                     }
                     is ServerFrame.Error -> {
                         assertTrue(frame.code in Codes.ERROR_CODES)
@@ -159,10 +161,23 @@ class VectorsTest {
                     is ServerFrame.Subscribed -> assertEquals(
                         (json["partitions"] as? JsonObject)?.entries?.associate { it.key.toInt() to it.value.jsonPrimitive.long }, frame.partitions)
                     is ServerFrame.Gap -> assertEquals(json["resumed_at"]!!.jsonPrimitive.long, frame.resumedAt)
+                    is ServerFrame.SnapshotEnd -> {
+                        assertEquals(json.s("topic"), frame.topic)
+                        assertEquals(json["positions"]!!.jsonObject.entries.associate { it.key.toInt() to it.value.jsonPrimitive.long }, frame.positions)
+                    }
                     else -> Unit
                 }
             }
         }
+
+    @Test
+    fun `server vectors include a snapshot's message, a multi-partition snapshot_end and a live tombstone`() {
+        val frames = load("server.json").jsonArray.map { ServerFrame.decode(it.jsonObject.s("frame")!!) }
+        val messages = frames.filterIsInstance<ServerFrame.Message>().map { it.message }
+        assertTrue(messages.any { it.snapshot && it.key != null && it.value != null }, "a snapshot's message")
+        assertTrue(messages.any { !it.snapshot && it.value == null }, "a live tombstone")
+        assertTrue(frames.filterIsInstance<ServerFrame.SnapshotEnd>().any { it.positions.size > 1 }, "a snapshot_end over several partitions")
+    }
 
     @Test
     fun `an unknown frame type or error code is not a failure`() {
