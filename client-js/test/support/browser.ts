@@ -13,6 +13,8 @@ import { OUTPUT_DIR, PACKAGE_ROOT, freePort } from './gateway.js';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 export const BUNDLE = join(PACKAGE_ROOT, 'dist/browser/ferry.min.js');
+/** The ES module build (with `createState`, which the bundles leave out), as examples/devices/ loads it. */
+export const ESM_BUILD = join(PACKAGE_ROOT, 'dist/esm/index.js');
 /** Where the tests save their screenshots. */
 export const SHOTS = join(OUTPUT_DIR, 'browser');
 
@@ -38,15 +40,16 @@ const TYPES: Record<string, string> = {
   '.css': 'text/css',
 };
 
-/** Fails with the fix when Chromium, or (with `bundle`) the built bundle, is missing. */
-export function requireBrowser({ bundle = true }: { bundle?: boolean } = {}): void {
+/** Fails with the fix when Chromium, or (with `bundle`, `esm`) the built bundle or ES module build, is missing. */
+export function requireBrowser({ bundle = true, esm = false }: { bundle?: boolean; esm?: boolean } = {}): void {
   if (bundle && !existsSync(BUNDLE)) throw new Error(`${BUNDLE} is missing: run \`npm run build\` first`);
+  if (esm && !existsSync(ESM_BUILD)) throw new Error(`${ESM_BUILD} is missing: run \`npm run build\` first`);
   if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (or set CHROMIUM_PATH)`);
 }
 
-/** Serves examples/ and dist/browser/ of the package, nothing else. */
+/** Serves examples/, dist/browser/ and dist/esm/ of the package, nothing else. */
 const packageFiles: RequestListener = (req, res) => {
-  const allowed = [join(PACKAGE_ROOT, 'examples') + sep, join(PACKAGE_ROOT, 'dist', 'browser') + sep];
+  const allowed = ['examples', 'dist/browser', 'dist/esm'].map((dir) => join(PACKAGE_ROOT, dir) + sep);
   const path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
   let file = resolve(PACKAGE_ROOT, normalize(`.${path}`));
   if (path.endsWith('/')) file = join(file, 'index.html');
@@ -66,8 +69,8 @@ export interface StaticServer {
 }
 
 /**
- * A static server on a free loopback port: the package's examples/ and
- * dist/browser/ by default, or `handler`; over TLS with `tls`.
+ * A static server on a free loopback port: the package's examples/,
+ * dist/browser/ and dist/esm/ by default, or `handler`; over TLS with `tls`.
  */
 export async function startStaticServer(
   options: { handler?: RequestListener; tls?: { cert: string; key: string } } = {},

@@ -263,10 +263,19 @@ export interface KcatRecord {
   headers: Record<string, string>;
 }
 
-/** Produces `lines` (each `key\tvalue`, or just a value) to `topic` with kcat. */
-export async function kcatProduce(bootstrap: string, topic: string, lines: string[], withKeys = false): Promise<void> {
+/**
+ * Produces `lines` (each `key\tvalue`, or just a value) to `topic` with kcat.
+ * With `emptyIsNull`, an empty value is sent as NULL (`key\t` is a tombstone).
+ */
+export async function kcatProduce(
+  bootstrap: string,
+  topic: string,
+  lines: string[],
+  withKeys = false,
+  { emptyIsNull = false }: { emptyIsNull?: boolean } = {},
+): Promise<void> {
   await new Promise<void>((resolveDone, reject) => {
-    const args = ['-P', '-b', bootstrap, '-t', topic, ...(withKeys ? ['-K', '\t'] : [])];
+    const args = ['-P', '-b', bootstrap, '-t', topic, ...(withKeys ? ['-K', '\t'] : []), ...(emptyIsNull ? ['-Z'] : [])];
     const child = spawn('kcat', args, { stdio: ['pipe', 'ignore', 'pipe'] });
     let err = '';
     child.stderr.on('data', (c: Buffer) => (err += c.toString()));
