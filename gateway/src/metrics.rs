@@ -53,6 +53,8 @@ pub const TABLE_BYTES: &str = "ferry_table_bytes";
 pub const SNAPSHOT_SECONDS: &str = "ferry_snapshot_seconds";
 pub const SNAPSHOTS_REFUSED: &str = "ferry_snapshots_refused_total";
 pub const THROTTLED: &str = "ferry_throttled_records_total";
+pub const DEFLATE_IN: &str = "ferry_deflate_input_bytes_total";
+pub const DEFLATE_OUT: &str = "ferry_deflate_output_bytes_total";
 
 /// The process-wide Prometheus recorder; installed once, shared by every
 /// gateway built in this process (tests build several).
@@ -326,6 +328,14 @@ fn register_at_zero() {
     counter!(SNAPSHOTS_REFUSED).absolute(0);
     counter!(THROTTLED).absolute(0);
     let _ = histogram!(SNAPSHOT_SECONDS);
+    describe_counter!(
+        DEFLATE_IN,
+        Unit::Bytes,
+        "Bytes of WebSocket frames compressed (permessage-deflate), each frame counted once."
+    );
+    describe_counter!(DEFLATE_OUT, Unit::Bytes, "What those frames compressed to.");
+    counter!(DEFLATE_IN).absolute(0);
+    counter!(DEFLATE_OUT).absolute(0);
 }
 
 pub fn connection_opened() {
@@ -481,6 +491,12 @@ pub fn snapshot_refused() {
 
 pub fn throttled(records: u64) {
     counter!(THROTTLED).increment(records);
+}
+
+/// A frame compressed for permessage-deflate: its size before and after.
+pub fn deflated_frame(before: usize, after: usize) {
+    counter!(DEFLATE_IN).increment(before as u64);
+    counter!(DEFLATE_OUT).increment(after as u64);
 }
 
 pub fn sse_opened() {

@@ -11,6 +11,7 @@ mod helpers;
 mod admin;
 mod auth;
 mod console;
+mod deflate;
 mod delivery;
 mod errors;
 mod failover;

@@ -113,6 +113,16 @@ describe('keyed-store example (examples/devices/) in headless Chromium', () => {
     }, [...expected]);
     assert.deepEqual(mismatches, []);
 
+    // Chromium offered permessage-deflate and the gateway took it: the
+    // snapshot's frames went out compressed.
+    const metrics = await (await fetch(`http://127.0.0.1:${gateway.port}/metrics`)).text();
+    const counter = (name: string) => Number(metrics.match(new RegExp(`^${name} (\\S+)$`, 'm'))?.[1] ?? 0);
+    const [deflateIn, deflateOut] = [counter('ferry_deflate_input_bytes_total'), counter('ferry_deflate_output_bytes_total')];
+    // Each ~200-byte frame compresses on its own (no context takeover): a
+    // fifth or so smaller.
+    assert.ok(deflateIn > 1_000_000 && deflateOut < deflateIn * 0.9, `deflate: ${deflateIn} bytes in, ${deflateOut} out`);
+    console.log(`snapshot frames compressed from ${deflateIn} to ${deflateOut} bytes`);
+
     // The summary adds up to the count.
     const summary = await page.$$eval(['#ok', '#warn', '#fault'].join(','), (els) => els.map((el) => Number(el.textContent?.replace(/,/g, ''))));
     assert.equal(summary.reduce((a, b) => a + b, 0), KEYS, `summary ${JSON.stringify(summary)}`);

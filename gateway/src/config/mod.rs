@@ -230,6 +230,26 @@ pub struct WebSocketConfig {
     /// much later. 0 sends each burst as soon as it is queued. At most 50;
     /// the timer's resolution is 1 ms.
     pub write_coalesce_ms: u64,
+    /// permessage-deflate (RFC 7692) with clients that offer it
+    /// (browsers, client-js in Node, OkHttp): `"deflate"` or `"off"`.
+    pub compression: Compression,
+    /// Whether compression keeps its window from one message to the next.
+    /// Off (the default), a record's frame compresses once for every
+    /// socket and an idle socket holds no compressor; on, frames shrink
+    /// further but each socket compresses its own frames and keeps a
+    /// compressor of about 250 KiB.
+    pub compression_context_takeover: bool,
+    /// Frames smaller than this are sent uncompressed (acks, small
+    /// records: deflate saves little on them).
+    pub compression_min_bytes: usize,
+}
+
+/// `websocket.compression`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Off,
+    Deflate,
 }
 
 /// The HTTP listener itself.
@@ -557,6 +577,9 @@ impl Default for WebSocketConfig {
             idle_timeout_ms: 60_000,
             write_timeout_ms: 10_000,
             write_coalesce_ms: 0,
+            compression: Compression::Deflate,
+            compression_context_takeover: false,
+            compression_min_bytes: 128,
         }
     }
 }

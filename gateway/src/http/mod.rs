@@ -19,6 +19,7 @@
 pub mod admin;
 mod caller;
 mod console;
+mod deflate;
 mod ops;
 pub mod publish;
 pub mod server;

@@ -7,13 +7,14 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use ferry_protocol::{UpgradeRefusal, SUBPROTOCOL};
+use tokio::sync::OwnedSemaphorePermit;
 
+use super::deflate::{self, Door};
 use crate::auth::{AuthMode, Principal};
 use crate::node::Node;
 use crate::session::Authenticated;
@@ -43,7 +44,7 @@ pub(super) async fn upgrade(
     State(state): State<Arc<Node>>,
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    door: Door,
 ) -> Response {
     if let Err((reason, why)) = state.accepting() {
         return refuse(UpgradeRefusal::Unavailable, reason, why);
@@ -91,21 +92,47 @@ pub(super) async fn upgrade(
         },
     };
     let max_frame = state.config.limits.max_frame_bytes;
-    let sessions = state.sessions.clone();
-    let (context, id) = (state.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
-    ws.protocols([SUBPROTOCOL])
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(MAX_WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            let session = session::run(socket, context, id, permit, authenticated);
-            // A task of its own rather than the upgrade's, which also holds
-            // the handshake's state for as long as it runs.
-            tokio::spawn(sessions.track_future(session));
-            std::future::ready(())
-        })
+    let (node, id) = (state.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
+    match door {
+        Door::Plain(ws) => ws
+            .protocols([SUBPROTOCOL])
+            .max_message_size(max_frame)
+            .max_frame_size(max_frame)
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(MAX_WRITE_BUFFER)
+            .on_upgrade(move |socket| start(socket, node, id, permit, authenticated)),
+        Door::Deflate(upgrade) => {
+            let ws = tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(max_frame))
+                .max_frame_size(Some(max_frame))
+                .read_buffer_size(READ_BUFFER)
+                .write_buffer_size(WRITE_BUFFER)
+                .max_write_buffer_size(MAX_WRITE_BUFFER);
+            let settings = deflate::Settings {
+                ws,
+                max: max_frame,
+                min_bytes: state.config.websocket.compression_min_bytes,
+            };
+            upgrade
+                .protocol(offered.contains(&SUBPROTOCOL), SUBPROTOCOL)
+                .on_upgrade(settings, move |socket| start(socket, node, id, permit, authenticated))
+        }
+    }
+}
+
+/// Runs an upgraded socket's session in a task of its own rather than the
+/// upgrade's, which also holds the handshake's state for as long as it runs.
+fn start<S: session::Socket>(
+    socket: S,
+    node: Arc<Node>,
+    id: u64,
+    permit: OwnedSemaphorePermit,
+    authenticated: Option<Authenticated>,
+) -> std::future::Ready<()> {
+    let sessions = node.sessions.clone();
+    tokio::spawn(sessions.track_future(session::run(socket, node, id, permit, authenticated)));
+    std::future::ready(())
 }
 
 /// The subprotocols a request offers: every `Sec-WebSocket-Protocol` header,
