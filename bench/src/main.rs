@@ -149,10 +149,12 @@ pub(crate) enum Scenario {
     Ramp,
     /// Node A killed: every socket resumes on node B.
     Failover,
+    /// Bytes and gateway CPU per delivery with permessage-deflate and without.
+    Deflate,
 }
 
 impl Scenario {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Publish,
         Self::Fanout,
         Self::FanoutLatency,
@@ -160,6 +162,7 @@ impl Scenario {
         Self::Idle,
         Self::Ramp,
         Self::Failover,
+        Self::Deflate,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -171,6 +174,7 @@ impl Scenario {
             Self::Idle => "idle connections",
             Self::Ramp => "connection ramp",
             Self::Failover => "failover",
+            Self::Deflate => "deflate",
         }
     }
 }

@@ -66,6 +66,11 @@ impl Connector {
         Self { addr, url: format!("ws://{addr}/ws"), token, sources, next: AtomicUsize::new(0) }
     }
 
+    /// The server's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Connects, completes the handshake and reads `welcome`.
     pub(crate) async fn connect(&self, buffers: Buffers) -> Result<Ws> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(buffers))

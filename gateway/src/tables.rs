@@ -254,16 +254,15 @@ impl Table {
     }
 }
 
-/// A `message` frame with `"snapshot":true` added at its end.
+/// A `message` frame with `"snapshot":true` added at its end (the
+/// protocol crate's encoding, checked by its test vectors).
 fn snapshot_frame(frame: &Utf8Bytes) -> Utf8Bytes {
-    let text = frame.as_str();
-    let body = text.strip_suffix('}').unwrap_or(text);
-    Utf8Bytes::from(format!("{body},\"snapshot\":true}}"))
+    Utf8Bytes::from(ferry_protocol::MessageFrame::snapshot_of(frame.as_str()))
 }
 
 /// Whether an encoded frame is a snapshot's `message`.
 pub fn is_snapshot_frame(frame: &str) -> bool {
-    frame.ends_with(",\"snapshot\":true}")
+    ferry_protocol::MessageFrame::is_snapshot(frame)
 }
 
 /// A table's reader: the topic from its beginning, then live.

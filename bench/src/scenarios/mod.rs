@@ -2,6 +2,7 @@
 //! sockets that record the latency of every record they receive, and the
 //! paced producers (to Kafka, or to the raw broadcast server).
 
+mod deflate;
 mod failover;
 mod fanout;
 mod idle;
@@ -36,6 +37,7 @@ pub(crate) async fn run(ctx: &Ctx, scenario: Scenario) -> Result<Outcome> {
         Scenario::Idle => idle::run(ctx).await,
         Scenario::Ramp => ramp::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,
+        Scenario::Deflate => deflate::run(ctx).await,
     }
 }
 

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 
 use ferry_protocol::{UpgradeRefusal, SUBPROTOCOL};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::deflate::{self, Door};
 use crate::auth::{AuthMode, Principal};
@@ -93,6 +94,10 @@ pub(super) async fn upgrade(
     };
     let max_frame = state.config.limits.max_frame_bytes;
     let (node, id) = (state.clone(), state.next_session.fetch_add(1, Ordering::Relaxed));
+    // Counts as a session from the 101 on: a shutdown that comes before the
+    // session starts still waits for it to say goodbye (1001), rather than
+    // ending the process under a client that believes it is connected.
+    let pending = state.sessions.token();
     match door {
         Door::Plain(ws) => ws
             .protocols([SUBPROTOCOL])
@@ -101,7 +106,7 @@ pub(super) async fn upgrade(
             .read_buffer_size(READ_BUFFER)
             .write_buffer_size(WRITE_BUFFER)
             .max_write_buffer_size(MAX_WRITE_BUFFER)
-            .on_upgrade(move |socket| start(socket, node, id, permit, authenticated)),
+            .on_upgrade(move |socket| start(socket, node, id, permit, authenticated, pending)),
         Door::Deflate(upgrade) => {
             let ws = tungstenite::protocol::WebSocketConfig::default()
                 .max_message_size(Some(max_frame))
@@ -116,7 +121,9 @@ pub(super) async fn upgrade(
             };
             upgrade
                 .protocol(offered.contains(&SUBPROTOCOL), SUBPROTOCOL)
-                .on_upgrade(settings, move |socket| start(socket, node, id, permit, authenticated))
+                .on_upgrade(settings, move |socket| {
+                    start(socket, node, id, permit, authenticated, pending)
+                })
         }
     }
 }
@@ -129,9 +136,11 @@ fn start<S: session::Socket>(
     id: u64,
     permit: OwnedSemaphorePermit,
     authenticated: Option<Authenticated>,
+    pending: TaskTrackerToken,
 ) -> std::future::Ready<()> {
     let sessions = node.sessions.clone();
     tokio::spawn(sessions.track_future(session::run(socket, node, id, permit, authenticated)));
+    drop(pending);
     std::future::ready(())
 }
 
