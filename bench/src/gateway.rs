@@ -33,6 +33,8 @@ pub(crate) struct GatewaySpec {
     pub(crate) hs_secret: Option<String>,
     /// Run it on the server core (`--pin`).
     pub(crate) pin: bool,
+    /// TOML appended to the configuration (e.g. `[[tables]]`).
+    pub(crate) extra_config: String,
 }
 
 /// A running gateway.
@@ -291,7 +293,7 @@ fn write_config(spec: &GatewaySpec) -> Result<PathBuf> {
         root.insert("auth".into(), auth.into());
         root.insert("acl".into(), acl.into());
     }
-    let text = toml::to_string(&root).context("gateway config")?;
+    let text = toml::to_string(&root).context("gateway config")? + "\n" + &spec.extra_config;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = std::env::temp_dir().join(format!("ferry-bench-{}-{n}.toml", std::process::id()));

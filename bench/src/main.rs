@@ -151,10 +151,12 @@ pub(crate) enum Scenario {
     Failover,
     /// Bytes and gateway CPU per delivery with permessage-deflate and without.
     Deflate,
+    /// `from: "snapshot"` of 10,000 and 100,000 keys to 1 and to 100 sockets.
+    Snapshot,
 }
 
 impl Scenario {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Publish,
         Self::Fanout,
         Self::FanoutLatency,
@@ -163,6 +165,7 @@ impl Scenario {
         Self::Ramp,
         Self::Failover,
         Self::Deflate,
+        Self::Snapshot,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -175,6 +178,7 @@ impl Scenario {
             Self::Ramp => "connection ramp",
             Self::Failover => "failover",
             Self::Deflate => "deflate",
+            Self::Snapshot => "snapshot",
         }
     }
 }
@@ -220,6 +224,7 @@ impl Ctx {
             env: self.opts.gateway_env.clone(),
             hs_secret: None,
             pin: self.opts.pin,
+            extra_config: String::new(),
         }
     }
 

@@ -10,6 +10,7 @@ mod latency;
 mod publish;
 mod ramp;
 mod roundtrip;
+mod snapshot;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub(crate) async fn run(ctx: &Ctx, scenario: Scenario) -> Result<Outcome> {
         Scenario::Ramp => ramp::run(ctx).await,
         Scenario::Failover => failover::run(ctx).await,
         Scenario::Deflate => deflate::run(ctx).await,
+        Scenario::Snapshot => snapshot::run(ctx).await,
     }
 }
 
