@@ -71,6 +71,11 @@ impl Connector {
         self.addr
     }
 
+    /// The bearer token of every connection, if the server wants one.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Connects, completes the handshake and reads `welcome`.
     pub(crate) async fn connect(&self, buffers: Buffers) -> Result<Ws> {
         tokio::time::timeout(CONNECT_TIMEOUT, self.connect_inner(buffers))

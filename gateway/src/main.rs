@@ -87,6 +87,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log nobody reads any more (the supervisor closed the pipe) is
+        // no reason to stop: by default the subscriber reports a failed
+        // write with `eprintln!`, which panics on that same closed pipe.
+        .log_internal_errors(false)
         .init();
 
     let overrides = Overrides {

@@ -318,3 +318,45 @@ async fn token_grants_without_the_grants_claim_are_refused() {
     .await;
     assert_eq!(exit.code, Some(0), "{exit:?}");
 }
+
+/// A supervisor that stops reading the gateway's log (Java's
+/// `Process.destroy()` closes the pipes right after its SIGTERM; a crashed
+/// log shipper does the same): the gateway still drains, closes its
+/// sockets with 1001 and exits 0. A log line written into the closed pipe
+/// once made it panic (exit 101) before its sockets were closed.
+#[ferry_test(timeout_secs = 60)]
+async fn sigterm_with_the_log_pipe_closed_still_closes_sockets_with_1001_and_exits_0() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("FERRY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ferry binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let addr = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let lines = std::io::BufReader::new(stderr).lines().map_while(Result::ok);
+        let addr = lines
+            .filter_map(|l| l.split("listening on http://").nth(1).map(str::to_owned))
+            .map(|rest| rest.split_whitespace().next().unwrap().to_owned())
+            .next();
+        // The reader, and with it the pipe's only read end, is dropped here.
+        addr
+    })
+    .await
+    .unwrap()
+    .expect("a \"listening on\" line");
+    let mut client = Client::connect(&format!("ws://{addr}/ws")).await;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let closed = loop {
+        match client.next_frame_or_close().await {
+            Ok(_) => continue,
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(closed, Some(1001), "the socket is closed with going_away");
+    let status = exit_within(&mut child, Duration::from_secs(15)).await.expect("exits");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

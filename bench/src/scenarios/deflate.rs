@@ -43,18 +43,18 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let rate = ctx.pick(200.0, 100.0);
     let step = Duration::from_secs_f64(ctx.opts.step_seconds.unwrap_or(ctx.pick(5.0, 2.0)));
     let rounds = ctx.pick(3, 1);
-    let (mut gateway, _kafka_host) = ctx.gateway_apart_from_kafka(sockets + 100)?;
+    let (mut gateway, kafka_host) = ctx.gateway_apart_from_kafka(sockets + 100)?;
     let kafka = ctx.kafka(&gateway);
     let connector = ctx.connector(&gateway);
     let topic = ctx.topic("deflate");
-    ctx.create_topic(&connector, &topic).await?;
+    ctx.create_topic(&ctx.topic_creator(&gateway, kafka_host.as_ref()), &topic).await?;
     let producer = kafka.producer()?;
-    let addr = connector.addr();
+    let (addr, token) = (connector.addr(), connector.token());
 
     let (mut plain, mut zipped) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         for offer in [false, true] {
-            let fleet = RawFleet::open(addr, &topic, sockets, offer).await?;
+            let fleet = RawFleet::open(addr, token, &topic, sockets, offer).await?;
             tokio::time::sleep(Duration::from_millis(500)).await;
             let figures = fleet.step(&producer, &topic, rate, step, gateway.pid()).await;
             progress(format_args!(
@@ -158,12 +158,18 @@ impl Drop for RawFleet {
 }
 
 impl RawFleet {
-    async fn open(addr: std::net::SocketAddr, topic: &str, n: usize, offer: bool) -> Result<Self> {
+    async fn open(
+        addr: std::net::SocketAddr,
+        token: Option<&str>,
+        topic: &str,
+        n: usize,
+        offer: bool,
+    ) -> Result<Self> {
         let recorder = Arc::new(Recorder::new(16));
         let wire_bytes = Arc::new(AtomicU64::new(0));
         let mut readers = Vec::with_capacity(n);
         for task in 0..n {
-            let mut socket = RawSocket::connect(addr, offer).await?;
+            let mut socket = RawSocket::connect(addr, token, offer).await?;
             if socket.compressed != offer {
                 bail!("offered compression: {offer}; the gateway took it: {}", socket.compressed);
             }
@@ -242,15 +248,20 @@ struct RawSocket {
 }
 
 impl RawSocket {
-    async fn connect(addr: std::net::SocketAddr, offer: bool) -> Result<Self> {
+    async fn connect(addr: std::net::SocketAddr, token: Option<&str>, offer: bool) -> Result<Self> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        let offer =
-            if offer { format!("Sec-WebSocket-Extensions: {OFFER}\r\n") } else { String::new() };
+        let mut extra = String::new();
+        if offer {
+            extra.push_str(&format!("Sec-WebSocket-Extensions: {OFFER}\r\n"));
+        }
+        if let Some(token) = token {
+            extra.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Protocol: {}\r\n{offer}\r\n",
+             Sec-WebSocket-Protocol: {}\r\n{extra}\r\n",
             ferry_protocol::SUBPROTOCOL
         );
         stream.write_all(request.as_bytes()).await?;

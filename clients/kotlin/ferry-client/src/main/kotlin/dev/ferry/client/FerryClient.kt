@@ -316,6 +316,9 @@ public class FerryClient(public val options: FerryClientOptions) {
     }
 
     private inner class Listener(private val gen: Int) : WebSocketListener() {
+        /** The gateway's close code, once its close frame arrived. */
+        @Volatile private var closeCode: Int? = null
+
         override fun onMessage(webSocket: WebSocket, text: String) {
             val frame = try {
                 ServerFrame.decode(text)
@@ -328,6 +331,7 @@ public class FerryClient(public val options: FerryClientOptions) {
         }
 
         override fun onClosing(webSocket: WebSocket, code: Int, reason: String) {
+            closeCode = code
             webSocket.close(code, null)
             scope.launch { lost(gen, code, reason) }
         }
@@ -349,7 +353,11 @@ public class FerryClient(public val options: FerryClientOptions) {
                     }
                     _events.tryEmit(ClientEvent.Error(FerryException("connection_lost", "upgrade refused: HTTP $status $body")))
                 }
-                lost(gen, 1006, t.message ?: "connection failed")
+                // The connection may fail after the gateway's close frame
+                // (say, the gateway exited before our echo reached it): the
+                // gateway's code still says what happened.
+                val code = closeCode ?: 1006
+                lost(gen, code, if (code == 1006) t.message ?: "connection failed" else "closed by the gateway")
             }
         }
     }

@@ -115,7 +115,7 @@ class ClientBehaviourTest {
                 withTimeout(30_000) { client.connect() }
                 gw.sigterm() // drains and closes with 1001 going_away: reconnect
                 Harness.waitUntil("the 1001 close", 30_000) { codes.isNotEmpty() }
-                assertEquals(1001, codes.first())
+                assertEquals(1001, codes.first(), "close codes: $codes")
                 gw = Gateway.start(port = port, name = "gateway-restarted")
                 withTimeout(60_000) { client.state.first { it == ConnectionState.OPEN } }
             }
