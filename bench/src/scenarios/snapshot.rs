@@ -125,7 +125,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
 }
 
 fn ms(d: Duration) -> String {
-    fmt_ms(d.as_secs_f64() * 1e3)
+    format!("{} ms", fmt_ms(d.as_secs_f64() * 1e3))
 }
 
 /// Connects, subscribes `from: "snapshot"`, and reads until `snapshot_end`:
