@@ -107,6 +107,12 @@ pub(crate) struct Opts {
     /// quick 100).
     #[arg(long, value_delimiter = ',', value_name = "REC/S")]
     compare_rates: Vec<f64>,
+    /// Publish: the fixed total rates (publishes/s, spread over the 100
+    /// sockets, sent at their intended times) at which the gateway and the
+    /// publisher are also compared per server CPU-second (default
+    /// 10000,40000; quick 10000; 0: none).
+    #[arg(long, value_delimiter = ',', value_name = "PUB/S")]
+    publish_rates: Vec<f64>,
     /// Run the server under test (gateway, relay, publisher) on core 0 and
     /// ferry-bench (the load, the raw baselines, the embedded Kafka's host
     /// process) on the other cores, so that runs repeat.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +35,7 @@ use crate::kafka::embedded::{EmbeddedError, EmbeddedKafka};
 use crate::kafka::fanout::Fanout;
 use crate::kafka::groups::Groups;
 use crate::kafka::health::Health;
-use crate::kafka::producer::Publisher;
+use crate::kafka::producer::{KafkaProducer, Publisher, Reports};
 use crate::kafka::topics::{Creator, Topics};
 use crate::node::registry::Registry;
 use crate::node::revocations::Revocations;
@@ -110,7 +110,7 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     tls: Option<Arc<http::tls::Tls>>,
-    producer: FutureProducer<KafkaContext>,
+    producer: KafkaProducer,
     bootstrap: String,
     embedded: Option<Arc<EmbeddedKafka>>,
     admin: Option<Admin>,
@@ -167,8 +167,8 @@ impl App {
         // Clients built with this context name the cause when the cluster
         // refuses the gateway, and mark `health` not ready at once.
         let context = KafkaContext::new(health.clone());
-        let producer: FutureProducer<KafkaContext> =
-            settings.producer().create_with_context(context.clone())?;
+        let producer: KafkaProducer =
+            settings.producer().create_with_context(Reports::new(context.clone()))?;
         let consumer: StreamConsumer<KafkaContext> =
             settings.consumer().create_with_context(context.clone())?;
         let creator = match (config.kafka.auto_create(), &embedded) {

@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -37,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::GatewayError;
 use crate::kafka::client_config::ClientSettings;
 use crate::kafka::context::KafkaContext;
+use crate::kafka::producer::{self, KafkaProducer};
 use crate::kafka::source::{self, Flow, Route};
 use crate::metrics;
 use crate::node::registry::{now_ms, ConnectionInfo, Target};
@@ -148,7 +148,7 @@ pub struct Answers {
 pub struct Control {
     node: Arc<Node>,
     topic: String,
-    producer: FutureProducer<KafkaContext>,
+    producer: KafkaProducer,
     settings: ClientSettings,
     context: KafkaContext,
     started_ms: i64,
@@ -167,7 +167,7 @@ impl std::fmt::Debug for Control {
 impl Control {
     pub fn new(
         node: Arc<Node>,
-        producer: FutureProducer<KafkaContext>,
+        producer: KafkaProducer,
         settings: ClientSettings,
         context: KafkaContext,
     ) -> Arc<Self> {
@@ -317,16 +317,9 @@ impl Control {
     /// store it.
     async fn write(&self, key: &str, record: Option<&Record>) -> Result<(), String> {
         let payload = record.map(|r| serde_json::to_vec(r).expect("control records serialize"));
-        let mut out = FutureRecord::<str, [u8]>::to(&self.topic).key(key);
-        if let Some(payload) = &payload {
-            out = out.payload(payload.as_slice());
-        }
-        let delivery = self.producer.send_result(out).map_err(|(e, _)| e.to_string())?;
-        match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(e.to_string()),
-            Err(_) => Err("the producer went away".into()),
-        }
+        let delivery = producer::write(&self.producer, &self.topic, key, payload.as_deref())
+            .map_err(|e| e.to_string())?;
+        delivery.await.map(drop).map_err(|e| e.to_string())
     }
 
     /// Nodes heard from within the last [`LIVE_HEARTBEATS`] heartbeats.

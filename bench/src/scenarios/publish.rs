@@ -5,6 +5,12 @@
 //! producer settings). The raw producer in this process, with the same
 //! number of records in flight and no sockets, is the ceiling. Rounds
 //! alternate raw, publisher and gateway; medians are reported.
+//!
+//! Then the same sockets publish at fixed total rates (`--publish-rates`),
+//! each publish sent at its intended time (open loop: its latency counts
+//! from that time, so a server that falls behind is not flattered), the
+//! publisher and the gateway alternated: acks per server CPU-second and
+//! p99 at a load both can carry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,7 +128,8 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
         let cpu = Cpu::start(Some(publisher.pid()));
         let w = Window::new(warmup, measure);
         let server_cpu = window_cpu(publisher.pid(), w);
-        let (mut r, back) = socket_round(base_sockets, &topic, window, w, value_bytes).await?;
+        let (mut r, back) =
+            socket_round(base_sockets, &topic, window, w, value_bytes, None).await?;
         base_sockets = back;
         r.server_cpu_s = server_cpu.await.ok().flatten();
         (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
@@ -133,13 +140,50 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
         let cpu = Cpu::start(Some(gateway.pid()));
         let w = Window::new(warmup, measure);
         let server_cpu = window_cpu(gateway.pid(), w);
-        let (mut r, back) = socket_round(sockets, &topic, window, w, value_bytes).await?;
+        let (mut r, back) = socket_round(sockets, &topic, window, w, value_bytes, None).await?;
         sockets = back;
         r.server_cpu_s = server_cpu.await.ok().flatten();
         (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
         log(round, "gateway", &r);
         ferry.push(r);
         gateway.check_alive()?;
+    }
+    // Fixed rates: the publisher and the gateway alternated, each round
+    // measured as above.
+    let rates: Vec<f64> = if ctx.opts.publish_rates.is_empty() {
+        ctx.pick(vec![10_000.0, 40_000.0], vec![10_000.0])
+    } else {
+        ctx.opts.publish_rates.iter().copied().filter(|r| *r > 0.0).collect()
+    };
+    let mut paced = Vec::new();
+    for &rate in &rates {
+        let (mut at_base, mut at_ferry) = (Vec::new(), Vec::new());
+        for round in 1..=ctx.pick(2, 1) {
+            let w = Window::new(warmup, measure);
+            let cpu = Cpu::start(Some(publisher.pid()));
+            let server_cpu = window_cpu(publisher.pid(), w);
+            let (mut r, back) =
+                socket_round(base_sockets, &topic, window, w, value_bytes, Some(rate)).await?;
+            base_sockets = back;
+            r.server_cpu_s = server_cpu.await.ok().flatten();
+            (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+            log(round, &format!("at {} pub/s, publisher", util::thousands(rate)), &r);
+            at_base.push(r);
+            publisher.check_alive()?;
+
+            let w = Window::new(warmup, measure);
+            let cpu = Cpu::start(Some(gateway.pid()));
+            let server_cpu = window_cpu(gateway.pid(), w);
+            let (mut r, back) =
+                socket_round(sockets, &topic, window, w, value_bytes, Some(rate)).await?;
+            sockets = back;
+            r.server_cpu_s = server_cpu.await.ok().flatten();
+            (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+            log(round, &format!("at {} pub/s, gateway", util::thousands(rate)), &r);
+            at_ferry.push(r);
+            gateway.check_alive()?;
+        }
+        paced.push((rate, at_ferry, at_base));
     }
     drop(sockets);
     drop(base_sockets);
@@ -166,7 +210,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let (fc, bc) = (per_cpu(&ferry), per_cpu(&base));
     let (fp99, bp99) = (p(&ferry, |s| s.p99_ms), p(&base, |s| s.p99_ms));
     let kib = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} KiB"));
-    let rows = vec![
+    let mut rows = vec![
         Row::new(
             "publish",
             &format!("acked publishes/s ({SOCKETS} sockets × {window} in flight, {value_bytes} B)"),
@@ -199,13 +243,31 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
         Row::new("publish", "RSS per connection", gateway_rss, kib(gateway_rss))
             .baseline(publisher_rss, format!("{} (publisher)", kib(publisher_rss)))
             .ratio(),
-        Row::new("publish", "ceiling: acked publishes/s", Some(f), util::thousands(f))
-            .baseline(
-                Some(c),
-                format!("{} (raw producer in-process, no sockets)", util::thousands(c)),
-            )
-            .ratio(),
     ];
+    for (rate, at_ferry, at_base) in &paced {
+        let (fc, bc) = (per_cpu(at_ferry), per_cpu(at_base));
+        let (fp99, bp99) = (p(at_ferry, |s| s.p99_ms), p(at_base, |s| s.p99_ms));
+        let with_p99 = |v: Option<f64>, p99: f64| {
+            v.map_or("-".into(), |v| format!("{} (p99 {} ms)", util::thousands(v), fmt_ms(p99)))
+        };
+        rows.push(
+            Row::new(
+                "publish",
+                &format!("acks per server CPU-second at {} pub/s", util::thousands(*rate)),
+                fc,
+                with_p99(fc, fp99),
+            )
+            .baseline(bc, format!("{} (publisher)", with_p99(bc, bp99)))
+            .ratio(),
+        );
+    }
+    rows.extend([Row::new("publish", "ceiling: acked publishes/s", Some(f), util::thousands(f))
+        .baseline(Some(c), format!("{} (raw producer in-process, no sockets)", util::thousands(c)))
+        .ratio()]);
+    let paced_detail: Vec<_> = paced
+        .iter()
+        .map(|(rate, f, b)| serde_json::json!({"rate": rate, "gateway": f, "publisher": b}))
+        .collect();
     Ok(Outcome {
         rows,
         detail: serde_json::json!({
@@ -219,6 +281,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             "raw_producer": raw,
             "publisher": base,
             "gateway": ferry,
+            "fixed_rates": paced_detail,
         }),
     })
 }
@@ -226,14 +289,17 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
 /// The measurement window of a round, on the bench clock (µs).
 #[derive(Debug, Clone, Copy)]
 struct Window {
+    /// When the round starts (the warm-up begins).
+    start: u64,
     from: u64,
     to: u64,
 }
 
 impl Window {
     fn new(warmup: Duration, measure: Duration) -> Self {
-        let from = util::now_us() + warmup.as_micros() as u64;
-        Self { from, to: from + measure.as_micros() as u64 }
+        let start = util::now_us();
+        let from = start + warmup.as_micros() as u64;
+        Self { start, from, to: from + measure.as_micros() as u64 }
     }
 
     fn contains(&self, t: u64) -> bool {
@@ -314,7 +380,11 @@ async fn socket_round(
     window: usize,
     w: Window,
     value_bytes: usize,
+    rate: Option<f64>,
 ) -> Result<(Round, Vec<Ws>)> {
+    // Each socket's share of a fixed rate: one publish every `gap` µs,
+    // sockets staggered across the gap.
+    let gap = rate.map(|r| (SOCKETS as f64 * 1e6 / r) as u64);
     let recorder = Arc::new(Recorder::new(16));
     let errors = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = sockets
@@ -323,7 +393,9 @@ async fn socket_round(
         .map(|(task, ws)| {
             let topic = topic.to_owned();
             let (recorder, errors) = (recorder.clone(), errors.clone());
-            tokio::spawn(publisher(ws, task, topic, window, w, value_bytes, recorder, errors))
+            let pace =
+                gap.map(|gap| Pace { first: w.start + gap * task as u64 / SOCKETS as u64, gap });
+            tokio::spawn(publisher(ws, task, topic, window, w, pace, value_bytes, recorder, errors))
         })
         .collect();
     let mut back = Vec::with_capacity(SOCKETS);
@@ -344,8 +416,17 @@ async fn socket_round(
     ))
 }
 
-/// Keeps `window` publishes in flight until the window's end, then waits
-/// for the last acks.
+/// A socket's schedule at a fixed rate: a publish due at `first`, then
+/// every `gap` µs (bench clock).
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    first: u64,
+    gap: u64,
+}
+
+/// Keeps `window` publishes in flight until the window's end (or, paced,
+/// sends each publish at its intended time, at most `window` in flight),
+/// then waits for the last acks.
 #[allow(clippy::too_many_arguments)]
 async fn publisher(
     mut ws: Ws,
@@ -353,35 +434,52 @@ async fn publisher(
     topic: String,
     window: usize,
     w: Window,
+    pace: Option<Pace>,
     value_bytes: usize,
     recorder: Arc<Recorder>,
     errors: Arc<AtomicU64>,
 ) -> Result<Ws> {
     let mut inflight = 0usize;
     let mut seq = 0u64;
+    let mut due = pace.map(|p| p.first);
     loop {
-        let sending = util::now_us() < w.to;
-        if sending && inflight < window {
-            while inflight < window {
-                let sent = util::now_us();
-                let frame = publish_frame(
-                    &format!("{seq}.{sent}"),
-                    &topic,
-                    &util::value(sent, value_bytes),
-                );
-                ws.feed(Message::Text(frame.into())).await?;
-                seq += 1;
-                inflight += 1;
-            }
+        let now = util::now_us();
+        let mut sent_any = false;
+        while inflight < window && now < w.to {
+            // Paced: the publish's intended time, once it has come (a late
+            // one keeps it, so its wait counts in its latency).
+            let sent = match (&mut due, pace) {
+                (Some(t), Some(p)) if *t <= now => std::mem::replace(t, *t + p.gap),
+                (Some(_), _) => break,
+                _ => util::now_us(),
+            };
+            let frame =
+                publish_frame(&format!("{seq}.{sent}"), &topic, &util::value(sent, value_bytes));
+            ws.feed(Message::Text(frame.into())).await?;
+            seq += 1;
+            inflight += 1;
+            sent_any = true;
+        }
+        if sent_any {
             ws.flush().await?;
         }
-        if inflight == 0 {
+        if inflight == 0 && util::now_us() >= w.to {
             return Ok(ws);
         }
-        // One frame (waiting), then whatever else is already buffered.
-        let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
-            .await
-            .map_err(|_| anyhow::anyhow!("no ack for 30 s"))?;
+        // One frame (waiting, until the next publish is due), then whatever
+        // else is already buffered.
+        let wait = match due {
+            Some(t) if inflight < window && t < w.to => {
+                Duration::from_micros(t.saturating_sub(util::now_us()))
+            }
+            _ if inflight == 0 => Duration::from_micros(w.to.saturating_sub(util::now_us())),
+            _ => Duration::from_secs(30),
+        };
+        let first = match tokio::time::timeout(wait, ws.next()).await {
+            Ok(first) => first,
+            Err(_) if wait < Duration::from_secs(30) => continue,
+            Err(_) => bail!("no ack for 30 s"),
+        };
         let mut next = first;
         for _ in 0..256 {
             match next {

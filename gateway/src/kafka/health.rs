@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::client::ClientContext;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::{Producer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio_util::sync::CancellationToken;
 
@@ -128,11 +127,11 @@ impl Health {
     }
 
     /// One probe: a metadata request with `timeout`.
-    pub async fn probe<C: ClientContext + 'static>(
-        &self,
-        producer: &FutureProducer<C>,
-        timeout: Duration,
-    ) -> bool {
+    pub async fn probe<C, P>(&self, producer: &P, timeout: Duration) -> bool
+    where
+        C: ProducerContext + 'static,
+        P: Producer<C> + Clone + Send + 'static,
+    {
         let producer = producer.clone();
         let ok = tokio::task::spawn_blocking(move || {
             producer.client().fetch_metadata(None, timeout).is_ok()
@@ -144,12 +143,15 @@ impl Health {
     }
 
     /// Probes until `shutdown`.
-    pub async fn run<C: ClientContext + 'static>(
+    pub async fn run<C, P>(
         self: Arc<Self>,
-        producer: FutureProducer<C>,
+        producer: P,
         timeout: Duration,
         shutdown: CancellationToken,
-    ) {
+    ) where
+        C: ProducerContext + 'static,
+        P: Producer<C> + Clone + Send + 'static,
+    {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

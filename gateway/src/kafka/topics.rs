@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::error::GatewayError;
 use crate::kafka::context::KafkaContext;
 use crate::kafka::embedded::EmbeddedKafka;
 use crate::kafka::health::Health;
+use crate::kafka::producer::KafkaProducer;
 
 /// How long a known partition count is trusted before asking Kafka again.
 const CACHE_TTL: Duration = Duration::from_secs(30);
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Creator {
 
 /// The catalog of topics this node has looked at.
 pub struct Topics {
-    producer: FutureProducer<KafkaContext>,
+    producer: KafkaProducer,
     /// Consulted first: a refusal is answered at once.
     health: Arc<Health>,
     creator: Option<Creator>,
@@ -69,7 +69,7 @@ impl std::fmt::Debug for Topics {
 impl Topics {
     /// `creator` is `None` when the gateway must not create topics.
     pub fn new(
-        producer: FutureProducer<KafkaContext>,
+        producer: KafkaProducer,
         health: Arc<Health>,
         creator: Option<Creator>,
         partitions: i32,
@@ -258,35 +258,6 @@ pub fn check_partition(topic: &str, count: i32, partition: i32) -> Result<(), Ga
     )))
 }
 
-/// Maps a produce or delivery error to what the client is told.
-pub fn classify(err: &KafkaError) -> GatewayError {
-    use RDKafkaErrorCode as C;
-    match err.rdkafka_error_code() {
-        Some(C::QueueFull) => GatewayError::Unavailable("the gateway's Kafka queue is full".into()),
-        Some(C::MessageTimedOut) => GatewayError::Timeout,
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::MessageBatchTooLarge) => {
-            GatewayError::TooLarge
-        }
-        Some(C::UnknownTopicOrPartition | C::UnknownTopic) => {
-            GatewayError::UnknownTopic("the topic".into())
-        }
-        Some(C::UnknownPartition) => {
-            GatewayError::BadRequest("that partition does not exist".into())
-        }
-        Some(C::PurgeQueue | C::PurgeInflight) => GatewayError::Timeout,
-        Some(
-            C::AllBrokersDown
-            | C::BrokerTransportFailure
-            | C::NotEnoughReplicas
-            | C::NotEnoughReplicasAfterAppend
-            | C::LeaderNotAvailable
-            | C::NotLeaderForPartition
-            | C::RequestTimedOut,
-        ) => GatewayError::Unavailable(err.to_string()),
-        _ => GatewayError::Internal(err.to_string()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,7 +274,10 @@ mod tests {
                 .expect("settings");
         let health = Arc::new(crate::kafka::health::Health::default());
         let context = crate::kafka::context::KafkaContext::new(health.clone());
-        let producer = settings.producer().create_with_context(context).expect("producer");
+        let producer = settings
+            .producer()
+            .create_with_context(crate::kafka::producer::Reports::new(context))
+            .expect("producer");
         let topics = Arc::new(Topics::new(
             producer,
             health,

@@ -107,9 +107,18 @@ impl Window {
         self.ids.insert(id);
     }
 
-    /// `id` was answered.
-    pub fn remove(&mut self, id: &str) {
-        self.ids.remove(id);
+    /// `id` was answered; false if it was not in flight.
+    pub fn remove(&mut self, id: &str) -> bool {
+        self.ids.remove(id)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Every id in flight, the window left empty.
+    pub fn take_all(&mut self) -> Vec<String> {
+        self.ids.drain().collect()
     }
 }
 
@@ -297,8 +306,11 @@ mod tests {
         w.insert("b".into());
         assert!(matches!(w.admit("c", 2), Err(GatewayError::Limit(_))), "at most 2 in flight");
         assert_eq!(w.admit("a", 2).unwrap(), Admit::Retry, "a retry is never refused");
-        w.remove("a");
+        assert!(w.remove("a"));
+        assert!(!w.remove("a"), "answered once");
         assert_eq!(w.admit("c", 2).unwrap(), Admit::New);
+        assert_eq!(w.take_all(), vec!["b".to_string()]);
+        assert!(w.is_empty());
     }
 
     #[test]

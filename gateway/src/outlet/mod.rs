@@ -437,6 +437,28 @@ impl Replies {
         self.push(Item::Frame(frame)).map_err(|WriterGone| TrySendError::Gone)
     }
 
+    /// Takes room for one reply to be written later, from any thread (a
+    /// publish's answer, written by the producer's delivery callback); `None`
+    /// while the replies are at their bound.
+    pub fn try_reserve(&self) -> Result<Option<ReplySlot>, WriterGone> {
+        match self.shared.reply_room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(TryAcquireError::NoPermits) => return Ok(None),
+            Err(TryAcquireError::Closed) => return Err(WriterGone),
+        }
+        Ok(Some(ReplySlot { shared: Some(self.shared.clone()) }))
+    }
+
+    /// Takes room for one reply, waiting while the replies are at their
+    /// bound (see [`Replies::try_reserve`]).
+    pub async fn reserve(&self) -> Result<ReplySlot, WriterGone> {
+        match self.shared.reply_room.acquire().await {
+            Ok(permit) => permit.forget(),
+            Err(_closed) => return Err(WriterGone),
+        }
+        Ok(ReplySlot { shared: Some(self.shared.clone()) })
+    }
+
     /// Queues the close frame (best effort, past the bound): the writer
     /// writes the replies before it, then stops.
     pub fn close(&self, code: CloseCode) {
@@ -456,6 +478,38 @@ impl Replies {
         queue.replies.push_back(item);
         self.shared.pushed(queue);
         Ok(())
+    }
+}
+
+/// Room for one reply in a socket's outlet ([`Replies::try_reserve`]):
+/// filled once, from any thread, or given back when dropped unfilled.
+#[derive(Debug)]
+pub struct ReplySlot {
+    /// `None` once filled.
+    shared: Option<Arc<Shared>>,
+}
+
+impl ReplySlot {
+    /// Queues `frame` in the room taken. Not queued once the session has
+    /// ended or the writer is gone: nobody would write it.
+    pub fn fill(mut self, frame: Utf8Bytes) {
+        let Some(shared) = self.shared.take() else { return };
+        let mut queue = shared.lock();
+        if queue.writer_gone || queue.session_ended {
+            drop(queue);
+            shared.reply_room.add_permits(1);
+            return;
+        }
+        queue.replies.push_back(Item::Frame(frame));
+        shared.pushed(queue);
+    }
+}
+
+impl Drop for ReplySlot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.reply_room.add_permits(1);
+        }
     }
 }
 
@@ -598,6 +652,30 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(drain.take(64, &mut out), Taken::More(None));
         assert_eq!(frames(&out), ["ack", "r1", "p1", "r2", "lossy"]);
+    }
+
+    #[tokio::test]
+    async fn reserved_reply_room_is_filled_from_another_thread_or_given_back() {
+        let (outlet, mut drain) = Outlet::new(4, 4, CancellationToken::new());
+        let replies = outlet.replies(2);
+        let first = replies.try_reserve().unwrap().expect("room for one");
+        let second = replies.try_reserve().unwrap().expect("room for two");
+        assert!(replies.try_reserve().unwrap().is_none(), "the bound holds");
+        assert!(matches!(replies.try_send("pong".into()), Err(TrySendError::Full(_))));
+        drop(second);
+        let third = replies.try_reserve().unwrap().expect("an unfilled slot gives its room back");
+        // Filled on another thread (the producer's delivery callback).
+        std::thread::spawn(move || first.fill("ack-1".into())).join().unwrap();
+        let waiting = tokio::spawn(async move { replies.reserve().await.map(|_| replies) });
+        let mut out = Vec::new();
+        assert_eq!(drain.take(64, &mut out), Taken::More(None));
+        assert_eq!(frames(&out), ["ack-1"]);
+        let replies = waiting.await.unwrap().expect("taking the ack made room");
+        drop(replies);
+        third.fill("after the session ended".into());
+        out.clear();
+        assert_eq!(drain.take(64, &mut out), Taken::Ended);
+        assert!(out.is_empty(), "nothing is queued once the session has ended: {out:?}");
     }
 
     #[tokio::test]

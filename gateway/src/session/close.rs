@@ -114,6 +114,9 @@ impl Session {
         let waiting = self.waiting.drain().flat_map(|(_, queued)| queued);
         refused.extend(waiting.map(|publish| {
             metrics::publish_failed(closing.code().as_str());
+            if let Some(awaiting) = &self.awaiting {
+                awaiting.lock().remove(&publish.id);
+            }
             publish.id.into_owned()
         }));
         if let Some(stream) = read_ahead {
@@ -145,20 +148,8 @@ impl Session {
     /// at most the shutdown grace for Kafka; past it, the rest get `timeout`.
     async fn drain_inflight(&mut self) {
         let deadline = Instant::now() + self.context.config.shutdown_grace();
-        loop {
-            match tokio::time::timeout_at(deadline, self.inflight.next()).await {
-                Ok(Some((_, reply))) => {
-                    if self.send_text(reply).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => return,
-                Err(_grace_over) => break,
-            }
-        }
-        let unanswered: Vec<String> = self.inflight.iter().map(|p| p.id().to_owned()).collect();
-        self.inflight.clear();
-        for id in unanswered {
+        let Some(awaiting) = self.awaiting.clone() else { return };
+        for id in awaiting.settle(deadline).await {
             let timeout = GatewayError::Timeout;
             metrics::publish_failed(timeout.code().as_str());
             if self.send(timeout.to_frame(Some(&id))).await.is_err() {

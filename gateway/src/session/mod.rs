@@ -7,12 +7,14 @@
 //! of every delivery path (see [`crate::outlet`] for the policies when it
 //! is full; a full `disconnect` queue closes the socket with 4000).
 //!
-//! Requests that wait on Kafka (a subscribe, a publish's delivery, the topic
-//! look-up before a publish to a topic the node has not seen recently) run
-//! as futures beside the read loop, so a socket keeps answering its other
-//! requests meanwhile. Each is bounded (`limits.request_timeout_ms`, or
-//! `kafka.message_timeout_ms` for a delivery) and answered exactly once.
-//! Publishes to one topic are produced in the order they arrived.
+//! Requests that wait on Kafka (a subscribe, the topic look-up before a
+//! publish to a topic the node has not seen recently) run as futures beside
+//! the read loop, so a socket keeps answering its other requests meanwhile.
+//! A publish's delivery is answered by the producer's delivery callback,
+//! straight into the outlet (see `publish.rs`). Each is bounded
+//! (`limits.request_timeout_ms`, or `kafka.message_timeout_ms` for a
+//! delivery) and answered exactly once. Publishes to one topic are
+//! produced in the order they arrived.
 //!
 //! Files: `mod.rs` (the connection: read loop, replies), `close.rs` (how it
 //! ends: answers before the close, the close handshake),
@@ -27,13 +29,12 @@ mod publish;
 mod subscribe;
 pub mod writer;
 
-use publish::{InFlight, Rate};
+use publish::{Accepted, Awaiting, Rate};
 use subscribe::{Opening, SubscribeDone, Subscriptions};
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
@@ -47,7 +48,6 @@ use crate::auth::Principal;
 use crate::error::{request_error_frame, GatewayError};
 use crate::metrics;
 use crate::node::limits::{SubjectGuard, TokenBucket};
-use crate::node::publish::Window;
 use crate::node::registry::Transport;
 use crate::node::Node;
 use crate::outlet::{Outlet, Replies, TrySendError};
@@ -77,6 +77,8 @@ enum Step {
     },
     /// The encoded reply, then the session ends.
     ReplyThenEnd(Utf8Bytes, End),
+    /// A publish to produce once its reply has room.
+    Produce(Publish<'static>),
 }
 
 impl Step {
@@ -214,8 +216,7 @@ pub fn run<S: Socket>(
         subscriptions: Subscriptions::default(),
         openings: HashMap::new(),
         subscribing: FuturesUnordered::new(),
-        inflight: FuturesUnordered::new(),
-        inflight_ids: Window::default(),
+        awaiting: None,
         waiting: HashMap::new(),
         lookups: FuturesUnordered::new(),
     };
@@ -249,9 +250,10 @@ struct Session {
     /// Topic → the subscribe waiting on Kafka for it.
     openings: HashMap<String, Opening>,
     subscribing: FuturesUnordered<PendingSubscribe>,
-    inflight: FuturesUnordered<InFlight>,
-    /// Ids of the publishes not answered yet: in `inflight` or `waiting`.
-    inflight_ids: Window,
+    /// Ids of the publishes not answered yet (in Kafka's hands, or in
+    /// `waiting`), shared with the delivery callbacks that answer them;
+    /// made on the first publish ([`Session::awaiting`]).
+    awaiting: Option<Arc<Awaiting>>,
     /// Topic → publishes waiting for its look-up, in arrival order.
     waiting: HashMap<String, VecDeque<Publish<'static>>>,
     lookups: FuturesUnordered<PendingLookup>,
@@ -289,11 +291,6 @@ impl Session {
             tokio::select! {
                 biased;
                 () = &mut stop => return self.stopped(),
-                Some(answer) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    if let Err(end) = self.answer_ready(answer).await {
-                        return end;
-                    }
-                }
                 Some(done) = self.subscribing.next(), if !self.subscribing.is_empty() => {
                     if let Err(end) = Box::pin(self.subscribe_done(done)).await {
                         return end;
@@ -354,26 +351,6 @@ impl Session {
         }
     }
 
-    /// Sends a publish's answer, and those of every other publish already
-    /// answered: one produce response settles many publishes, and answering
-    /// them in one turn spares the loop a turn (and its polls) for each.
-    async fn answer_ready(&mut self, first: (String, Utf8Bytes)) -> Result<(), End> {
-        let mut next = Some(first);
-        while let Some((id, reply)) = next {
-            self.inflight_ids.remove(&id);
-            self.send_text(reply).await?;
-            // Polled with this task's own waker, so nothing is missed when
-            // the set is not ready.
-            let polled =
-                std::future::poll_fn(|cx| Poll::Ready(self.inflight.poll_next_unpin(cx))).await;
-            next = match polled {
-                Poll::Ready(answer) => answer,
-                Poll::Pending => None,
-            };
-        }
-        Ok(())
-    }
-
     /// Decodes and carries out one client frame. Synchronous, so that the
     /// read loop's task stays small: what must wait (the reply's room, a
     /// token check) is returned for the loop to do.
@@ -393,7 +370,8 @@ impl Session {
         let reply = match frame {
             ClientFrame::Publish(publish) => match self.check_rate() {
                 Rate::Allowed => match self.publish(publish) {
-                    Ok(()) => return Ok(Step::Done),
+                    Ok(Accepted::Done) => return Ok(Step::Done),
+                    Ok(Accepted::NeedsRoom(publish)) => return Ok(Step::Produce(publish)),
                     Err((id, e)) => {
                         metrics::publish_failed(e.code().as_str());
                         e.to_frame(Some(&id))
@@ -452,6 +430,8 @@ impl Session {
                 self.send_text(text).await?;
                 Err(end)
             }
+            // Boxed: rare (the client does not read its answers).
+            Step::Produce(publish) => Box::pin(self.produce_when_room(&publish)).await,
             // Boxed: a rare, large future (the token check) that would
             // otherwise take room in every idle socket's task.
             Step::Authenticate { id, token } => Box::pin(self.authenticate(id, &token)).await,

@@ -3,52 +3,111 @@
 //! the topic's look-up (publishes to one topic keep their order). The ACL,
 //! schema and partition checks are the node's (see [`crate::node::publish`]);
 //! the window of publishes in flight is the connection's own.
+//!
+//! Kafka's answer does not come back through the session: each record
+//! carries an [`Answer`], which the producer's delivery callback fills
+//! into the socket's outlet (the `ack`, or the `error`) in room taken for
+//! it when the record was produced. No future, channel or wake-up of the
+//! session per publish; the session only waits for its publishes when it
+//! closes ([`Awaiting::settle`]).
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use ferry_protocol::{AckFrame, Payload, Publish};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::{End, Session};
 use crate::error::GatewayError;
-use crate::kafka::producer::Delivery;
+use crate::kafka::producer::{OnDelivery, Outcome};
 use crate::kafka::topics::check_partition;
 use crate::metrics;
-use crate::node::publish::Admit;
+use crate::node::publish::{Admit, Window};
+use crate::outlet::{ReplySlot, WriterGone};
 
-/// A publish Kafka has yet to answer: resolves to its id and its reply (the
-/// `ack`, or the `error`). A plain struct rather than a boxed `async`
-/// block: there is one per publish.
-pub(super) struct InFlight {
-    id: String,
-    /// Its beginning, taken (left empty) when the reply is written.
-    ack: AckFrame,
-    delivery: Delivery,
+/// A connection's publishes not answered yet (produced, or waiting for
+/// their topic's look-up), shared with the delivery callbacks that answer
+/// them.
+#[derive(Debug, Default)]
+pub(super) struct Awaiting {
+    /// Short critical sections only; a callback writes its reply under it
+    /// (see [`Awaiting::answer`]).
+    window: Mutex<Window>,
+    /// Notified when the window empties, for a closing session.
+    settled: Notify,
 }
 
-impl InFlight {
-    pub(super) fn id(&self) -> &str {
-        &self.id
+impl Awaiting {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Window> {
+        // A panic under this lock leaves a plain set behind: still usable.
+        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `id`'s reply, if it is still awaited. Under the lock, so that
+    /// a closing session that found the window empty (or took what was left
+    /// in it to answer `timeout`) never sees a reply queued after its own
+    /// answers and its close frame.
+    fn answer(&self, id: &str, write: impl FnOnce()) {
+        let mut window = self.lock();
+        if !window.remove(id) {
+            return;
+        }
+        write();
+        let empty = window.is_empty();
+        drop(window);
+        if empty {
+            self.settled.notify_one();
+        }
+    }
+
+    /// Waits until every publish was answered, or until `deadline`; then
+    /// returns the ids still unanswered, which no callback answers any more.
+    pub(super) async fn settle(&self, deadline: Instant) -> Vec<String> {
+        loop {
+            let settled = self.settled.notified();
+            if self.lock().is_empty() {
+                return Vec::new();
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return self.lock().take_all();
+            }
+        }
     }
 }
 
-impl Future for InFlight {
-    type Output = (String, Utf8Bytes);
+/// One publish's answer, carried through Kafka with its record and written
+/// by the producer's delivery callback.
+struct Answer {
+    id: String,
+    /// The ack's beginning (id and topic), finished with the position.
+    ack: AckFrame,
+    /// Room in the socket's replies, taken when the record was produced.
+    slot: ReplySlot,
+    awaiting: Arc<Awaiting>,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let outcome = ready!(Pin::new(&mut this.delivery).poll(cx));
+impl OnDelivery for Answer {
+    fn delivered(self: Box<Self>, outcome: Outcome) {
+        let Self { id, ack, slot, awaiting } = *self;
         let reply = match outcome {
-            Ok(stored) => std::mem::take(&mut this.ack).finish(stored.partition, stored.offset),
+            Ok(stored) => ack.finish(stored.partition, stored.offset),
             Err(e) => {
                 metrics::publish_failed(e.code().as_str());
-                e.to_frame(Some(&this.id)).encode()
+                e.to_frame(Some(&id)).encode()
             }
         };
-        Poll::Ready((std::mem::take(&mut this.id), Utf8Bytes::from(reply)))
+        awaiting.answer(&id, || slot.fill(Utf8Bytes::from(reply)));
     }
+}
+
+/// What became of a publish the session accepted.
+pub(super) enum Accepted {
+    /// Produced, or queued behind its topic's look-up: answered later.
+    Done,
+    /// Its reply has no room yet: produce it once there is (the session
+    /// stops reading meanwhile).
+    NeedsRoom(Publish<'static>),
 }
 
 /// What the rate limit says of one publish.
@@ -62,6 +121,12 @@ pub(super) enum Rate {
 }
 
 impl Session {
+    /// The connection's publishes awaiting Kafka, made on its first
+    /// publish: a socket that only subscribes pays nothing for them.
+    pub(super) fn awaiting(&mut self) -> &Arc<Awaiting> {
+        self.awaiting.get_or_insert_with(Arc::default)
+    }
+
     /// The publish rate limit, taken for one publish.
     pub(super) fn check_rate(&mut self) -> Rate {
         if self.rate.take() {
@@ -78,18 +143,21 @@ impl Session {
     }
 
     /// Checks a publish and hands it to Kafka, or queues it behind its
-    /// topic's look-up; the reply comes later through `inflight`. An error
-    /// is the publish's reply now (with its id).
-    pub(super) fn publish(&mut self, publish: Publish<'_>) -> Result<(), (String, GatewayError)> {
+    /// topic's look-up; the reply comes later from the delivery callback.
+    /// An error is the publish's reply now (with its id).
+    pub(super) fn publish(
+        &mut self,
+        publish: Publish<'_>,
+    ) -> Result<Accepted, (String, GatewayError)> {
         if let Err(e) = self.context.may_publish(self.principal.as_ref(), &publish.topic) {
             return Err((publish.id.into_owned(), e));
         }
         let max = self.context.config.limits.max_inflight_publishes;
-        match self.inflight_ids.admit(&publish.id, max) {
+        match self.awaiting().lock().admit(&publish.id, max) {
             Ok(Admit::New) => {}
             // A retry of a publish still awaiting Kafka: not produced twice;
             // the original's reply answers this id.
-            Ok(Admit::Retry) => return Ok(()),
+            Ok(Admit::Retry) => return Ok(Accepted::Done),
             Err(e) => return Err((publish.id.into_owned(), e)),
         }
         // Validated once, here, before it can wait for its topic's look-up.
@@ -101,19 +169,42 @@ impl Session {
         let known = self.context.topics.cached(&publish.topic);
         let fits = |n: i32| publish.partition.is_none_or(|p| p < n);
         if !self.waiting.contains_key(&*publish.topic) && known.is_some_and(fits) {
-            return self.produce(&publish).map_err(|e| (publish.id.into_owned(), e));
+            let slot = match self.replies.try_reserve() {
+                Ok(Some(slot)) => slot,
+                Ok(None) => {
+                    self.awaiting().lock().insert(publish.id.to_string());
+                    return Ok(Accepted::NeedsRoom(owned(publish)));
+                }
+                Err(WriterGone) => return Err((publish.id.into_owned(), writer_gone())),
+            };
+            return self
+                .produce(&publish, slot)
+                .map(|()| Accepted::Done)
+                .map_err(|e| (publish.id.into_owned(), e));
         }
         if !self.context.health.is_ready() {
             let e = GatewayError::Unavailable("Kafka is unreachable".into());
             return Err((publish.id.into_owned(), e));
         }
-        self.inflight_ids.insert(publish.id.to_string());
+        self.awaiting().lock().insert(publish.id.to_string());
         let topic = publish.topic.to_string();
         let queue = self.waiting.entry(topic.clone()).or_default();
         queue.push_back(owned(publish));
         if queue.len() == 1 {
             let found = self.context.look_up_topic(topic.clone(), true);
             self.lookups.push(Box::pin(async move { (topic, found.await) }));
+        }
+        Ok(Accepted::Done)
+    }
+
+    /// Produces a publish (its id already in the window) once its reply
+    /// has room; or answers it with why not.
+    pub(super) async fn produce_when_room(&mut self, publish: &Publish<'_>) -> Result<(), End> {
+        let slot = self.replies.reserve().await.map_err(|WriterGone| End::WriterGone)?;
+        if let Err(e) = self.produce(publish, slot) {
+            self.awaiting().lock().remove(&publish.id);
+            metrics::publish_failed(e.code().as_str());
+            self.send(e.to_frame(Some(&publish.id))).await?;
         }
         Ok(())
     }
@@ -127,35 +218,42 @@ impl Session {
     ) -> Result<(), End> {
         let queued = self.waiting.remove(topic).unwrap_or_default();
         for publish in queued {
-            let outcome = match &found {
+            let checked = match &found {
                 Err(e) => Err(e.clone()),
-                Ok(n) => publish
-                    .partition
-                    .map_or(Ok(()), |p| check_partition(topic, *n, p))
-                    .and_then(|()| {
-                        self.inflight_ids.remove(&publish.id);
-                        self.produce(&publish)
-                    }),
+                Ok(n) => publish.partition.map_or(Ok(()), |p| check_partition(topic, *n, p)),
             };
-            if let Err(e) = outcome {
-                self.inflight_ids.remove(&publish.id);
-                metrics::publish_failed(e.code().as_str());
-                self.send(e.to_frame(Some(&publish.id))).await?;
+            match checked {
+                Ok(()) => self.produce_when_room(&publish).await?,
+                Err(e) => {
+                    self.awaiting().lock().remove(&publish.id);
+                    metrics::publish_failed(e.code().as_str());
+                    self.send(e.to_frame(Some(&publish.id))).await?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Hands a checked publish to the producer; its delivery joins
-    /// `inflight`, answered with the ack written as soon as Kafka stored it.
-    pub(super) fn produce(&mut self, publish: &Publish<'_>) -> Result<(), GatewayError> {
-        let delivery = self.context.publisher.send(publish)?;
+    /// Hands a checked publish to the producer, with room for its reply;
+    /// the delivery callback writes the ack as soon as Kafka stored it.
+    pub(super) fn produce(
+        &mut self,
+        publish: &Publish<'_>,
+        slot: ReplySlot,
+    ) -> Result<(), GatewayError> {
         let id = publish.id.to_string();
         let ack = AckFrame::new(&id, &publish.topic);
-        self.inflight_ids.insert(id.clone());
-        self.inflight.push(InFlight { id, ack, delivery });
-        Ok(())
+        // In the window before Kafka can answer it.
+        self.awaiting().lock().insert(id.clone());
+        let answer = Box::new(Answer { id, ack, slot, awaiting: self.awaiting().clone() });
+        self.context.publisher.send_answered(publish, answer).inspect_err(|_| {
+            self.awaiting().lock().remove(&publish.id);
+        })
     }
+}
+
+fn writer_gone() -> GatewayError {
+    GatewayError::Unavailable("the connection is closing".into())
 }
 
 /// A publish that must outlive the frame it was decoded from (it waits for

@@ -17,13 +17,13 @@ use crate::{App, Config};
 /// The client's end of a session: what it sends, what it gets.
 struct Client {
     to_session: mpsc::UnboundedSender<Message>,
-    from_session: mpsc::UnboundedReceiver<Message>,
+    from_session: mpsc::Receiver<Message>,
 }
 
 /// The session's end.
 struct Channels {
     incoming: mpsc::UnboundedReceiver<Message>,
-    outgoing: mpsc::UnboundedSender<Message>,
+    outgoing: mpsc::Sender<Message>,
 }
 
 impl Stream for Channels {
@@ -105,9 +105,15 @@ fn open(app: &App) -> Client {
 
 /// A session on `app`'s node; without `caller` it must send `auth`.
 fn open_as(app: &App, caller: Option<Authenticated>) -> Client {
+    open_with(app, caller, 1 << 16)
+}
+
+/// A session on `app`'s node whose socket holds at most `buffered`
+/// messages the client has not read (then the session's writer waits).
+fn open_with(app: &App, caller: Option<Authenticated>, buffered: usize) -> Client {
     let node = app.node();
     let (to_session, incoming) = mpsc::unbounded();
-    let (outgoing, from_session) = mpsc::unbounded();
+    let (outgoing, from_session) = mpsc::channel(buffered);
     let permit = node.connections.clone().try_acquire_owned().unwrap();
     let socket = Channels { incoming, outgoing };
     tokio::spawn(run(socket, node, 1, permit, caller));
@@ -341,6 +347,55 @@ async fn the_subscription_and_in_flight_limits_refuse_with_limit() {
         let (first, second) = (client.frame().await, client.frame().await);
         let refused = if first["id"] == "p2" { &first } else { &second };
         assert_eq!(refused["code"], "limit", "{first} {second}");
+    })
+    .await;
+}
+
+/// A client that does not read its answers: once its socket and its
+/// replies' room are full, the session stops producing (and reading) until
+/// the client reads again. Every publish is answered exactly once, in
+/// Kafka's order per topic, and none is lost.
+#[tokio::test]
+async fn a_client_that_does_not_read_its_acks_holds_up_its_publishes_and_loses_none() {
+    bounded(async {
+        let (app, mut first) = session_with(|c| c.limits.max_inflight_publishes = 8).await;
+        let topic = unique("unread");
+        assert_eq!(first.frame().await["type"], "welcome");
+        first.send(json!({"type":"publish","id":"p","topic":topic,"value":0})).await;
+        assert_eq!(first.frame().await["type"], "ack", "the node knows the topic");
+
+        let caller = Authenticated { principal: Principal::anonymous(), guard: None };
+        let mut client = open_with(&app, Some(caller), 1);
+        assert_eq!(client.frame().await["type"], "welcome");
+        // Far more than the replies' room (8 + 64) and the socket's buffer.
+        let total = 1_000;
+        for n in 0..total {
+            client
+                .send(json!({"type":"publish","id":format!("r{n}"),"topic":topic,"value":n}))
+                .await;
+        }
+        let mut answered = std::collections::HashSet::new();
+        let mut offsets = Vec::new();
+        while answered.len() < total {
+            let reply = client.frame().await;
+            let id = reply["id"].as_str().expect("a reply to a publish").to_owned();
+            assert!(answered.insert(id.clone()), "{id} answered twice");
+            match reply["type"].as_str() {
+                Some("ack") => {
+                    offsets.push((reply["partition"].as_i64(), reply["offset"].as_i64()))
+                }
+                // More than 8 awaiting Kafka at once: refused, not lost.
+                _ => assert_eq!(reply["code"], "limit", "{reply}"),
+            }
+        }
+        assert!(!offsets.is_empty(), "some publishes were produced");
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), offsets.len(), "each record stored once");
+        // Nothing else was written.
+        client.send(json!({"type":"ping","id":"last"})).await;
+        assert_eq!(client.reply("last").await["type"], "pong");
     })
     .await;
 }
