@@ -159,22 +159,29 @@ impl Publisher {
     /// where the record was stored, or why it was not.
     pub fn send(&self, publish: &Publish<'_>) -> Result<Delivery, GatewayError> {
         let (tx, rx) = oneshot::channel();
-        self.produce(publish, Answer::Wait(tx))?;
+        self.produce(publish, Answer::Wait(tx), Instant::now())?;
         Ok(Delivery { rx })
     }
 
     /// Enqueues `publish` for Kafka; `on` gets its outcome, on librdkafka's
     /// polling thread. Refused at once (and `on` dropped unused) when the
-    /// record cannot be queued.
+    /// record cannot be queued. `read`: when the publish was read (its ack
+    /// latency counts from then).
     pub fn send_answered(
         &self,
         publish: &Publish<'_>,
         on: Box<dyn OnDelivery>,
+        read: Instant,
     ) -> Result<(), GatewayError> {
-        self.produce(publish, Answer::Call(on))
+        self.produce(publish, Answer::Call(on), read)
     }
 
-    fn produce(&self, publish: &Publish<'_>, answer: Answer) -> Result<(), GatewayError> {
+    fn produce(
+        &self,
+        publish: &Publish<'_>,
+        answer: Answer,
+        started: Instant,
+    ) -> Result<(), GatewayError> {
         if !self.health.is_ready() {
             return Err(GatewayError::Unavailable("Kafka is unreachable".into()));
         }
@@ -195,7 +202,7 @@ impl Publisher {
                 h.insert(Header { key: k, value: Some(value) })
             })
             .insert(Header { key: FERRY_ID_HEADER, value: Some(publish.id.as_bytes()) });
-        let report = Box::new(Report { answer, publish: Some((Instant::now(), span)) });
+        let report = Box::new(Report { answer, publish: Some((started, span)) });
         let mut record =
             BaseRecord::<[u8], [u8], Box<Report>>::with_opaque_to(&publish.topic, report)
                 .payload(publish.value.as_bytes())

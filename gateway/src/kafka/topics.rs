@@ -131,8 +131,14 @@ impl Topics {
     /// The partition count if it was looked up recently, without asking
     /// Kafka.
     pub fn cached(&self, topic: &str) -> Option<i32> {
+        self.cached_at(topic, Instant::now())
+    }
+
+    /// [`Topics::cached`], as of `now` (the caller's clock reading).
+    pub fn cached_at(&self, topic: &str, now: Instant) -> Option<i32> {
         let cache = self.cache.lock().expect("cache lock");
-        cache.get(topic).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(n, _)| *n)
+        let fresh = |at: &Instant| now.saturating_duration_since(*at) < CACHE_TTL;
+        cache.get(topic).filter(|(_, at)| fresh(at)).map(|(n, _)| *n)
     }
 
     /// `Some(partitions)` if the topic exists, `None` if it does not.

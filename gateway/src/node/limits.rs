@@ -23,15 +23,20 @@ impl TokenBucket {
         Self { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self) -> bool {
-        self.take_n(1).is_ok()
+    /// Takes one token if there is one at `now` (the caller's clock
+    /// reading, shared with its other checks).
+    pub fn take_at(&mut self, now: Instant) -> bool {
+        self.take_n_at(1, now).is_ok()
     }
 
     /// Takes `n` tokens at once, or none and says how long until there
     /// are enough.
     pub fn take_n(&mut self, n: usize) -> Result<(), Duration> {
-        let now = Instant::now();
+        self.take_n_at(n, Instant::now())
+    }
+
+    fn take_n_at(&mut self, n: usize, now: Instant) -> Result<(), Duration> {
+        let now = now.max(self.last);
         self.tokens = self.tokens_at(now);
         self.last = now;
         let n = n as f64;
@@ -100,8 +105,8 @@ mod tests {
     #[test]
     fn bucket_allows_the_burst_then_refuses() {
         let mut bucket = TokenBucket::new(1, 3);
-        assert!((0..3).all(|_| bucket.take()));
-        assert!(!bucket.take());
+        assert!((0..3).all(|_| bucket.take_at(Instant::now())));
+        assert!(!bucket.take_at(Instant::now()));
     }
 
     #[test]
@@ -114,7 +119,7 @@ mod tests {
             wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
             "{wait:?}"
         );
-        assert!(bucket.take(), "the refused batch took nothing");
+        assert!(bucket.take_at(Instant::now()), "the refused batch took nothing");
         assert!(!bucket.is_full(Instant::now()));
     }
 

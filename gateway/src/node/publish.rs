@@ -18,7 +18,7 @@
 //!   `session/publish.rs`) and makes the same checks as a batch, through
 //!   the same functions.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,10 @@ impl Batches {
 /// at most `limits.max_inflight_publishes` wait at once.
 #[derive(Debug, Default)]
 pub struct Window {
-    ids: HashSet<String>,
+    /// foldhash, not SipHash: looked up twice per publish, and a client
+    /// that floods its own ids only slows its own connection (at most
+    /// `max_inflight_publishes` entries).
+    ids: foldhash::HashSet<String>,
 }
 
 /// What a [`Window`] says of a publish.

@@ -368,26 +368,30 @@ impl Session {
             return Ok(Step::reply(err.to_frame(Some(frame.id()))));
         }
         let reply = match frame {
-            ClientFrame::Publish(publish) => match self.check_rate() {
-                Rate::Allowed => match self.publish(publish) {
-                    Ok(Accepted::Done) => return Ok(Step::Done),
-                    Ok(Accepted::NeedsRoom(publish)) => return Ok(Step::Produce(publish)),
-                    Err((id, e)) => {
+            ClientFrame::Publish(publish) => {
+                // One clock reading for the publish's checks and its latency.
+                let now = std::time::Instant::now();
+                match self.check_rate(now) {
+                    Rate::Allowed => match self.publish(publish, now) {
+                        Ok(Accepted::Done) => return Ok(Step::Done),
+                        Ok(Accepted::NeedsRoom(publish)) => return Ok(Step::Produce(publish)),
+                        Err((id, e)) => {
+                            metrics::publish_failed(e.code().as_str());
+                            e.to_frame(Some(&id))
+                        }
+                    },
+                    Rate::Refused(e) => {
                         metrics::publish_failed(e.code().as_str());
-                        e.to_frame(Some(&id))
+                        e.to_frame(Some(&publish.id))
                     }
-                },
-                Rate::Refused(e) => {
-                    metrics::publish_failed(e.code().as_str());
-                    e.to_frame(Some(&publish.id))
+                    Rate::Close(e) => {
+                        // This publish is answered too, before the close frame.
+                        metrics::publish_failed(e.code().as_str());
+                        let reply = Utf8Bytes::from(e.to_frame(Some(&publish.id)).encode());
+                        return Ok(Step::ReplyThenEnd(reply, End::Close(CloseCode::RATE_LIMITED)));
+                    }
                 }
-                Rate::Close(e) => {
-                    // This publish is answered too, before the close frame.
-                    metrics::publish_failed(e.code().as_str());
-                    let reply = Utf8Bytes::from(e.to_frame(Some(&publish.id)).encode());
-                    return Ok(Step::ReplyThenEnd(reply, End::Close(CloseCode::RATE_LIMITED)));
-                }
-            },
+            }
             ClientFrame::Subscribe(request) => match self.subscribe(&request) {
                 Ok(()) => return Ok(Step::Done),
                 Err(e) => e.to_frame(Some(&request.id)),

@@ -127,9 +127,9 @@ impl Session {
         self.awaiting.get_or_insert_with(Arc::default)
     }
 
-    /// The publish rate limit, taken for one publish.
-    pub(super) fn check_rate(&mut self) -> Rate {
-        if self.rate.take() {
+    /// The publish rate limit, taken for one publish read at `now`.
+    pub(super) fn check_rate(&mut self, now: std::time::Instant) -> Rate {
+        if self.rate.take_at(now) {
             self.strikes = 0;
             return Rate::Allowed;
         }
@@ -144,10 +144,12 @@ impl Session {
 
     /// Checks a publish and hands it to Kafka, or queues it behind its
     /// topic's look-up; the reply comes later from the delivery callback.
-    /// An error is the publish's reply now (with its id).
+    /// An error is the publish's reply now (with its id). `now`: when it
+    /// was read (one clock reading for every check of a publish).
     pub(super) fn publish(
         &mut self,
         publish: Publish<'_>,
+        now: std::time::Instant,
     ) -> Result<Accepted, (String, GatewayError)> {
         if let Err(e) = self.context.may_publish(self.principal.as_ref(), &publish.topic) {
             return Err((publish.id.into_owned(), e));
@@ -166,7 +168,7 @@ impl Session {
         }
         // Known topic, nothing queued before it: produce now. Otherwise the
         // publish waits for the topic's look-up, behind earlier ones.
-        let known = self.context.topics.cached(&publish.topic);
+        let known = self.context.topics.cached_at(&publish.topic, now);
         let fits = |n: i32| publish.partition.is_none_or(|p| p < n);
         if !self.waiting.contains_key(&*publish.topic) && known.is_some_and(fits) {
             let slot = match self.replies.try_reserve() {
@@ -178,7 +180,7 @@ impl Session {
                 Err(WriterGone) => return Err((publish.id.into_owned(), writer_gone())),
             };
             return self
-                .produce(&publish, slot)
+                .produce(&publish, slot, now)
                 .map(|()| Accepted::Done)
                 .map_err(|e| (publish.id.into_owned(), e));
         }
@@ -201,7 +203,7 @@ impl Session {
     /// has room; or answers it with why not.
     pub(super) async fn produce_when_room(&mut self, publish: &Publish<'_>) -> Result<(), End> {
         let slot = self.replies.reserve().await.map_err(|WriterGone| End::WriterGone)?;
-        if let Err(e) = self.produce(publish, slot) {
+        if let Err(e) = self.produce(publish, slot, std::time::Instant::now()) {
             self.awaiting().lock().remove(&publish.id);
             metrics::publish_failed(e.code().as_str());
             self.send(e.to_frame(Some(&publish.id))).await?;
@@ -240,13 +242,14 @@ impl Session {
         &mut self,
         publish: &Publish<'_>,
         slot: ReplySlot,
+        now: std::time::Instant,
     ) -> Result<(), GatewayError> {
         let id = publish.id.to_string();
         let ack = AckFrame::new(&id, &publish.topic);
         // In the window before Kafka can answer it.
         self.awaiting().lock().insert(id.clone());
         let answer = Box::new(Answer { id, ack, slot, awaiting: self.awaiting().clone() });
-        self.context.publisher.send_answered(publish, answer).inspect_err(|_| {
+        self.context.publisher.send_answered(publish, answer, now).inspect_err(|_| {
             self.awaiting().lock().remove(&publish.id);
         })
     }
