@@ -77,8 +77,9 @@ enum Step {
     },
     /// The encoded reply, then the session ends.
     ReplyThenEnd(Utf8Bytes, End),
-    /// A publish to produce once its reply has room.
-    Produce(Publish<'static>),
+    /// A publish to produce once its reply has room (boxed: rare, and
+    /// large beside the other steps).
+    Produce(Box<Publish<'static>>),
 }
 
 impl Step {
@@ -277,16 +278,23 @@ impl Session {
         let idle = self.context.config.websocket.idle_timeout();
         let mut last_heard = Instant::now();
         let idle_timer = tokio::time::sleep(idle);
-        let auth_timer = tokio::time::sleep(self.context.auth_timeout());
-        let expiry_timer = tokio::time::sleep_until(self.expiry());
+        // One timer for the socket's deadline: the auth timeout until it
+        // authenticates, then its token's expiry (one timer less in every
+        // socket's task).
+        let deadline = match self.principal {
+            None => Instant::now() + self.context.auth_timeout(),
+            Some(_) => self.expiry(),
+        };
+        let deadline_timer = tokio::time::sleep_until(deadline);
         // Made once, not on every turn of the loop.
         let stop = self.outlet.stop().clone().cancelled_owned();
-        tokio::pin!(idle_timer, auth_timer, expiry_timer, stop);
-        let mut armed_for = self.expires_at();
+        tokio::pin!(idle_timer, deadline_timer, stop);
+        let mut armed_for = (self.principal.is_some(), self.expires_at());
         loop {
-            if self.expires_at() != armed_for {
-                armed_for = self.expires_at();
-                expiry_timer.as_mut().reset(self.expiry());
+            let now_for = (self.principal.is_some(), self.expires_at());
+            if now_for != armed_for {
+                armed_for = now_for;
+                deadline_timer.as_mut().reset(self.expiry());
             }
             tokio::select! {
                 biased;
@@ -301,11 +309,11 @@ impl Session {
                         return end;
                     }
                 }
-                () = &mut auth_timer, if self.principal.is_none() => {
-                    return End::Close(CloseCode::AUTH_TIMEOUT);
-                }
-                () = &mut expiry_timer, if armed_for.is_some() => {
-                    return End::Close(CloseCode::TOKEN_EXPIRED);
+                () = &mut deadline_timer => {
+                    return End::Close(match self.principal {
+                        None => CloseCode::AUTH_TIMEOUT,
+                        Some(_) => CloseCode::TOKEN_EXPIRED,
+                    });
                 }
                 // Before the idle timer: frames that queued up while the
                 // loop was busy count as heard.
@@ -374,7 +382,9 @@ impl Session {
                 match self.check_rate(now) {
                     Rate::Allowed => match self.publish(publish, now) {
                         Ok(Accepted::Done) => return Ok(Step::Done),
-                        Ok(Accepted::NeedsRoom(publish)) => return Ok(Step::Produce(publish)),
+                        Ok(Accepted::NeedsRoom(publish)) => {
+                            return Ok(Step::Produce(Box::new(publish)))
+                        }
                         Err((id, e)) => {
                             metrics::publish_failed(e.code().as_str());
                             e.to_frame(Some(&id))
