@@ -50,45 +50,14 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             r.expected
         ));
         raw.push(r);
-        fleet.fill(SOCKETS).await?;
-        let f = paced_step(
-            Some(gateway.pid()),
-            &sink,
-            &fleet.recorder,
-            RATE,
-            duration,
-            fleet.alive() as u64,
-            ctx.opts.value_bytes,
-            Duration::from_secs(5),
-        )
-        .await;
-        progress(format_args!(
-            "fan-out latency round {round}: gateway {} ({}/{} deliveries)",
-            f.latency.text(),
-            f.received,
-            f.expected
-        ));
-        ferry.push(f);
+        ferry.push(
+            server_round(ctx, round, duration, "gateway", gateway.pid(), &mut fleet, &sink).await?,
+        );
         gateway.check_alive()?;
-        relay_fleet.fill(SOCKETS).await?;
-        let b = paced_step(
-            Some(relay.pid()),
-            &relay_sink,
-            &relay_fleet.recorder,
-            RATE,
-            duration,
-            relay_fleet.alive() as u64,
-            ctx.opts.value_bytes,
-            Duration::from_secs(5),
-        )
-        .await;
-        progress(format_args!(
-            "fan-out latency round {round}: relay {} ({}/{} deliveries)",
-            b.latency.text(),
-            b.received,
-            b.expected
-        ));
-        base.push(b);
+        base.push(
+            server_round(ctx, round, duration, "relay", relay.pid(), &mut relay_fleet, &relay_sink)
+                .await?,
+        );
         relay.check_alive()?;
     }
     fleet.close();
@@ -168,4 +137,37 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             "relay": base,
         }),
     })
+}
+
+/// One round on a server: its 100 sockets (re)filled, then `RATE` records
+/// produced to its topic for `duration`.
+async fn server_round(
+    ctx: &Ctx,
+    round: usize,
+    duration: Duration,
+    who: &str,
+    pid: u32,
+    fleet: &mut Fleet,
+    sink: &Sink,
+) -> Result<Step> {
+    fleet.fill(SOCKETS).await?;
+    let alive = fleet.alive() as u64;
+    let step = paced_step(
+        Some(pid),
+        sink,
+        &fleet.recorder,
+        RATE,
+        duration,
+        alive,
+        ctx.opts.value_bytes,
+        Duration::from_secs(5),
+    )
+    .await;
+    progress(format_args!(
+        "fan-out latency round {round}: {who} {} ({}/{} deliveries)",
+        step.latency.text(),
+        step.received,
+        step.expected
+    ));
+    Ok(step)
 }

@@ -104,6 +104,7 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
     let (mut base_sockets, publisher_rss) =
         connect(&publisher_connector, || publisher.rss_kib()).await?;
     let producer = kafka.producer()?;
+    let load = Load { topic: &topic, window, warmup, measure, value_bytes };
     let (mut raw, mut base, mut ferry) = (Vec::new(), Vec::new(), Vec::new());
     let log = |round: usize, who: &str, r: &Round| {
         progress(format_args!(
@@ -125,25 +126,14 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
         log(round, "raw producer (ceiling)", &r);
         raw.push(r);
 
-        let cpu = Cpu::start(Some(publisher.pid()));
-        let w = Window::new(warmup, measure);
-        let server_cpu = window_cpu(publisher.pid(), w);
-        let (mut r, back) =
-            socket_round(base_sockets, &topic, window, w, value_bytes, None).await?;
+        let (r, back) = load.round(publisher.pid(), base_sockets, None).await?;
         base_sockets = back;
-        r.server_cpu_s = server_cpu.await.ok().flatten();
-        (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
         log(round, "publisher", &r);
         base.push(r);
         publisher.check_alive()?;
 
-        let cpu = Cpu::start(Some(gateway.pid()));
-        let w = Window::new(warmup, measure);
-        let server_cpu = window_cpu(gateway.pid(), w);
-        let (mut r, back) = socket_round(sockets, &topic, window, w, value_bytes, None).await?;
+        let (r, back) = load.round(gateway.pid(), sockets, None).await?;
         sockets = back;
-        r.server_cpu_s = server_cpu.await.ok().flatten();
-        (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
         log(round, "gateway", &r);
         ferry.push(r);
         gateway.check_alive()?;
@@ -159,26 +149,14 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
     for &rate in &rates {
         let (mut at_base, mut at_ferry) = (Vec::new(), Vec::new());
         for round in 1..=ctx.pick(2, 1) {
-            let w = Window::new(warmup, measure);
-            let cpu = Cpu::start(Some(publisher.pid()));
-            let server_cpu = window_cpu(publisher.pid(), w);
-            let (mut r, back) =
-                socket_round(base_sockets, &topic, window, w, value_bytes, Some(rate)).await?;
+            let (r, back) = load.round(publisher.pid(), base_sockets, Some(rate)).await?;
             base_sockets = back;
-            r.server_cpu_s = server_cpu.await.ok().flatten();
-            (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
             log(round, &format!("at {} pub/s, publisher", util::thousands(rate)), &r);
             at_base.push(r);
             publisher.check_alive()?;
 
-            let w = Window::new(warmup, measure);
-            let cpu = Cpu::start(Some(gateway.pid()));
-            let server_cpu = window_cpu(gateway.pid(), w);
-            let (mut r, back) =
-                socket_round(sockets, &topic, window, w, value_bytes, Some(rate)).await?;
+            let (r, back) = load.round(gateway.pid(), sockets, Some(rate)).await?;
             sockets = back;
-            r.server_cpu_s = server_cpu.await.ok().flatten();
-            (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
             log(round, &format!("at {} pub/s, gateway", util::thousands(rate)), &r);
             at_ferry.push(r);
             gateway.check_alive()?;
@@ -284,6 +262,37 @@ pub(super) async fn run(ctx: &Ctx) -> Result<Outcome> {
             "fixed_rates": paced_detail,
         }),
     })
+}
+
+/// What every socket round offers a server.
+#[derive(Debug, Clone, Copy)]
+struct Load<'a> {
+    topic: &'a str,
+    window: usize,
+    warmup: Duration,
+    measure: Duration,
+    value_bytes: usize,
+}
+
+impl Load<'_> {
+    /// One round over a server's sockets (at `rate` publishes/s, or as fast
+    /// as `window` allows), with the server's CPU over the measured window
+    /// and the bench's over the round.
+    async fn round(
+        &self,
+        pid: u32,
+        sockets: Vec<Ws>,
+        rate: Option<f64>,
+    ) -> Result<(Round, Vec<Ws>)> {
+        let cpu = Cpu::start(Some(pid));
+        let w = Window::new(self.warmup, self.measure);
+        let server_cpu = window_cpu(pid, w);
+        let (mut r, back) =
+            socket_round(sockets, self.topic, self.window, w, self.value_bytes, rate).await?;
+        r.server_cpu_s = server_cpu.await.ok().flatten();
+        (r.server_cpu_pct, r.bench_cpu_pct) = cpu.stop();
+        Ok((r, back))
+    }
 }
 
 /// The measurement window of a round, on the bench clock (µs).

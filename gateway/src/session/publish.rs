@@ -90,14 +90,18 @@ struct Answer {
 impl OnDelivery for Answer {
     fn delivered(self: Box<Self>, outcome: Outcome) {
         let Self { id, ack, slot, awaiting } = *self;
-        let reply = match outcome {
-            Ok(stored) => ack.finish(stored.partition, stored.offset),
-            Err(e) => {
-                metrics::publish_failed(e.code().as_str());
-                e.to_frame(Some(&id)).encode()
-            }
+        let (reply, failed) = match outcome {
+            Ok(stored) => (ack.finish(stored.partition, stored.offset), None),
+            Err(e) => (e.to_frame(Some(&id)).encode(), Some(e.code())),
         };
-        awaiting.answer(&id, || slot.fill(Utf8Bytes::from(reply)));
+        // Counted only when this is the publish's answer (not one the
+        // session already answered with `timeout` as it closed).
+        awaiting.answer(&id, || {
+            if let Some(code) = failed {
+                metrics::publish_failed(code.as_str());
+            }
+            slot.fill(Utf8Bytes::from(reply));
+        });
     }
 }
 
